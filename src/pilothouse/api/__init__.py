@@ -1,0 +1,1 @@
+"""The embedded control API (REST, OpenAPI), its daemon and its client."""

@@ -1,0 +1,104 @@
+"""HTTP client of the control API, used by the CLI (and scripts)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+
+from pilothouse.api.home import Home
+from pilothouse.spec.resources import API_VERSION
+
+
+class NotRunning(Exception):
+    """No control plane answers for this $PILOTHOUSE_HOME."""
+
+
+class ApiClientError(Exception):
+    def __init__(self, code: int, body: dict[str, Any]) -> None:
+        self.code, self.body = code, body
+        super().__init__(body.get("message") or f"HTTP {code}")
+
+
+class Client:
+    def __init__(self, url: str, token: str, timeout: float = 30.0) -> None:
+        self.url = url
+        self._http = httpx.Client(
+            base_url=url, headers={"Authorization": f"Bearer {token}"}, timeout=timeout
+        )
+
+    @classmethod
+    def from_home(cls, home: Home) -> Client:
+        info = home.read_daemon_info()
+        token = home.read_token()
+        if not info or not token:
+            raise NotRunning(
+                f"pilothouse is not running for {home.root}; start it with `pilothouse up`"
+            )
+        client = cls(info["url"], token)
+        try:
+            client._http.get("/healthz", timeout=2.0).raise_for_status()
+        except httpx.HTTPError as exc:
+            raise NotRunning(
+                f"pilothouse at {info['url']} does not answer ({type(exc).__name__}); "
+                "run `pilothouse up` (or `pilothouse down` to clean up)"
+            ) from exc
+        return client
+
+    def close(self) -> None:
+        self._http.close()
+
+    def _check(self, response: httpx.Response) -> Any:
+        if response.status_code >= 400:
+            try:
+                body = response.json()
+            except ValueError:
+                body = {"message": response.text}
+            raise ApiClientError(response.status_code, body)
+        return response.json()
+
+    def path(self, plural: str, name: str | None = None, sub: str | None = None) -> str:
+        out = f"/apis/{API_VERSION}/{plural}"
+        if name:
+            out += f"/{name}"
+        if sub:
+            out += f"/{sub}"
+        return out
+
+    def status(self) -> dict[str, Any]:
+        result: dict[str, Any] = self._check(self._http.get("/status"))
+        return result
+
+    def apply(self, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        body = self._check(self._http.post(f"/apis/{API_VERSION}/apply", json={"items": items}))
+        results: list[dict[str, Any]] = body["results"]
+        return results
+
+    def list_objects(self, plural: str) -> list[dict[str, Any]]:
+        items: list[dict[str, Any]] = self._check(self._http.get(self.path(plural)))["items"]
+        return items
+
+    def get(self, plural: str, name: str) -> dict[str, Any]:
+        obj: dict[str, Any] = self._check(self._http.get(self.path(plural, name)))
+        return obj
+
+    def delete(self, plural: str, name: str) -> dict[str, Any]:
+        obj: dict[str, Any] = self._check(self._http.delete(self.path(plural, name)))
+        return obj
+
+    def events(self, plural: str, name: str) -> list[dict[str, Any]]:
+        items: list[dict[str, Any]] = self._check(
+            self._http.get(self.path(plural, name, "events"))
+        )["items"]
+        return items
+
+    def logs(self, plural: str, name: str, follow: bool = False, tail: int = -1) -> Iterator[str]:
+        params = {"follow": str(follow).lower(), "tail": str(tail)}
+        with self._http.stream(
+            "GET", self.path(plural, name, "log"), params=params, timeout=None
+        ) as response:
+            if response.status_code >= 400:
+                response.read()
+                self._check(response)
+            yield from response.iter_lines()

@@ -1,0 +1,109 @@
+"""The embedded control plane process: API, controllers, runtime and router in one loop.
+
+Started by ``pilothouse up`` (in the background) or ``pilothouse up
+--foreground``. On SIGTERM/SIGINT it stops serving, stops every process it
+started, and removes ``daemon.json``. If it dies without that chance, the
+next start (or ``pilothouse down``) stops the leftovers recorded in SQLite.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+import time
+from collections.abc import Iterator
+
+import uvicorn
+
+from pilothouse.api.home import Home
+from pilothouse.api.server import create_app, daemon_info
+from pilothouse.controllers.base import Context
+from pilothouse.controllers.manager import Manager
+from pilothouse.registry.local import LocalRegistry
+from pilothouse.router.proxy import Router
+from pilothouse.runtime.local.runtime import LocalRuntime
+from pilothouse.store.sqlite import Store
+
+log = logging.getLogger("pilothouse.daemon")
+
+
+class _EmbeddedServer(uvicorn.Server):
+    """uvicorn without its own signal handling: the daemon owns SIGTERM/SIGINT."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+async def run(home: Home, host: str = "127.0.0.1", port: int = 0) -> None:
+    home.ensure()
+    token = home.ensure_token()
+    store = Store(home.db)
+    registry = LocalRegistry(home.models)
+    router = Router(host)
+    runtime = LocalRuntime(store, home.root, router, host)
+    orphans = await runtime.start()
+    if orphans:
+        log.warning("stopped %d process(es) left by a previous daemon: %s", len(orphans), orphans)
+    manager = Manager(Context(store=store, runtime=runtime, registry=registry, clock=time.time))
+
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    bound = sock.getsockname()
+    url = f"http://{bound[0]}:{bound[1]}"
+    started = time.time()
+    app = create_app(
+        store,
+        token=token,
+        on_change=manager.trigger,
+        log_files=runtime.log_files,
+        info=lambda: daemon_info(started, url, store, lambda: sum(1 for ch in runtime.supervisor.children.values() if ch.poll() is None)),
+    )
+    server = _EmbeddedServer(
+        uvicorn.Config(app, log_level="warning", access_log=False, timeout_graceful_shutdown=3)
+    )
+
+    loop = asyncio.get_running_loop()
+
+    def shutdown() -> None:
+        log.info("shutting down")
+        server.should_exit = True
+        manager.stop()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, shutdown)
+
+    controllers = asyncio.create_task(manager.run(), name="controllers")
+    serving = asyncio.create_task(server.serve(sockets=[sock]), name="api")
+    await asyncio.sleep(0)
+    while not server.started and not serving.done():
+        await asyncio.sleep(0.02)
+    home.write_daemon_info({"pid": os.getpid(), "url": url, "startedAt": started})
+    log.info("control API on %s (pid %d)", url, os.getpid())
+    try:
+        await asyncio.wait({controllers, serving}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        shutdown()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(serving, 5)
+        controllers.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await controllers
+        await runtime.close()
+        store.close()
+        info = home.read_daemon_info()
+        if info and info.get("pid") == os.getpid():
+            home.daemon_file.unlink(missing_ok=True)
+        log.info("stopped")
+
+
+def main(home: Home, host: str, port: int) -> None:
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    asyncio.run(run(home, host, port))

@@ -1,0 +1,72 @@
+"""Where the embedded control plane keeps its state: ``$PILOTHOUSE_HOME`` (default ~/.pilothouse)."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Home:
+    root: Path
+
+    @classmethod
+    def from_env(cls) -> Home:
+        raw = os.environ.get("PILOTHOUSE_HOME")
+        return cls(Path(raw).expanduser() if raw else Path.home() / ".pilothouse")
+
+    @property
+    def db(self) -> Path:
+        return self.root / "state.db"
+
+    @property
+    def models(self) -> Path:
+        return self.root / "models"
+
+    @property
+    def token_file(self) -> Path:
+        return self.root / "token"
+
+    @property
+    def daemon_file(self) -> Path:
+        return self.root / "daemon.json"
+
+    @property
+    def daemon_log(self) -> Path:
+        return self.root / "daemon.log"
+
+    def ensure(self) -> None:
+        self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+
+    def ensure_token(self) -> str:
+        """Create the API token once, readable by the owner only (mode 0600)."""
+        self.ensure()
+        if self.token_file.exists():
+            return self.token_file.read_text().strip()
+        token = secrets.token_urlsafe(32)
+        fd = os.open(self.token_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(token + "\n")
+        return token
+
+    def read_token(self) -> str | None:
+        try:
+            return self.token_file.read_text().strip()
+        except FileNotFoundError:
+            return None
+
+    def write_daemon_info(self, info: dict[str, Any]) -> None:
+        tmp = self.daemon_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(info, indent=2))
+        os.replace(tmp, self.daemon_file)
+
+    def read_daemon_info(self) -> dict[str, Any] | None:
+        try:
+            data: dict[str, Any] = json.loads(self.daemon_file.read_text())
+        except (FileNotFoundError, json.JSONDecodeError):
+            return None
+        return data

@@ -1,0 +1,328 @@
+"""The control API: Kubernetes-shaped resource paths over the embedded store.
+
+``/apis/pilothouse.dev/v1alpha1/{plural}[/{name}]`` lists, reads, applies
+(PUT) and deletes; ``POST /apis/pilothouse.dev/v1alpha1/apply`` applies a
+batch atomically (what ``pilothouse apply -f`` uses). Every request but
+``/healthz`` needs the bearer token. Bad requests get a 4xx ``Status`` body
+naming what was wrong; nothing is half-applied.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import os
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.middleware.base import BaseHTTPMiddleware, RequestResponseEndpoint
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from pilothouse import __version__
+from pilothouse.api.errors import (
+    ApiError,
+    handle_api_error,
+    handle_method,
+    handle_not_found,
+    status_body,
+)
+from pilothouse.api.openapi import openapi_document
+from pilothouse.spec.loader import validate_document
+from pilothouse.spec.resources import API_VERSION, KINDS, Resource, kind_for_plural
+from pilothouse.store.sqlite import Conflict, NotFound, Store
+
+PREFIX = f"/apis/{API_VERSION}"
+MAX_BODY = 4 * 2**20
+
+
+class TokenAuth(BaseHTTPMiddleware):
+    def __init__(self, app: Any, token: str) -> None:
+        super().__init__(app)
+        self.token = token.encode()
+
+    async def dispatch(self, request: Request, call_next: RequestResponseEndpoint) -> Response:
+        if request.url.path == "/healthz":
+            return await call_next(request)
+        header = request.headers.get("authorization", "")
+        scheme, _, given = header.partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(
+            given.strip().encode(), self.token
+        ):
+            body = status_body(
+                401, "Unauthorized", "missing or wrong bearer token (see $PILOTHOUSE_HOME/token)"
+            )
+            return JSONResponse(body, 401, headers={"WWW-Authenticate": "Bearer"})
+        return await call_next(request)
+
+
+def resource_doc(resource: Resource) -> dict[str, Any]:
+    """The stored form of a validated resource: canonical spec, user metadata only."""
+    dumped = resource.model_dump(mode="json", by_alias=True, exclude_none=True)
+    meta = dumped["metadata"]
+    return {
+        "apiVersion": API_VERSION,
+        "kind": resource.KIND,
+        "metadata": {
+            "name": meta["name"],
+            "labels": meta.get("labels") or {},
+            "annotations": meta.get("annotations") or {},
+        },
+        "spec": dumped.get("spec") or {},
+    }
+
+
+def _kind(plural: str) -> type[Resource]:
+    cls = kind_for_plural(plural)
+    if cls is None:
+        known = ", ".join(sorted(c.PLURAL for c in KINDS.values()))
+        raise ApiError(
+            404, "NotFound", f"unknown resource type '{plural}'; expected one of: {known}"
+        )
+    return cls
+
+
+async def _json(request: Request) -> Any:
+    body = await request.body()
+    if len(body) > MAX_BODY:
+        raise ApiError(413, "RequestEntityTooLarge", f"request body larger than {MAX_BODY} bytes")
+    try:
+        return json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ApiError(400, "BadRequest", f"request body is not valid JSON: {exc}") from exc
+
+
+def _validate(items: list[Any], source: str) -> list[Resource]:
+    resources: list[Resource] = []
+    errors: list[dict[str, Any]] = []
+    seen: set[tuple[str, str]] = set()
+    for number, item in enumerate(items, start=1):
+        resource, problems = validate_document(item, source, number)
+        errors.extend(p.as_dict() for p in problems)
+        if resource is not None:
+            if resource.key() in seen:
+                errors.append(
+                    {
+                        "source": source,
+                        "document": number,
+                        "field": "metadata.name",
+                        "message": f"duplicate {resource.KIND} '{resource.metadata.name}'",
+                    }
+                )
+            seen.add(resource.key())
+            resources.append(resource)
+    if errors:
+        lines = "; ".join(
+            f"document {e['document']}: {e['field']}: {e['message']}" for e in errors[:5]
+        )
+        raise ApiError(
+            422,
+            "Invalid",
+            f"{len(errors)} invalid field(s), nothing applied: {lines}",
+            {"causes": errors},
+        )
+    return resources
+
+
+def create_app(
+    store: Store,
+    *,
+    token: str,
+    on_change: Callable[[str, str], None],
+    log_files: Callable[[str, str], list[Path]],
+    info: Callable[[], dict[str, Any]],
+) -> Starlette:
+    def apply(resources: list[Resource]) -> list[dict[str, Any]]:
+        try:
+            outcomes = store.apply([resource_doc(r) for r in resources])
+        except Conflict as exc:
+            raise ApiError(409, "Conflict", str(exc)) from exc
+        for resource in resources:
+            on_change(resource.KIND, resource.metadata.name)
+        return [
+            {"kind": r.KIND, "name": r.metadata.name, "result": o.value}
+            for r, o in zip(resources, outcomes, strict=True)
+        ]
+
+    async def healthz(_: Request) -> Response:
+        return JSONResponse({"status": "ok"})
+
+    async def version(_: Request) -> Response:
+        return JSONResponse({"version": __version__, "apiVersion": API_VERSION})
+
+    async def openapi(_: Request) -> Response:
+        return JSONResponse(openapi_document())
+
+    async def status(_: Request) -> Response:
+        return JSONResponse(info())
+
+    async def list_objects(request: Request) -> Response:
+        cls = _kind(request.path_params["plural"])
+        items = store.list_objects(cls.KIND)
+        return JSONResponse({"apiVersion": API_VERSION, "kind": f"{cls.KIND}List", "items": items})
+
+    async def get_object(request: Request) -> Response:
+        cls = _kind(request.path_params["plural"])
+        name = request.path_params["name"]
+        try:
+            return JSONResponse(store.get(cls.KIND, name))
+        except NotFound as exc:
+            raise ApiError(404, "NotFound", f"{cls.PLURAL} '{name}' not found") from exc
+
+    async def put_object(request: Request) -> Response:
+        cls = _kind(request.path_params["plural"])
+        name = request.path_params["name"]
+        body = await _json(request)
+        if isinstance(body, dict):
+            body.setdefault("kind", cls.KIND)
+            body.setdefault("apiVersion", API_VERSION)
+        [resource] = _validate([body], "request")
+        if resource.KIND != cls.KIND or resource.metadata.name != name:
+            raise ApiError(
+                400,
+                "BadRequest",
+                f"body is {resource.KIND} '{resource.metadata.name}' but the path names "
+                f"{cls.KIND} '{name}'",
+            )
+        [result] = apply([resource])
+        code = 201 if result["result"] == "created" else 200
+        return JSONResponse(
+            store.get(cls.KIND, name), code, headers={"X-Apply-Result": result["result"]}
+        )
+
+    async def apply_batch(request: Request) -> Response:
+        body = await _json(request)
+        if (
+            not isinstance(body, dict)
+            or not isinstance(body.get("items"), list)
+            or not body["items"]
+        ):
+            raise ApiError(
+                400, "BadRequest", 'expected {"items": [resource, ...]} with at least one item'
+            )
+        resources = _validate(body["items"], "request")
+        return JSONResponse({"results": apply(resources)})
+
+    async def delete_object(request: Request) -> Response:
+        cls = _kind(request.path_params["plural"])
+        name = request.path_params["name"]
+        try:
+            obj = store.mark_deleted(cls.KIND, name)
+        except NotFound as exc:
+            raise ApiError(404, "NotFound", f"{cls.PLURAL} '{name}' not found") from exc
+        on_change(cls.KIND, name)
+        return JSONResponse(obj, 202)
+
+    async def events(request: Request) -> Response:
+        cls = _kind(request.path_params["plural"])
+        name = request.path_params["name"]
+        try:
+            store.get(cls.KIND, name)
+        except NotFound as exc:
+            raise ApiError(404, "NotFound", f"{cls.PLURAL} '{name}' not found") from exc
+        return JSONResponse({"items": [e.as_dict() for e in store.events(cls.KIND, name)]})
+
+    async def logs(request: Request) -> Response:
+        cls = _kind(request.path_params["plural"])
+        name = request.path_params["name"]
+        try:
+            store.get(cls.KIND, name)
+        except NotFound as exc:
+            raise ApiError(404, "NotFound", f"{cls.PLURAL} '{name}' not found") from exc
+        follow = request.query_params.get("follow", "false").lower() in ("1", "true", "yes")
+        tail_param = request.query_params.get("tail", "-1")
+        try:
+            tail_lines = int(tail_param)
+        except ValueError as exc:
+            raise ApiError(
+                400, "BadRequest", f"tail: expected an integer, got {tail_param!r}"
+            ) from exc
+        return StreamingResponse(
+            _stream_logs(store, cls.KIND, name, log_files, follow, tail_lines),
+            media_type="text/plain; charset=utf-8",
+        )
+
+    routes = [
+        Route("/healthz", healthz),
+        Route("/version", version),
+        Route("/openapi.json", openapi),
+        Route("/status", status),
+        Route(f"{PREFIX}/apply", apply_batch, methods=["POST"]),
+        Route(f"{PREFIX}/{{plural}}", list_objects),
+        Route(f"{PREFIX}/{{plural}}/{{name}}", get_object, methods=["GET"]),
+        Route(f"{PREFIX}/{{plural}}/{{name}}", put_object, methods=["PUT"]),
+        Route(f"{PREFIX}/{{plural}}/{{name}}", delete_object, methods=["DELETE"]),
+        Route(f"{PREFIX}/{{plural}}/{{name}}/events", events),
+        Route(f"{PREFIX}/{{plural}}/{{name}}/log", logs),
+    ]
+    exception_handlers: dict[Any, Callable[[Request, Exception], Awaitable[Response]]] = {
+        ApiError: handle_api_error,
+        404: handle_not_found,
+        405: handle_method,
+    }
+    return Starlette(
+        routes=routes,
+        middleware=[Middleware(TokenAuth, token=token)],
+        exception_handlers=exception_handlers,
+    )
+
+
+async def _stream_logs(
+    store: Store,
+    kind: str,
+    name: str,
+    log_files: Callable[[str, str], list[Path]],
+    follow: bool,
+    tail_lines: int,
+) -> AsyncIterator[bytes]:
+    """Every log file of the object (prefixed when several), then new lines while following."""
+    files = log_files(kind, name)
+    prefix = len(files) > 1
+    offsets: dict[Path, int] = {}
+    for path in files:
+        data = path.read_bytes()
+        lines = data.splitlines(keepends=True)
+        if tail_lines >= 0:
+            lines = lines[-tail_lines:] if tail_lines else []
+        for line in lines:
+            yield (f"[{path.stem}] ".encode() if prefix else b"") + line
+        offsets[path] = len(data)
+    if not follow:
+        return
+    deadline = time.monotonic() + 24 * 3600
+    while time.monotonic() < deadline:
+        await asyncio.sleep(0.25)
+        try:
+            store.get(kind, name)
+        except NotFound:
+            return
+        for path in log_files(kind, name):
+            size = path.stat().st_size
+            start = offsets.get(path, 0)
+            if size <= start:
+                continue
+            with path.open("rb") as handle:
+                handle.seek(start)
+                chunk = handle.read(size - start)
+            offsets[path] = size
+            for line in chunk.splitlines(keepends=True):
+                yield (f"[{path.stem}] ".encode() if len(offsets) > 1 else b"") + line
+
+
+def daemon_info(
+    started: float, url: str, store: Store, processes: Callable[[], int]
+) -> dict[str, Any]:
+    return {
+        "version": __version__,
+        "pid": os.getpid(),
+        "url": url,
+        "uptimeSeconds": round(time.time() - started, 1),
+        "resources": {cls.PLURAL: len(store.list_objects(cls.KIND)) for cls in KINDS.values()},
+        "processes": processes(),
+    }

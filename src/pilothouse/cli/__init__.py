@@ -1,0 +1,1 @@
+"""The ``pilothouse`` command line: kubectl-like verbs over the control API."""

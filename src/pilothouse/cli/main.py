@@ -1,0 +1,458 @@
+"""``pilothouse``: the command line. Verbs mirror kubectl; no business logic lives here."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Callable
+from functools import wraps
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+import httpx
+
+from pilothouse import __version__
+from pilothouse.api.client import ApiClientError, Client, NotRunning
+from pilothouse.api.home import Home
+from pilothouse.cli import daemonctl, render
+from pilothouse.cli.render import console, err_console
+from pilothouse.spec.loader import LoadResult, load_paths
+from pilothouse.spec.quantity import QuantityError, parse_duration
+from pilothouse.spec.resources import KINDS, Resource, kind_for
+from pilothouse.spec.schema import json_schema
+
+F = TypeVar("F", bound=Callable[..., Any])
+EXIT_USAGE = 2
+
+
+def handle_errors(func: F) -> F:
+    """Turn control-plane errors into one red line and a non-zero exit."""
+
+    @wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except NotRunning as exc:
+            err_console.print(f"[red]error:[/] {exc}")
+            sys.exit(1)
+        except ApiClientError as exc:
+            err_console.print(f"[red]error:[/] {exc}")
+            for cause in (exc.body.get("details") or {}).get("causes", []):
+                err_console.print(
+                    f"  - {cause.get('field') or '(document)'}: {cause.get('message')}"
+                )
+            sys.exit(EXIT_USAGE if exc.code in (400, 404, 409, 422) else 1)
+        except httpx.HTTPError as exc:
+            err_console.print(f"[red]error:[/] cannot reach the control plane: {exc}")
+            sys.exit(1)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def client() -> Client:
+    return Client.from_home(Home.from_env())
+
+
+def resolve_kind(word: str) -> type[Resource]:
+    try:
+        return kind_for(word)
+    except KeyError as exc:
+        raise click.BadParameter(str(exc.args[0])) from exc
+
+
+def split_ref(ref: str, name: str | None = None) -> tuple[type[Resource], str | None]:
+    if "/" in ref:
+        kind_word, _, ref_name = ref.partition("/")
+        return resolve_kind(kind_word), ref_name
+    return resolve_kind(ref), name
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="pilothouse")
+def cli() -> None:
+    """Run ML training jobs and model deployments with Kubernetes-grade guarantees.
+
+    State lives in $PILOTHOUSE_HOME (default ~/.pilothouse).
+    """
+
+
+# -- control plane -------------------------------------------------------------------
+
+
+@cli.command()
+@click.option(
+    "--foreground", is_flag=True, help="Stay attached instead of running in the background."
+)
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address of the control API.")
+@click.option(
+    "--port", default=0, show_default=True, help="Port of the control API (0: any free port)."
+)
+def up(foreground: bool, host: str, port: int) -> None:
+    """Start the embedded control plane."""
+    home = Home.from_env()
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        err_console.print(
+            f"[yellow]warning:[/] binding the control API to {host} exposes it beyond this machine "
+            "(the token is still required)"
+        )
+    if foreground:
+        from pilothouse.api.daemon import main as daemon_main
+
+        daemon_main(home, host, port)
+        return
+    if daemonctl.healthy(home):
+        info = home.read_daemon_info() or {}
+        console.print(f"pilothouse is already running at {info.get('url')} (pid {info.get('pid')})")
+        return
+    with console.status("starting the control plane…"):
+        try:
+            info = daemonctl.start_background(home, host, port)
+        except daemonctl.StartFailed as exc:
+            err_console.print(f"[red]error:[/] {exc}")
+            sys.exit(1)
+    console.print(f"pilothouse is up at {info['url']} (pid {info['pid']}, home {home.root})")
+
+
+@cli.command()
+def down() -> None:
+    """Stop the control plane and every process it started."""
+    home = Home.from_env()
+    with console.status("stopping…"):
+        was_running, leftovers = daemonctl.stop(home)
+    if was_running:
+        console.print(
+            "pilothouse stopped"
+            + (f" ({leftovers} leftover process(es) stopped)" if leftovers else "")
+        )
+    elif leftovers:
+        console.print(f"pilothouse was not running; stopped {leftovers} leftover process(es)")
+    else:
+        console.print("pilothouse is not running")
+
+
+@cli.command()
+@click.option("-o", "--output", type=click.Choice(["text", "json"]), default="text")
+def status(output: str) -> None:
+    """Say whether the control plane runs, where, and what it runs."""
+    home = Home.from_env()
+    try:
+        c = client()
+    except NotRunning as exc:
+        if output == "json":
+            print(json.dumps({"running": False, "home": str(home.root)}))
+        else:
+            console.print(str(exc))
+        sys.exit(3)
+    info = c.status()
+    deployments = c.list_objects("modeldeployments")
+    jobs = c.list_objects("trainingjobs")
+    if output == "json":
+        print(json.dumps({"running": True, "home": str(home.root), **info}, indent=2))
+        return
+    console.print(
+        f"pilothouse {info['version']} is running at {info['url']} (pid {info['pid']}, up {info['uptimeSeconds']:.0f}s)"
+    )
+    console.print(f"home: {home.root}; processes: {info['processes']}")
+    for obj in deployments:
+        st = obj.get("status") or {}
+        console.print(
+            f"  modeldeployment/{obj['metadata']['name']}: {st.get('readyReplicas', 0)}/{st.get('desiredReplicas', '?')} ready, {st.get('model', '-')} at {st.get('url', '-')}"
+        )
+    for obj in jobs:
+        st = obj.get("status") or {}
+        console.print(f"  trainingjob/{obj['metadata']['name']}: {st.get('phase', 'Pending')}")
+
+
+# -- resources -------------------------------------------------------------------------
+
+
+def _load(files: tuple[str, ...]) -> LoadResult:
+    stdin_text = sys.stdin.read() if "-" in files else None
+    result = load_paths(files, stdin_text)
+    if not result.ok:
+        err_console.print(
+            f"[red]error:[/] {len(result.errors)} problem(s) found; nothing was applied"
+        )
+        for problem in result.errors:
+            err_console.print(f"  {problem}", highlight=False, markup=False)
+        sys.exit(EXIT_USAGE)
+    return result
+
+
+def _documents(result: LoadResult) -> list[dict[str, Any]]:
+    """Resources as JSON; a relative workingDir is resolved against the declaring file."""
+    docs = []
+    for resource, (source, _doc) in zip(result.resources, result.origins, strict=True):
+        doc = resource.model_dump(mode="json", by_alias=True, exclude_none=True)
+        doc.pop("status", None)
+        spec = doc.get("spec") or {}
+        working_dir = spec.get("workingDir")
+        if working_dir and not Path(working_dir).is_absolute():
+            base = Path(source).resolve().parent if source != "<stdin>" else Path.cwd()
+            spec["workingDir"] = str((base / working_dir).resolve())
+        docs.append(doc)
+    return docs
+
+
+@cli.command()
+@click.option(
+    "-f", "--filename", "files", multiple=True, required=True, help="File, folder or - for stdin."
+)
+@handle_errors
+def apply(files: tuple[str, ...]) -> None:
+    """Create or update resources from YAML (all documents or none)."""
+    result = _load(files)
+    for item in client().apply(_documents(result)):
+        console.print(f"{item['kind'].lower()}.pilothouse.dev/{item['name']} {item['result']}")
+
+
+@cli.command()
+@click.argument("kind")
+@click.argument("name", required=False)
+@click.option(
+    "-o", "--output", type=click.Choice(["table", "yaml", "json", "name"]), default="table"
+)
+@handle_errors
+def get(kind: str, name: str | None, output: str) -> None:
+    """List resources of a KIND, or show one (KIND NAME or KIND/NAME)."""
+    cls, name = split_ref(kind, name)
+    c = client()
+    objects = [c.get(cls.PLURAL, name)] if name else c.list_objects(cls.PLURAL)
+    if output == "table":
+        if not objects:
+            console.print(f"No {cls.PLURAL} found.")
+            return
+        render.print_table(cls.KIND, objects)
+    elif output == "name":
+        for obj in objects:
+            print(f"{cls.KIND.lower()}/{obj['metadata']['name']}")
+    elif name:
+        render.dump(objects[0], output)
+    else:
+        render.dump(
+            {"apiVersion": "pilothouse.dev/v1alpha1", "kind": f"{cls.KIND}List", "items": objects},
+            output,
+        )
+
+
+@cli.command()
+@click.argument("kind")
+@click.argument("name", required=False)
+@handle_errors
+def describe(kind: str, name: str | None) -> None:
+    """Show one resource in detail, with its conditions and events."""
+    cls, name = split_ref(kind, name)
+    if not name:
+        raise click.UsageError("describe needs a name: describe KIND NAME")
+    c = client()
+    render.describe(c.get(cls.PLURAL, name), c.events(cls.PLURAL, name))
+
+
+@cli.command()
+@click.argument("kind", required=False)
+@click.argument("name", required=False)
+@click.option("-f", "--filename", "files", multiple=True, help="Delete what these files declare.")
+@click.option("--wait/--no-wait", default=True, show_default=True, help="Wait until it is gone.")
+@click.option("--timeout", default="60s", show_default=True)
+@handle_errors
+def delete(
+    kind: str | None, name: str | None, files: tuple[str, ...], wait: bool, timeout: str
+) -> None:
+    """Delete a resource (KIND NAME, KIND/NAME, or -f FILE) and what it runs."""
+    targets: list[tuple[type[Resource], str]] = []
+    if files:
+        targets = [(type(r), r.metadata.name) for r in _load(files).resources]
+    elif kind:
+        cls, name = split_ref(kind, name)
+        if not name:
+            raise click.UsageError("delete needs a name: delete KIND NAME")
+        targets = [(cls, name)]
+    else:
+        raise click.UsageError("give KIND NAME or -f FILE")
+    c = client()
+    limit = _duration(timeout, "--timeout")
+    for cls, target in targets:
+        c.delete(cls.PLURAL, target)
+        if wait:
+            deadline = time.monotonic() + limit
+            while time.monotonic() < deadline:
+                try:
+                    c.get(cls.PLURAL, target)
+                except ApiClientError as exc:
+                    if exc.code == 404:
+                        break
+                    raise
+                time.sleep(0.2)
+            else:
+                err_console.print(
+                    f"[red]error:[/] {cls.KIND.lower()}/{target} still exists after {timeout}"
+                )
+                sys.exit(1)
+        console.print(f"{cls.KIND.lower()}.pilothouse.dev/{target} deleted")
+
+
+@cli.command()
+@click.argument("ref")
+@click.option("-f", "--follow", is_flag=True, help="Keep streaming new lines.")
+@click.option("--tail", default=-1, help="Lines of each log to show first (-1: all).")
+@handle_errors
+def logs(ref: str, follow: bool, tail: int) -> None:
+    """Print the logs of KIND/NAME (training workers or model replicas)."""
+    cls, name = split_ref(ref)
+    if not name:
+        raise click.UsageError("logs needs KIND/NAME, e.g. logs trainingjob/fraud-train")
+    try:
+        for line in client().logs(cls.PLURAL, name, follow=follow, tail=tail):
+            print(line, flush=True)
+    except KeyboardInterrupt:
+        pass
+
+
+def _duration(text: str, what: str) -> float:
+    try:
+        return parse_duration(text)
+    except QuantityError as exc:
+        raise click.BadParameter(str(exc), param_hint=what) from exc
+
+
+@cli.command()
+@click.argument("ref")
+@click.option("--for", "condition", required=True, help="condition=NAME[=VALUE] or delete")
+@click.option("--timeout", default="30s", show_default=True)
+@handle_errors
+def wait(ref: str, condition: str, timeout: str) -> None:
+    """Wait until KIND/NAME has a condition (e.g. --for=condition=Ready)."""
+    cls, name = split_ref(ref)
+    if not name:
+        raise click.UsageError("wait needs KIND/NAME")
+    limit = _duration(timeout, "--timeout")
+    want_delete = condition == "delete"
+    if not want_delete:
+        key, _, rest = condition.partition("=")
+        if key != "condition" or not rest:
+            raise click.BadParameter(
+                "expected condition=NAME[=VALUE] or delete", param_hint="--for"
+            )
+        cond_type, _, cond_value = rest.partition("=")
+        cond_value = cond_value or "True"
+    c = client()
+    deadline = time.monotonic() + limit
+    while True:
+        try:
+            obj = c.get(cls.PLURAL, name)
+        except ApiClientError as exc:
+            if exc.code == 404 and want_delete:
+                console.print(f"{cls.KIND.lower()}/{name} deleted")
+                return
+            raise
+        if not want_delete:
+            conditions = {x["type"]: x for x in (obj.get("status") or {}).get("conditions") or []}
+            found = conditions.get(cond_type)
+            if found and found.get("status", "").lower() == cond_value.lower():
+                console.print(f"{cls.KIND.lower()}/{name} condition met")
+                return
+            failed = conditions.get("Failed")
+            if cond_type != "Failed" and failed and failed.get("status") == "True":
+                err_console.print(
+                    f"[red]error:[/] {cls.KIND.lower()}/{name} failed: {failed.get('message')}"
+                )
+                sys.exit(1)
+        if time.monotonic() >= deadline:
+            err_console.print(
+                f"[red]error:[/] timed out after {timeout} waiting for {condition} on {cls.KIND.lower()}/{name}"
+            )
+            sys.exit(1)
+        time.sleep(0.25)
+
+
+def _parse_data(data: str) -> Any:
+    text = data
+    if data.startswith("@"):
+        try:
+            text = Path(data[1:]).read_text()
+        except OSError as exc:
+            raise click.BadParameter(
+                f"cannot read {data[1:]}: {exc.strerror}", param_hint="--data"
+            ) from exc
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise click.BadParameter(f"not valid JSON: {exc}", param_hint="--data") from exc
+
+
+def predict_once(c: Client, deployment: str, payload: Any) -> tuple[int, Any]:
+    obj = c.get("modeldeployments", deployment)
+    st = obj.get("status") or {}
+    url, model = st.get("url"), st.get("model")
+    if not url or not model:
+        raise click.ClickException(
+            f"modeldeployment/{deployment} has no endpoint yet: {st.get('message', 'not ready')}"
+        )
+    name = str(model).split(":")[0]
+    if isinstance(payload, dict) and "inputs" in payload:
+        target = f"{url}/v2/models/{name}/infer"
+    else:
+        target = f"{url}/v1/models/{name}:predict"
+    response = httpx.post(target, json=payload, timeout=30.0)
+    try:
+        body = response.json()
+    except ValueError:
+        body = {"error": response.text}
+    return response.status_code, body
+
+
+@cli.command()
+@click.argument("deployment")
+@click.option(
+    "--data", required=True, help='JSON ({"instances": ...} or OIP v2 {"inputs": ...}) or @file.'
+)
+@handle_errors
+def predict(deployment: str, data: str) -> None:
+    """Send one prediction request to a deployment through its router endpoint."""
+    code, body = predict_once(client(), deployment, _parse_data(data))
+    print(json.dumps(body, indent=2))
+    if code >= 400:
+        sys.exit(1)
+
+
+@cli.command()
+@click.argument("kind")
+def schema(kind: str) -> None:
+    """Print the JSON Schema of a KIND (the future CRD schema)."""
+    print(json.dumps(json_schema(resolve_kind(kind)), indent=2))
+
+
+@cli.command(hidden=True)
+@click.option(
+    "--model-dir", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path)
+)
+@click.option("--name", required=True)
+@click.option("--host", default="127.0.0.1")
+@click.option("--port", default=8080)
+@click.option("--fd", type=int, default=None, help="Serve on this inherited listening socket.")
+def serve(model_dir: Path, name: str, host: str, port: int, fd: int | None) -> None:
+    """Run one model server replica (started by the runtime)."""
+    from pilothouse.serving.server import serve as run_server
+
+    run_server(model_dir, name, host, port, fd)
+
+
+@cli.command()
+@click.option(
+    "--rows", default=200_000, show_default=True, help="Synthetic transactions to train on."
+)
+@click.option("--timeout", default="300s", show_default=True)
+def demo(rows: int, timeout: str) -> None:
+    """Bring pilothouse up and run the fraud-detection story end to end."""
+    from pilothouse.cli.demo import run_demo
+
+    sys.exit(run_demo(rows, _duration(timeout, "--timeout")))
+
+
+def main() -> None:
+    cli(prog_name="pilothouse")
+
+
+__all__ = ["KINDS", "cli", "main"]

@@ -1,0 +1,1 @@
+"""Level-based, idempotent reconcile loops: spec + observed state -> actions."""

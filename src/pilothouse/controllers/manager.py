@@ -1,0 +1,86 @@
+"""Runs the reconcile loops: a work queue of keys, each with its next due time.
+
+Changes from the API wake a key at once; every reconcile returns when to look
+again; a periodic resync revisits everything (level-based safety net). One
+failing reconcile is logged, recorded as an event and retried later; it never
+stops the loop. Every pass is timed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+
+from pilothouse.controllers import modeldeployment, queue, trainingjob
+from pilothouse.controllers.base import Context, Result, TerminalError
+
+log = logging.getLogger("pilothouse.controllers")
+
+Reconciler = Callable[[Context, str], Awaitable[Result]]
+RECONCILERS: dict[str, Reconciler] = {
+    "ModelDeployment": modeldeployment.reconcile,
+    "TrainingJob": trainingjob.reconcile,
+    "Queue": queue.reconcile,
+}
+RETRY_AFTER_ERROR = 5.0
+RESYNC_EVERY = 10.0
+
+
+class Manager:
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+        self._due: dict[tuple[str, str], float] = {}
+        self._wake = asyncio.Event()
+        self._stopping = False
+        self.last_pass_seconds: dict[str, float] = {}
+
+    def trigger(self, kind: str, name: str) -> None:
+        self._due[(kind, name)] = 0.0
+        self._wake.set()
+
+    def stop(self) -> None:
+        self._stopping = True
+        self._wake.set()
+
+    async def _reconcile(self, kind: str, name: str) -> None:
+        started = time.perf_counter()
+        try:
+            result = await RECONCILERS[kind](self.ctx, name)
+        except TerminalError as exc:
+            log.error("%s/%s: %s", kind, name, exc)
+            self.ctx.event(kind, name, "Warning", "ReconcileFailed", str(exc))
+            return
+        except Exception as exc:
+            log.exception("%s/%s: reconcile failed; retrying in %ss", kind, name, RETRY_AFTER_ERROR)
+            self.ctx.event(kind, name, "Warning", "ReconcileError", f"{type(exc).__name__}: {exc}")
+            self._due[(kind, name)] = self.ctx.clock() + RETRY_AFTER_ERROR
+            return
+        finally:
+            self.last_pass_seconds[f"{kind}/{name}"] = time.perf_counter() - started
+        if result.requeue_after is not None:
+            due = self.ctx.clock() + result.requeue_after
+            current = self._due.get((kind, name))
+            self._due[(kind, name)] = min(due, current) if current is not None else due
+
+    async def run(self) -> None:
+        next_resync = 0.0
+        while not self._stopping:
+            now = self.ctx.clock()
+            if now >= next_resync:
+                for obj in self.ctx.store.list_objects():
+                    key = (obj["kind"], obj["metadata"]["name"])
+                    self._due.setdefault(key, now)
+                next_resync = now + RESYNC_EVERY
+            for key in [k for k, t in self._due.items() if t <= now]:
+                self._due.pop(key, None)
+                if key[0] in RECONCILERS:
+                    await self._reconcile(*key)
+            self._wake.clear()
+            soonest = min([*self._due.values(), next_resync])
+            timeout = max(0.05, min(soonest - self.ctx.clock(), 1.0))
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout)
+            except TimeoutError:
+                pass

@@ -1,0 +1,150 @@
+"""ModelDeployment controller: resolve the model, converge replicas, route ready ones.
+
+Level-based: every pass reads the spec and what runs, asks the replica policy
+what to start and stop, applies that, points the deployment's endpoint at the
+ready replicas, and writes status. Running it twice in a row changes nothing.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pilothouse.controllers.base import Context, Result, set_condition
+from pilothouse.policy.replicas import ObservedReplica, ReplicaPolicyState, plan_replicas
+from pilothouse.registry.local import ModelNotFound
+from pilothouse.runtime.port import ReplicaSpec
+from pilothouse.spec.resources import ModelDeploymentSpec
+from pilothouse.store.sqlite import NotFound
+
+KIND = "ModelDeployment"
+
+
+async def _teardown(ctx: Context, name: str) -> None:
+    for replica in await ctx.runtime.list_replicas(name):
+        await ctx.runtime.stop_replica(replica.id)
+    await ctx.runtime.remove_traffic(name)
+
+
+async def reconcile(ctx: Context, name: str) -> Result:
+    try:
+        obj = ctx.store.get(KIND, name)
+    except NotFound:
+        await _teardown(ctx, name)
+        return Result()
+    if obj["metadata"].get("deletionTimestamp"):
+        await _teardown(ctx, name)
+        ctx.store.remove(KIND, name)
+        return Result()
+
+    now = ctx.clock()
+    spec = ModelDeploymentSpec.model_validate(obj["spec"])
+    status: dict[str, Any] = dict(obj.get("status") or {})
+    conditions: list[dict[str, Any]] = list(status.get("conditions") or [])
+    status["observedGeneration"] = obj["metadata"]["generation"]
+    desired = spec.replicas.min
+
+    try:
+        version = ctx.registry.resolve(spec.model)
+    except ModelNotFound as exc:
+        message = str(exc)
+        if status.get("message") != message:
+            ctx.event(KIND, name, "Warning", "ModelNotFound", message)
+        status["message"] = message
+        status["conditions"] = set_condition(
+            conditions, "Ready", False, "ModelNotFound", message, now
+        )
+        status.setdefault("replicas", 0)
+        status.setdefault("readyReplicas", 0)
+        status["desiredReplicas"] = desired
+        ctx.store.set_status(KIND, name, status)
+        return Result(requeue_after=5.0)
+
+    observed = await ctx.runtime.list_replicas(name)
+    policy_state = ReplicaPolicyState(**(status.get("replicaPolicy") or {}))
+    plan = plan_replicas(
+        desired,
+        str(version.version),
+        [
+            ObservedReplica(r.id, r.revision, r.ready, r.exited, r.started_at, r.exited_at)
+            for r in observed
+        ],
+        policy_state,
+        now,
+    )
+    by_id = {r.id: r for r in observed}
+    for replica_id in plan.stop:
+        replica = by_id.get(replica_id)
+        if replica is not None and replica.exited:
+            ctx.event(
+                KIND,
+                name,
+                "Warning",
+                "ReplicaExited",
+                f"replica {replica_id} exited with code {replica.exit_code}; replacing it",
+            )
+        await ctx.runtime.stop_replica(replica_id)
+    for _ in range(plan.start):
+        replica_id = await ctx.runtime.start_replica(
+            ReplicaSpec(
+                deployment=name,
+                revision=str(version.version),
+                model_name=version.name,
+                model_dir=str(version.path),
+                readiness_path=spec.probes.readiness.path,
+                probe_period=spec.probes.readiness.period,
+                probe_timeout=spec.probes.readiness.timeout,
+                failure_threshold=spec.probes.readiness.failure_threshold,
+            )
+        )
+        ctx.event(
+            KIND, name, "Normal", "ReplicaStarted", f"started replica {replica_id} of {version.ref}"
+        )
+
+    current = [r for r in await ctx.runtime.list_replicas(name) if not r.exited]
+    ready = [r for r in current if r.ready]
+    url = await ctx.runtime.set_traffic(name, ready)
+    ready_current = [r for r in ready if r.revision == str(version.version)]
+    is_ready = len(ready_current) >= desired and (desired > 0 or not current)
+    was_ready = status.get("readyReplicas") == desired and status.get("model") == version.ref
+    status.update(
+        {
+            "url": url,
+            "model": version.ref,
+            "modelVersion": version.version,
+            "framework": version.framework,
+            "desiredReplicas": desired,
+            "replicas": len(current),
+            "readyReplicas": len(ready_current),
+            "replicaPolicy": {
+                "failures": plan.state.failures,
+                "next_start_at": plan.state.next_start_at,
+            },
+            "replicaStatuses": [
+                {
+                    "id": r.id,
+                    "revision": r.revision,
+                    "ready": r.ready,
+                    "pid": r.pid,
+                    "endpoint": r.endpoint,
+                    "message": r.message,
+                }
+                for r in current
+            ],
+            "message": plan.reason,
+        }
+    )
+    reason = "ReplicasReady" if is_ready else "ReplicasNotReady"
+    message = f"{len(ready_current)}/{desired} replicas of {version.ref} ready"
+    status["conditions"] = set_condition(conditions, "Ready", is_ready, reason, message, now)
+    status["conditions"] = set_condition(
+        status["conditions"],
+        "Available",
+        bool(ready),
+        "Serving" if ready else "NoReadyReplica",
+        f"{len(ready)} ready replica(s) behind {url}",
+        now,
+    )
+    if is_ready and not was_ready:
+        ctx.event(KIND, name, "Normal", "Ready", f"{message}; serving at {url}")
+    ctx.store.set_status(KIND, name, status)
+    return Result(requeue_after=plan.requeue_after if not is_ready else 2.0)

@@ -1,0 +1,211 @@
+"""TrainingJob controller: run the worker gang, restart it with backoff, register the output.
+
+The job's phase machine lives in ``policy.training``; this module only
+observes workers, applies the decision and persists the policy state in the
+job's status (so a restarted daemon continues where it was).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pilothouse.controllers.base import Context, Result, set_condition, tail, timestamp
+from pilothouse.policy.backoff import BackoffParams
+from pilothouse.policy.training import (
+    Action,
+    GangObservation,
+    Phase,
+    TrainingState,
+    decide_training,
+)
+from pilothouse.registry.local import RegistryError
+from pilothouse.runtime.port import WorkerSpec, WorkerStatus
+from pilothouse.spec.resources import TrainingJobSpec
+from pilothouse.store.sqlite import NotFound
+
+KIND = "TrainingJob"
+
+
+def _observe(workers: list[WorkerStatus], attempt: int, size: int) -> GangObservation | None:
+    current = [w for w in workers if w.attempt == attempt]
+    if not current:
+        return None
+    failed = [w for w in current if not w.running and w.exit_code not in (None, 0)]
+    return GangObservation(
+        running=sum(1 for w in current if w.running),
+        succeeded=sum(1 for w in current if not w.running and w.exit_code == 0),
+        failed=len(failed),
+        workers=size,
+        exit_code=failed[0].exit_code if failed else None,
+        message=(failed[0].message or f"exit code {failed[0].exit_code}") if failed else "",
+    )
+
+
+def _state(status: dict[str, Any]) -> TrainingState:
+    return TrainingState(
+        phase=Phase(status.get("phase", Phase.PENDING)),
+        attempt=int(status.get("attempt", 0)),
+        restarts=int(status.get("restarts", 0)),
+        next_start_at=float(status.get("nextStartAt", 0.0)),
+        message=str(status.get("message", "")),
+    )
+
+
+async def reconcile(ctx: Context, name: str) -> Result:
+    try:
+        obj = ctx.store.get(KIND, name)
+    except NotFound:
+        await ctx.runtime.stop_workers(name)
+        return Result()
+    if obj["metadata"].get("deletionTimestamp"):
+        await ctx.runtime.stop_workers(name)
+        ctx.store.remove(KIND, name)
+        return Result()
+
+    now = ctx.clock()
+    spec = TrainingJobSpec.model_validate(obj["spec"])
+    status: dict[str, Any] = dict(obj.get("status") or {})
+    state = _state(status)
+    workers = await ctx.runtime.list_workers(name)
+    gang = _observe(workers, state.attempt, spec.workers)
+    backoff = BackoffParams(
+        initial=spec.restart_policy.backoff.initial,
+        maximum=spec.restart_policy.backoff.max,
+        multiplier=spec.restart_policy.backoff.multiplier,
+    )
+    decision = decide_training(state, gang, spec.restart_policy.max_restarts, backoff, now)
+    new = decision.state
+
+    if decision.action == Action.START:
+        await ctx.runtime.stop_workers(name)  # the previous attempt's leftovers, if any
+        env = {e.name: e.value for e in spec.env}
+        for rank in range(spec.workers):
+            await ctx.runtime.start_worker(
+                WorkerSpec(
+                    job=name,
+                    attempt=new.attempt,
+                    rank=rank,
+                    world_size=spec.workers,
+                    command=[*spec.command, *spec.args],
+                    env=env,
+                    working_dir=spec.working_dir,
+                )
+            )
+        status.setdefault("startTime", timestamp(now))
+        ctx.event(
+            KIND,
+            name,
+            "Normal",
+            "Started",
+            f"attempt {new.attempt}: started {spec.workers} worker(s)",
+        )
+    elif new.phase == Phase.RESTARTING and state.phase == Phase.RUNNING:
+        logs = [w for w in workers if w.attempt == state.attempt and w.exit_code not in (None, 0)]
+        detail = ""
+        files = ctx.runtime.log_files(KIND, name)
+        if files:
+            detail = tail(str(files[-1]), 3)
+        await ctx.runtime.stop_workers(name)
+        ctx.event(
+            KIND, name, "Warning", "BackOff", new.message + (f" — {detail}" if detail else "")
+        )
+        del logs
+    elif decision.action == Action.FAIL:
+        await ctx.runtime.stop_workers(name)
+        ctx.event(KIND, name, "Warning", "Failed", new.message)
+        status["completionTime"] = timestamp(now)
+    elif decision.action == Action.REGISTER:
+        new = _register(ctx, name, obj, spec, new, status, now)
+
+    status.update(
+        {
+            "phase": new.phase.value,
+            "attempt": new.attempt,
+            "restarts": new.restarts,
+            "nextStartAt": new.next_start_at,
+            "message": new.message,
+            "observedGeneration": obj["metadata"]["generation"],
+            "workers": [
+                {
+                    "rank": w.rank,
+                    "attempt": w.attempt,
+                    "pid": w.pid,
+                    "running": w.running,
+                    "exitCode": w.exit_code,
+                }
+                for w in await ctx.runtime.list_workers(name)
+                if w.attempt == new.attempt
+            ],
+        }
+    )
+    conditions: list[dict[str, Any]] = list(status.get("conditions") or [])
+    running = new.phase in (Phase.RUNNING, Phase.RESTARTING, Phase.REGISTERING)
+    conditions = set_condition(conditions, "Running", running, new.phase.value, new.message, now)
+    conditions = set_condition(
+        conditions, "Complete", new.phase == Phase.SUCCEEDED, new.phase.value, new.message, now
+    )
+    conditions = set_condition(
+        conditions, "Failed", new.phase == Phase.FAILED, new.phase.value, new.message, now
+    )
+    status["conditions"] = conditions
+    ctx.store.set_status(KIND, name, status)
+    return Result(requeue_after=decision.requeue_after)
+
+
+def _register(
+    ctx: Context,
+    name: str,
+    obj: dict[str, Any],
+    spec: TrainingJobSpec,
+    state: TrainingState,
+    status: dict[str, Any],
+    now: float,
+) -> TrainingState:
+    """Register the output once (idempotent by job uid + attempt), then succeed."""
+    status["completionTime"] = timestamp(now)
+    if spec.output is None:
+        return TrainingState(Phase.SUCCEEDED, state.attempt, state.restarts, 0.0, "completed")
+    uid = obj["metadata"]["uid"]
+    existing = [
+        v
+        for v in ctx.registry.versions(spec.output.model)
+        if v.lineage.get("trainingJobUid") == uid and v.lineage.get("attempt") == state.attempt
+    ]
+    try:
+        version = (
+            existing[0]
+            if existing
+            else ctx.registry.register(
+                spec.output.model,
+                ctx.runtime.output_dir(name, state.attempt),
+                framework=spec.output.framework,
+                lineage={
+                    "trainingJob": name,
+                    "trainingJobUid": uid,
+                    "generation": obj["metadata"]["generation"],
+                    "attempt": state.attempt,
+                    "command": [*spec.command, *spec.args],
+                    "workingDir": spec.working_dir,
+                },
+            )
+        )
+    except (RegistryError, OSError, ValueError) as exc:
+        message = f"could not register the output as model '{spec.output.model}': {exc}"
+        ctx.event(KIND, name, "Warning", "RegistrationFailed", message)
+        return TrainingState(Phase.FAILED, state.attempt, state.restarts, 0.0, message)
+    status["outputModel"] = {
+        "name": version.name,
+        "version": version.version,
+        "ref": version.ref,
+        "metrics": version.metrics,
+    }
+    message = f"registered {version.ref}"
+    if version.metrics:
+        shown = ", ".join(
+            f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
+            for k, v in list(version.metrics.items())[:4]
+        )
+        message += f" ({shown})"
+    if not existing:
+        ctx.event(KIND, name, "Normal", "ModelRegistered", message)
+    return TrainingState(Phase.SUCCEEDED, state.attempt, state.restarts, 0.0, message)

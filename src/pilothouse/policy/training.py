@@ -1,0 +1,120 @@
+"""What a training job does next, given its phase, its worker gang and the clock.
+
+Phases follow Kubernetes Jobs: Pending -> Running -> Succeeded | Failed, with
+Restarting (waiting out a backoff) between failed attempts while restarts remain.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+from pilothouse.policy.backoff import BackoffParams, restart_delay
+
+
+class Phase(StrEnum):
+    PENDING = "Pending"
+    RUNNING = "Running"
+    RESTARTING = "Restarting"
+    REGISTERING = "Registering"
+    SUCCEEDED = "Succeeded"
+    FAILED = "Failed"
+
+
+class Action(StrEnum):
+    NONE = "none"
+    START = "start"
+    WAIT = "wait"
+    REGISTER = "register"
+    FAIL = "fail"
+
+
+@dataclass(frozen=True)
+class GangObservation:
+    """What the runtime reports about the current attempt's workers."""
+
+    running: int
+    succeeded: int
+    failed: int
+    workers: int
+    exit_code: int | None = None
+    message: str = ""
+
+
+@dataclass(frozen=True)
+class TrainingState:
+    phase: Phase = Phase.PENDING
+    attempt: int = 0
+    restarts: int = 0
+    next_start_at: float = 0.0
+    message: str = ""
+
+
+@dataclass(frozen=True)
+class TrainingDecision:
+    action: Action
+    state: TrainingState
+    requeue_after: float | None
+
+
+def decide_training(
+    state: TrainingState,
+    gang: GangObservation | None,
+    max_restarts: int,
+    backoff: BackoffParams,
+    now: float,
+) -> TrainingDecision:
+    """One step of the training job state machine; pure."""
+    if state.phase in (Phase.SUCCEEDED, Phase.FAILED):
+        return TrainingDecision(Action.NONE, state, None)
+    if state.phase == Phase.REGISTERING:
+        return TrainingDecision(Action.REGISTER, state, 1.0)
+    if state.phase == Phase.PENDING or (state.phase == Phase.RESTARTING and gang is None):
+        if now < state.next_start_at:
+            return TrainingDecision(Action.WAIT, state, state.next_start_at - now)
+        started = TrainingState(
+            phase=Phase.RUNNING,
+            attempt=state.attempt + 1,
+            restarts=state.restarts,
+            message=f"attempt {state.attempt + 1} started",
+        )
+        return TrainingDecision(Action.START, started, 0.5)
+    # Running (or Restarting with a gang still reported): look at the workers.
+    if gang is None:
+        lost = TrainingState(
+            phase=Phase.RESTARTING,
+            attempt=state.attempt,
+            restarts=state.restarts,
+            next_start_at=now,
+            message="workers of the current attempt are gone",
+        )
+        return TrainingDecision(Action.WAIT, lost, 0.0)
+    if gang.failed:
+        detail = gang.message or f"exit code {gang.exit_code}"
+        if state.restarts >= max_restarts:
+            failed = TrainingState(
+                phase=Phase.FAILED,
+                attempt=state.attempt,
+                restarts=state.restarts,
+                message=f"failed after {state.restarts} restart(s): {detail}",
+            )
+            return TrainingDecision(Action.FAIL, failed, None)
+        delay = restart_delay(state.restarts + 1, backoff)
+        again = TrainingState(
+            phase=Phase.RESTARTING,
+            attempt=state.attempt,
+            restarts=state.restarts + 1,
+            next_start_at=now + delay,
+            message=f"attempt {state.attempt} failed ({detail}); restarting in {delay:.0f}s",
+        )
+        # The caller stops the rest of the gang: it restarts together.
+        return TrainingDecision(Action.WAIT, again, delay)
+    if gang.succeeded == gang.workers:
+        done = TrainingState(
+            phase=Phase.REGISTERING,
+            attempt=state.attempt,
+            restarts=state.restarts,
+            message="all workers succeeded",
+        )
+        return TrainingDecision(Action.REGISTER, done, 0.0)
+    return TrainingDecision(Action.NONE, state, 1.0)

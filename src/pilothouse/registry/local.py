@@ -1,0 +1,238 @@
+"""A model registry in a local directory.
+
+Layout: ``ROOT/NAME/VERSION/`` holds the artifact files and ``model.json``
+(framework, signature, metrics, lineage, stage, sha256 of every file). A
+version is written aside in ``ROOT/NAME/.incoming-*`` and renamed into place,
+so readers never see half a version; the rename fails if another writer took
+the number first, and we retry with the next one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from pilothouse.spec.types import split_model_ref
+
+MANIFEST = "model.json"
+_METADATA_FILES = ("metrics.json", "signature.json")
+
+
+class RegistryError(Exception):
+    """Base for registry problems."""
+
+
+class ModelNotFound(RegistryError, KeyError):
+    """No model or version matches the reference."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else "model not found"
+
+
+class ChecksumMismatch(RegistryError):
+    """An artifact file differs from what was registered; it must not be loaded."""
+
+    def __init__(self, path: Path, expected: str, actual: str) -> None:
+        self.path, self.expected, self.actual = path, expected, actual
+        super().__init__(f"checksum mismatch for {path}: expected sha256 {expected}, got {actual}")
+
+
+@dataclass(frozen=True)
+class ModelVersion:
+    name: str
+    version: int
+    path: Path
+    framework: str
+    files: dict[str, str]
+    metrics: dict[str, Any] = field(default_factory=dict)
+    signature: dict[str, Any] | None = None
+    lineage: dict[str, Any] = field(default_factory=dict)
+    stage: str | None = None
+    created: str = ""
+
+    @property
+    def ref(self) -> str:
+        return f"{self.name}:{self.version}"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "version": self.version,
+            "path": str(self.path),
+            "framework": self.framework,
+            "files": self.files,
+            "metrics": self.metrics,
+            "signature": self.signature,
+            "lineage": self.lineage,
+            "stage": self.stage,
+            "created": self.created,
+        }
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def verify(version: ModelVersion) -> None:
+    """Check every file against its registered sha256 before anything is deserialised."""
+    for rel, expected in sorted(version.files.items()):
+        path = version.path / rel
+        if not path.is_file():
+            raise ChecksumMismatch(path, expected, "<missing>")
+        actual = sha256_file(path)
+        if actual != expected:
+            raise ChecksumMismatch(path, expected, actual)
+
+
+def read_version(path: Path) -> ModelVersion:
+    """Read one version directory's manifest."""
+    try:
+        data = json.loads((path / MANIFEST).read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise ModelNotFound(f"no model version at {path}") from exc
+    return ModelVersion(
+        name=data["name"],
+        version=int(data["version"]),
+        path=path,
+        framework=data["framework"],
+        files=dict(data["files"]),
+        metrics=dict(data.get("metrics") or {}),
+        signature=data.get("signature"),
+        lineage=dict(data.get("lineage") or {}),
+        stage=data.get("stage"),
+        created=data.get("created", ""),
+    )
+
+
+class LocalRegistry:
+    """Versions under one directory; safe for concurrent registering processes."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def _versions_dir(self, name: str) -> Path:
+        return self.root / name
+
+    def versions(self, name: str) -> list[ModelVersion]:
+        base = self._versions_dir(name)
+        if not base.is_dir():
+            return []
+        out = []
+        for child in base.iterdir():
+            if child.name.isdigit() and (child / MANIFEST).is_file():
+                out.append(read_version(child))
+        return sorted(out, key=lambda v: v.version)
+
+    def models(self) -> list[str]:
+        if not self.root.is_dir():
+            return []
+        return sorted(p.name for p in self.root.iterdir() if p.is_dir() and self.versions(p.name))
+
+    def get(self, name: str, version: int) -> ModelVersion:
+        path = self._versions_dir(name) / str(version)
+        if not (path / MANIFEST).is_file():
+            raise ModelNotFound(f"model '{name}' has no version {version}")
+        return read_version(path)
+
+    def resolve(self, ref: str) -> ModelVersion:
+        """``name``/``name:latest`` -> newest, ``name:N`` -> N, ``name@stage`` -> newest in stage."""
+        name, version, stage = split_model_ref(ref)
+        if version is not None:
+            return self.get(name, int(version))
+        candidates = self.versions(name)
+        if stage is not None:
+            candidates = [v for v in candidates if v.stage == stage]
+        if not candidates:
+            what = f"in stage '{stage}'" if stage else "registered"
+            raise ModelNotFound(f"model '{name}' has no version {what}")
+        return candidates[-1]
+
+    def register(
+        self,
+        name: str,
+        source: Path,
+        *,
+        framework: str,
+        metrics: dict[str, Any] | None = None,
+        signature: dict[str, Any] | None = None,
+        lineage: dict[str, Any] | None = None,
+    ) -> ModelVersion:
+        """Copy ``source`` (a file or folder) in as the next version of ``name``.
+
+        ``metrics.json`` and ``signature.json`` in a source folder are read as
+        the version's metrics and signature unless given explicitly.
+        """
+        if not source.exists():
+            raise RegistryError(f"cannot register {name}: {source} does not exist")
+        base = self._versions_dir(name)
+        base.mkdir(parents=True, exist_ok=True)
+        staging = base / f".incoming-{uuid.uuid4().hex}"
+        try:
+            if source.is_dir():
+                shutil.copytree(source, staging)
+            else:
+                staging.mkdir()
+                shutil.copy2(source, staging / source.name)
+            if metrics is None and (staging / "metrics.json").is_file():
+                metrics = json.loads((staging / "metrics.json").read_text(encoding="utf-8"))
+            if signature is None and (staging / "signature.json").is_file():
+                signature = json.loads((staging / "signature.json").read_text(encoding="utf-8"))
+            files = {
+                str(p.relative_to(staging)): sha256_file(p)
+                for p in sorted(staging.rglob("*"))
+                if p.is_file() and p.name != MANIFEST
+            }
+            if not any(Path(f).name not in _METADATA_FILES for f in files):
+                raise RegistryError(f"cannot register {name}: {source} holds no model artifact")
+            return self._commit(name, staging, framework, files, metrics, signature, lineage)
+        finally:
+            if staging.exists():
+                shutil.rmtree(staging, ignore_errors=True)
+
+    def _commit(
+        self,
+        name: str,
+        staging: Path,
+        framework: str,
+        files: dict[str, str],
+        metrics: dict[str, Any] | None,
+        signature: dict[str, Any] | None,
+        lineage: dict[str, Any] | None,
+    ) -> ModelVersion:
+        base = self._versions_dir(name)
+        for _attempt in range(100):
+            existing = [int(p.name) for p in base.iterdir() if p.name.isdigit()]
+            number = max(existing, default=0) + 1
+            manifest = {
+                "name": name,
+                "version": number,
+                "framework": framework,
+                "files": files,
+                "metrics": metrics or {},
+                "signature": signature,
+                "lineage": lineage or {},
+                "stage": None,
+                "created": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            }
+            tmp = staging / f".{MANIFEST}.tmp"
+            tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True), encoding="utf-8")
+            os.replace(tmp, staging / MANIFEST)
+            try:
+                # Renaming a directory onto an existing non-empty one fails: the
+                # number is ours only if nobody committed it first.
+                os.rename(staging, base / str(number))
+            except OSError:
+                continue
+            return read_version(base / str(number))
+        raise RegistryError(f"could not allocate a version number for {name}")

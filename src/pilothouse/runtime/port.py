@@ -1,0 +1,89 @@
+"""The runtime port: what controllers may ask of the world, and what they observe.
+
+``runtime.local`` implements it with processes, probes and the embedded router;
+``runtime.kube`` will implement it with Kubernetes objects.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+
+@dataclass(frozen=True)
+class ReplicaSpec:
+    deployment: str
+    revision: str
+    model_name: str
+    model_dir: str
+    readiness_path: str = "/v2/health/ready"
+    probe_period: float = 2.0
+    probe_timeout: float = 1.0
+    failure_threshold: int = 3
+
+
+@dataclass(frozen=True)
+class ReplicaStatus:
+    id: str
+    revision: str
+    ready: bool
+    exited: bool
+    started_at: float
+    endpoint: str | None = None
+    pid: int | None = None
+    exit_code: int | None = None
+    exited_at: float | None = None
+    message: str = ""
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    job: str
+    attempt: int
+    rank: int
+    world_size: int
+    command: list[str]
+    env: dict[str, str] = field(default_factory=dict)
+    working_dir: str | None = None
+
+
+@dataclass(frozen=True)
+class WorkerStatus:
+    id: str
+    job: str
+    attempt: int
+    rank: int
+    running: bool
+    exit_code: int | None
+    started_at: float
+    finished_at: float | None = None
+    pid: int | None = None
+    message: str = ""
+    output_dir: str = ""
+
+
+class Runtime(Protocol):
+    """Everything a controller can do to the world; every call is idempotent or keyed."""
+
+    async def start_replica(self, spec: ReplicaSpec) -> str: ...
+
+    async def stop_replica(self, replica_id: str) -> None: ...
+
+    async def list_replicas(self, deployment: str) -> list[ReplicaStatus]: ...
+
+    async def set_traffic(self, deployment: str, ready: list[ReplicaStatus]) -> str:
+        """Route the deployment's endpoint to these replicas; returns the endpoint URL."""
+        ...
+
+    async def remove_traffic(self, deployment: str) -> None: ...
+
+    async def start_worker(self, spec: WorkerSpec) -> WorkerStatus: ...
+
+    async def list_workers(self, job: str) -> list[WorkerStatus]: ...
+
+    async def stop_workers(self, job: str) -> None: ...
+
+    def output_dir(self, job: str, attempt: int) -> Path: ...
+
+    def log_files(self, kind: str, name: str) -> list[Path]: ...

@@ -1,0 +1,331 @@
+"""The embedded control plane's state in one SQLite file.
+
+This plays the role etcd plays for Kubernetes: desired state (spec, bumped
+``generation`` on change), observed state (status, written only by
+controllers), events, and the process records the local runtime needs to find
+its children again after a crash. Every apply is one transaction, so a batch
+of documents is stored whole or not at all.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS resources (
+    kind TEXT NOT NULL,
+    name TEXT NOT NULL,
+    uid TEXT NOT NULL,
+    generation INTEGER NOT NULL,
+    resource_version INTEGER NOT NULL,
+    created TEXT NOT NULL,
+    deleting TEXT,
+    metadata TEXT NOT NULL,
+    spec TEXT NOT NULL,
+    status TEXT NOT NULL DEFAULT '{}',
+    PRIMARY KEY (kind, name)
+);
+CREATE TABLE IF NOT EXISTS events (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    kind TEXT NOT NULL,
+    name TEXT NOT NULL,
+    uid TEXT NOT NULL,
+    type TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    message TEXT NOT NULL,
+    count INTEGER NOT NULL DEFAULT 1,
+    first_seen TEXT NOT NULL,
+    last_seen TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS events_by_object ON events (kind, name);
+CREATE TABLE IF NOT EXISTS processes (
+    id TEXT PRIMARY KEY,
+    owner_kind TEXT NOT NULL,
+    owner_name TEXT NOT NULL,
+    role TEXT NOT NULL,
+    pid INTEGER NOT NULL,
+    record TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+"""
+
+
+class NotFound(KeyError):
+    """The object does not exist."""
+
+
+class Conflict(Exception):
+    """The write conflicts with the object's current state (e.g. it is being deleted)."""
+
+
+class ApplyOutcome(StrEnum):
+    CREATED = "created"
+    CONFIGURED = "configured"
+    UNCHANGED = "unchanged"
+
+
+@dataclass(frozen=True)
+class Event:
+    type: str
+    reason: str
+    message: str
+    count: int
+    first_seen: str
+    last_seen: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "type": self.type,
+            "reason": self.reason,
+            "message": self.message,
+            "count": self.count,
+            "firstTimestamp": self.first_seen,
+            "lastTimestamp": self.last_seen,
+        }
+
+
+def utcnow() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class Store:
+    """Resources, events and process records; all methods are synchronous and short."""
+
+    MAX_EVENTS_PER_OBJECT = 50
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self._db.row_factory = sqlite3.Row
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute("PRAGMA busy_timeout=5000")
+        self._db.executescript(_SCHEMA)
+
+    def close(self) -> None:
+        self._db.close()
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self._db
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+    def _next_version(self, db: sqlite3.Connection) -> int:
+        db.execute(
+            "INSERT INTO counters(name, value) VALUES('rv', 1) "
+            "ON CONFLICT(name) DO UPDATE SET value = value + 1"
+        )
+        row = db.execute("SELECT value FROM counters WHERE name='rv'").fetchone()
+        return int(row[0])
+
+    # -- resources ---------------------------------------------------------
+
+    def apply(self, docs: list[dict[str, Any]]) -> list[ApplyOutcome]:
+        """Create or update every document in one transaction (all or nothing).
+
+        ``docs`` are validated resources dumped to JSON (apiVersion, kind,
+        metadata, spec). A document whose spec, labels and annotations are
+        unchanged is a no-op: no new generation, no new resourceVersion.
+        """
+        outcomes: list[ApplyOutcome] = []
+        with self._tx() as db:
+            for doc in docs:
+                kind, meta, spec = doc["kind"], doc["metadata"], doc.get("spec") or {}
+                name = meta["name"]
+                user_meta = {
+                    "labels": meta.get("labels") or {},
+                    "annotations": meta.get("annotations") or {},
+                }
+                row = db.execute(
+                    "SELECT * FROM resources WHERE kind=? AND name=?", (kind, name)
+                ).fetchone()
+                if row is None:
+                    db.execute(
+                        "INSERT INTO resources(kind, name, uid, generation, resource_version,"
+                        " created, metadata, spec) VALUES (?,?,?,?,?,?,?,?)",
+                        (
+                            kind,
+                            name,
+                            str(uuid.uuid4()),
+                            1,
+                            self._next_version(db),
+                            utcnow(),
+                            json.dumps(user_meta, sort_keys=True),
+                            json.dumps(spec, sort_keys=True),
+                        ),
+                    )
+                    outcomes.append(ApplyOutcome.CREATED)
+                    continue
+                if row["deleting"]:
+                    raise Conflict(f"{kind} '{name}' is being deleted; apply again once it is gone")
+                new_spec = json.dumps(spec, sort_keys=True)
+                new_meta = json.dumps(user_meta, sort_keys=True)
+                if new_spec == row["spec"] and new_meta == row["metadata"]:
+                    outcomes.append(ApplyOutcome.UNCHANGED)
+                    continue
+                generation = row["generation"] + (1 if new_spec != row["spec"] else 0)
+                db.execute(
+                    "UPDATE resources SET spec=?, metadata=?, generation=?, resource_version=?"
+                    " WHERE kind=? AND name=?",
+                    (new_spec, new_meta, generation, self._next_version(db), kind, name),
+                )
+                outcomes.append(ApplyOutcome.CONFIGURED)
+        return outcomes
+
+    def _row_to_doc(self, row: sqlite3.Row) -> dict[str, Any]:
+        user_meta = json.loads(row["metadata"])
+        metadata: dict[str, Any] = {
+            "name": row["name"],
+            "namespace": "default",
+            "uid": row["uid"],
+            "generation": row["generation"],
+            "resourceVersion": str(row["resource_version"]),
+            "creationTimestamp": row["created"],
+            "labels": user_meta.get("labels", {}),
+            "annotations": user_meta.get("annotations", {}),
+        }
+        if row["deleting"]:
+            metadata["deletionTimestamp"] = row["deleting"]
+        return {
+            "apiVersion": "pilothouse.dev/v1alpha1",
+            "kind": row["kind"],
+            "metadata": metadata,
+            "spec": json.loads(row["spec"]),
+            "status": json.loads(row["status"]),
+        }
+
+    def get(self, kind: str, name: str) -> dict[str, Any]:
+        row = self._db.execute(
+            "SELECT * FROM resources WHERE kind=? AND name=?", (kind, name)
+        ).fetchone()
+        if row is None:
+            raise NotFound(f"{kind} '{name}' not found")
+        return self._row_to_doc(row)
+
+    def list_objects(self, kind: str | None = None) -> list[dict[str, Any]]:
+        if kind is None:
+            rows = self._db.execute("SELECT * FROM resources ORDER BY kind, name").fetchall()
+        else:
+            rows = self._db.execute(
+                "SELECT * FROM resources WHERE kind=? ORDER BY name", (kind,)
+            ).fetchall()
+        return [self._row_to_doc(r) for r in rows]
+
+    def mark_deleted(self, kind: str, name: str) -> dict[str, Any]:
+        """Start deletion; controllers tear down what the object owns, then ``remove`` it."""
+        with self._tx() as db:
+            row = db.execute(
+                "SELECT * FROM resources WHERE kind=? AND name=?", (kind, name)
+            ).fetchone()
+            if row is None:
+                raise NotFound(f"{kind} '{name}' not found")
+            if not row["deleting"]:
+                db.execute(
+                    "UPDATE resources SET deleting=?, resource_version=? WHERE kind=? AND name=?",
+                    (utcnow(), self._next_version(db), kind, name),
+                )
+        return self.get(kind, name)
+
+    def remove(self, kind: str, name: str) -> None:
+        with self._tx() as db:
+            db.execute("DELETE FROM resources WHERE kind=? AND name=?", (kind, name))
+            db.execute("DELETE FROM events WHERE kind=? AND name=?", (kind, name))
+
+    def set_status(self, kind: str, name: str, status: dict[str, Any]) -> bool:
+        """Replace the status; returns False if it was unchanged (no new resourceVersion)."""
+        with self._tx() as db:
+            row = db.execute(
+                "SELECT status FROM resources WHERE kind=? AND name=?", (kind, name)
+            ).fetchone()
+            if row is None:
+                raise NotFound(f"{kind} '{name}' not found")
+            text = json.dumps(status, sort_keys=True)
+            if text == row["status"]:
+                return False
+            db.execute(
+                "UPDATE resources SET status=?, resource_version=? WHERE kind=? AND name=?",
+                (text, self._next_version(db), kind, name),
+            )
+        return True
+
+    # -- events --------------------------------------------------------------
+
+    def record_event(self, kind: str, name: str, type_: str, reason: str, message: str) -> None:
+        """Record an event; a repeat of the last one with the same reason and message counts up."""
+        now = utcnow()
+        with self._tx() as db:
+            row = db.execute(
+                "SELECT uid FROM resources WHERE kind=? AND name=?", (kind, name)
+            ).fetchone()
+            if row is None:
+                return
+            last = db.execute(
+                "SELECT id, reason, message FROM events WHERE kind=? AND name=?"
+                " ORDER BY id DESC LIMIT 1",
+                (kind, name),
+            ).fetchone()
+            if last is not None and last["reason"] == reason and last["message"] == message:
+                db.execute(
+                    "UPDATE events SET count = count + 1, last_seen=? WHERE id=?", (now, last["id"])
+                )
+                return
+            db.execute(
+                "INSERT INTO events(kind, name, uid, type, reason, message, first_seen, last_seen)"
+                " VALUES (?,?,?,?,?,?,?,?)",
+                (kind, name, row["uid"], type_, reason, message, now, now),
+            )
+            db.execute(
+                "DELETE FROM events WHERE kind=? AND name=? AND id NOT IN ("
+                " SELECT id FROM events WHERE kind=? AND name=? ORDER BY id DESC LIMIT ?)",
+                (kind, name, kind, name, self.MAX_EVENTS_PER_OBJECT),
+            )
+
+    def events(self, kind: str, name: str) -> list[Event]:
+        rows = self._db.execute(
+            "SELECT * FROM events WHERE kind=? AND name=? ORDER BY id", (kind, name)
+        ).fetchall()
+        return [
+            Event(r["type"], r["reason"], r["message"], r["count"], r["first_seen"], r["last_seen"])
+            for r in rows
+        ]
+
+    # -- process records (owned by runtime.local) ---------------------------------
+
+    def put_process(self, record: dict[str, Any]) -> None:
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO processes(id, owner_kind, owner_name, role, pid, record)"
+                " VALUES (?,?,?,?,?,?) ON CONFLICT(id) DO UPDATE SET pid=excluded.pid,"
+                " record=excluded.record",
+                (
+                    record["id"],
+                    record["ownerKind"],
+                    record["ownerName"],
+                    record["role"],
+                    record["pid"],
+                    json.dumps(record, sort_keys=True),
+                ),
+            )
+
+    def delete_process(self, process_id: str) -> None:
+        with self._tx() as db:
+            db.execute("DELETE FROM processes WHERE id=?", (process_id,))
+
+    def processes(self) -> list[dict[str, Any]]:
+        rows = self._db.execute("SELECT record FROM processes ORDER BY id").fetchall()
+        return [json.loads(r["record"]) for r in rows]
