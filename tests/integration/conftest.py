@@ -27,7 +27,9 @@ EXAMPLE = ROOT / "examples" / "fraud-detection"
 T = TypeVar("T")
 
 
-def wait_for(what: str, probe: Callable[[], T | None], timeout: float = 60.0, every: float = 0.1) -> T:
+def wait_for(
+    what: str, probe: Callable[[], T | None], timeout: float = 60.0, every: float = 0.1
+) -> T:
     """Poll ``probe`` until it returns something truthy; fail with ``what`` after ``timeout``."""
     deadline = time.monotonic() + timeout
     last: Any = None
@@ -52,7 +54,9 @@ class Platform:
     home: Home
     env: dict[str, str]
 
-    def cli(self, *args: str, input_text: str | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    def cli(
+        self, *args: str, input_text: str | None = None, timeout: float = 120
+    ) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             [sys.executable, "-m", "pilothouse", *args],
             env=self.env,
@@ -80,7 +84,9 @@ class Platform:
     def api(self) -> httpx.Client:
         info = self.home.read_daemon_info()
         assert info
-        return httpx.Client(base_url=info["url"], headers={"Authorization": f"Bearer {self.token()}"}, timeout=10)
+        return httpx.Client(
+            base_url=info["url"], headers={"Authorization": f"Bearer {self.token()}"}, timeout=10
+        )
 
 
 def _platform(tmp: Path) -> Platform:

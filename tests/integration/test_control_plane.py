@@ -33,7 +33,8 @@ def test_up_status_down(fresh_platform: Platform) -> None:
     assert status.returncode == 0
     assert json.loads(status.stdout)["running"] is True
     again = p.cli("up")
-    assert again.returncode == 0 and "already running" in again.stdout
+    assert again.returncode == 0
+    assert "already running" in again.stdout
     down = p.cli("down")
     assert down.returncode == 0
     assert not pid_alive(info["pid"])
@@ -81,7 +82,9 @@ def test_bad_requests_get_4xx_status(
         response = api.request(method, path, content=body)
     assert response.status_code == code
     payload = response.json()
-    assert payload["kind"] == "Status" and payload["reason"] == reason and payload["message"]
+    assert payload["kind"] == "Status"
+    assert payload["reason"] == reason
+    assert payload["message"]
 
 
 def test_invalid_batch_applies_nothing(platform: Platform) -> None:
@@ -115,10 +118,12 @@ def test_apply_is_idempotent_and_updates_in_place(platform: Platform, tmp_path) 
     spec = tmp_path / "queue.yaml"
     spec.write_text(QUEUE)
     first = platform.cli("apply", "-f", str(spec))
-    assert first.returncode == 0 and "queue.pilothouse.dev/research created" in first.stdout
+    assert first.returncode == 0
+    assert "queue.pilothouse.dev/research created" in first.stdout
     before = platform.get_json("queues", "research")
     second = platform.cli("apply", "-f", str(spec))
-    assert second.returncode == 0 and "unchanged" in second.stdout
+    assert second.returncode == 0
+    assert "unchanged" in second.stdout
     after = platform.get_json("queues", "research")
     assert after["metadata"]["resourceVersion"] == before["metadata"]["resourceVersion"]
     assert after["metadata"]["generation"] == 1
@@ -149,13 +154,15 @@ spec:
     assert result.returncode == 2
     assert f"{path}:" in result.stderr
     assert "document 2" in result.stderr
-    assert "spec.replicass" in result.stderr and "did you mean 'replicas'" in result.stderr
+    assert "spec.replicass" in result.stderr
+    assert "did you mean 'replicas'" in result.stderr
     assert "spec.resources.cpu" in result.stderr
     assert "nothing was applied" in result.stderr
     assert platform.get_json("queues")["items"] == []
 
     from_stdin = platform.cli("apply", "-f", "-", input_text="kind: Nope\n")
-    assert from_stdin.returncode == 2 and "<stdin>" in from_stdin.stderr
+    assert from_stdin.returncode == 2
+    assert "<stdin>" in from_stdin.stderr
 
 
 def test_schema_and_folder_apply(platform: Platform) -> None:

@@ -35,7 +35,9 @@ def test_train_registers_a_model_version(shared_platform: Platform) -> None:
     applied = p.cli("apply", "-f", str(EXAMPLE / "trainingjob.yaml"))
     assert applied.returncode == 0, applied.stderr
     waited = p.cli("wait", "trainingjob/fraud-train", "--for=condition=Complete", "--timeout=180s")
-    assert waited.returncode == 0, waited.stderr + p.cli("describe", "trainingjob", "fraud-train").stdout
+    assert waited.returncode == 0, (
+        waited.stderr + p.cli("describe", "trainingjob", "fraud-train").stdout
+    )
     job = p.get_json("trainingjobs", "fraud-train")
     assert job["status"]["phase"] == "Succeeded"
     output = job["status"]["outputModel"]
@@ -46,24 +48,30 @@ def test_train_registers_a_model_version(shared_platform: Platform) -> None:
     assert manifest["lineage"]["trainingJob"] == "fraud-train"
     assert set(manifest["files"]) >= {"model.joblib", "metrics.json", "signature.json"}
     logs = p.cli("logs", "trainingjob/fraud-train")
-    assert logs.returncode == 0 and "[4/4]" in logs.stdout
+    assert logs.returncode == 0
+    assert "[4/4]" in logs.stdout
 
 
 def test_deploy_two_replicas_behind_the_router(shared_platform: Platform) -> None:
     p = shared_platform
     applied = p.cli("apply", "-f", str(EXAMPLE / "modeldeployment.yaml"))
     assert applied.returncode == 0, applied.stderr
-    waited = p.cli("wait", "modeldeployment/fraud-detector", "--for=condition=Ready", "--timeout=120s")
+    waited = p.cli(
+        "wait", "modeldeployment/fraud-detector", "--for=condition=Ready", "--timeout=120s"
+    )
     assert waited.returncode == 0, waited.stderr
     obj = p.get_json("modeldeployments", "fraud-detector")
     status = obj["status"]
-    assert status["readyReplicas"] == 2 and status["desiredReplicas"] == 2
+    assert status["readyReplicas"] == 2
+    assert status["desiredReplicas"] == 2
     assert status["model"] == "fraud-detector:1"
     assert status["url"].startswith("http://127.0.0.1:")
     pids = {r["pid"] for r in status["replicaStatuses"]}
-    assert len(pids) == 2 and all(pid_alive(pid) for pid in pids)
+    assert len(pids) == 2
+    assert all(pid_alive(pid) for pid in pids)
     table = p.cli("get", "modeldeployments")
-    assert "2/2" in table.stdout and status["url"] in table.stdout
+    assert "2/2" in table.stdout
+    assert status["url"] in table.stdout
 
 
 def test_predict_through_cli_and_both_protocols(shared_platform: Platform) -> None:
@@ -74,18 +82,26 @@ def test_predict_through_cli_and_both_protocols(shared_platform: Platform) -> No
     assert 0.0 <= ordinary < 0.2 < 0.5 < suspicious <= 1.0
 
     url = p.get_json("modeldeployments", "fraud-detector")["status"]["url"]
-    names = [i["name"] for i in json.loads((p.home.models / "fraud-detector" / "1" / "signature.json").read_text())["inputs"]]
+    names = [
+        i["name"]
+        for i in json.loads(
+            (p.home.models / "fraud-detector" / "1" / "signature.json").read_text()
+        )["inputs"]
+    ]
     rows = [[inst[n] for n in names] for inst in _sample()["instances"]]
     v2 = httpx.post(
         f"{url}/v2/models/fraud-detector/infer",
-        json={"inputs": [{"name": "x", "shape": [2, len(names)], "datatype": "FP64", "data": rows}]},
+        json={
+            "inputs": [{"name": "x", "shape": [2, len(names)], "datatype": "FP64", "data": rows}]
+        },
     )
     assert v2.status_code == 200
     body = v2.json()
     assert body["model_version"] == "1"
     assert body["outputs"][0]["data"] == pytest.approx([ordinary, suspicious])
     bad = httpx.post(f"{url}/v1/models/fraud-detector:predict", json={"instances": [[1, 2]]})
-    assert bad.status_code == 400 and "expected 10 features" in bad.json()["error"]
+    assert bad.status_code == 400
+    assert "expected 10 features" in bad.json()["error"]
     bad_cli = p.cli("predict", "fraud-detector", "--data", "{oops")
     assert bad_cli.returncode == 2
 
@@ -106,7 +122,9 @@ def test_router_spreads_load_over_both_replicas(shared_platform: Platform) -> No
     before = [_served(e) for e in endpoints]
     with httpx.Client(base_url=status["url"]) as client:
         for _ in range(60):
-            assert client.post("/v1/models/fraud-detector:predict", json=_sample()).status_code == 200
+            assert (
+                client.post("/v1/models/fraud-detector:predict", json=_sample()).status_code == 200
+            )
     after = [_served(e) for e in endpoints]
     served = [a - b for a, b in zip(after, before, strict=True)]
     assert sum(served) == 60
@@ -148,7 +166,8 @@ spec:
     assert waited.returncode == 1
     assert "command not found: no-such-trainer-binary" in waited.stderr
     status = p.get_json("trainingjobs", "broken")["status"]
-    assert status["phase"] == "Failed" and status["restarts"] == 1
+    assert status["phase"] == "Failed"
+    assert status["restarts"] == 1
 
 
 def test_delete_deployment_stops_its_replicas(shared_platform: Platform) -> None:

@@ -16,7 +16,7 @@ SIG: dict[str, Any] = {"inputs": [{"name": n, "datatype": "FP64"} for n in ["a",
 Decoder = Callable[[Any, dict[str, Any] | None], Any]
 
 
-def tensor(name: str, shape: list[Any], data: Any, datatype: str = "FP64") -> dict[str, Any]:
+def tensor(name: str, shape: Any, data: Any, datatype: str = "FP64") -> dict[str, Any]:
     return {"name": name, "shape": shape, "datatype": datatype, "data": data}
 
 

@@ -176,7 +176,6 @@ def test_parse_bytes(value: str | int | float, amount: int) -> None:
         (1000, "1000"),
         (1024, "1Ki"),
         (1536, "1536"),
-        (3 * 512, "1536"),
         (512 * 2**20, "512Mi"),
         (2 * 2**30, "2Gi"),
         (1536 * 2**20, "1536Mi"),
@@ -294,8 +293,37 @@ def test_duration_round_trip_whole_milliseconds(millis: int) -> None:
     assert back == seconds
     assert back == pytest.approx(seconds, rel=0, abs=1e-9)
 
+
 @given(st.integers(min_value=0, max_value=10**6))
 def test_duration_whole_seconds_print_without_fraction(secs: int) -> None:
     text = format_duration(float(secs))
     assert "." not in text
     assert parse_duration(text) == float(secs)
+
+
+# --------------------------------------------------------------------------- known bugs
+# Non-finite and absurdly large numbers are not rejected with a QuantityError; see the
+# reproductions below. strict xfail: these start failing (XPASS) once the source is fixed.
+
+_KNOWN_BUG = "non-finite / overflowing quantities are not rejected with QuantityError"
+
+
+@pytest.mark.xfail(strict=True, reason=_KNOWN_BUG)
+@pytest.mark.parametrize(
+    ("func", "value"),
+    [
+        (parse_quantity, float("nan")),
+        (parse_quantity, float("inf")),
+        (parse_cpu_millis, float("inf")),
+        (parse_cpu_millis, float("nan")),
+        (parse_bytes, float("inf")),
+        (parse_duration, float("inf")),
+        (parse_duration, float("nan")),
+        (parse_quantity, "1e9999999"),
+        (parse_cpu_millis, "1e999999"),
+    ],
+    ids=lambda v: getattr(v, "__name__", repr(v)),
+)
+def test_non_finite_or_overflowing_is_a_quantity_error(func: Any, value: Any) -> None:
+    with pytest.raises(QuantityError, match="expected"):
+        func(value)

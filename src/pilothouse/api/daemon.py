@@ -39,6 +39,14 @@ class _EmbeddedServer(uvicorn.Server):
         yield
 
 
+async def _until_started(server: uvicorn.Server, serving: asyncio.Task[None]) -> None:
+    """uvicorn exposes only a ``started`` flag; poll it (bounded) before announcing the URL."""
+    for _ in range(500):
+        if server.started or serving.done():
+            return
+        await asyncio.sleep(0.02)
+
+
 async def run(home: Home, host: str = "127.0.0.1", port: int = 0) -> None:
     home.ensure()
     token = home.ensure_token()
@@ -62,7 +70,12 @@ async def run(home: Home, host: str = "127.0.0.1", port: int = 0) -> None:
         token=token,
         on_change=manager.trigger,
         log_files=runtime.log_files,
-        info=lambda: daemon_info(started, url, store, lambda: sum(1 for ch in runtime.supervisor.children.values() if ch.poll() is None)),
+        info=lambda: daemon_info(
+            started,
+            url,
+            store,
+            lambda: sum(1 for ch in runtime.supervisor.children.values() if ch.poll() is None),
+        ),
     )
     server = _EmbeddedServer(
         uvicorn.Config(app, log_level="warning", access_log=False, timeout_graceful_shutdown=3)
@@ -80,9 +93,7 @@ async def run(home: Home, host: str = "127.0.0.1", port: int = 0) -> None:
 
     controllers = asyncio.create_task(manager.run(), name="controllers")
     serving = asyncio.create_task(server.serve(sockets=[sock]), name="api")
-    await asyncio.sleep(0)
-    while not server.started and not serving.done():
-        await asyncio.sleep(0.02)
+    await _until_started(server, serving)
     home.write_daemon_info({"pid": os.getpid(), "url": url, "startedAt": started})
     log.info("control API on %s (pid %d)", url, os.getpid())
     try:

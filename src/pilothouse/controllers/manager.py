@@ -9,6 +9,7 @@ stops the loop. Every pass is timed.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -80,7 +81,5 @@ class Manager:
             self._wake.clear()
             soonest = min([*self._due.values(), next_resync])
             timeout = max(0.05, min(soonest - self.ctx.clock(), 1.0))
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout)
-            except TimeoutError:
-                pass

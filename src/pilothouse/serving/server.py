@@ -155,7 +155,8 @@ def create_app(slot: ModelSlot) -> Starlette:
             if isinstance(checked, JSONResponse):
                 status = checked.status_code
                 return checked
-            assert checked.predictor is not None and checked.version is not None
+            assert checked.predictor is not None
+            assert checked.version is not None
             try:
                 body = await read_json(request)
                 decode = decode_v2 if protocol == "v2" else decode_v1

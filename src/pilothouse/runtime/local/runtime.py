@@ -62,6 +62,15 @@ def _child_env(extra: dict[str, str]) -> dict[str, str]:
     return env
 
 
+def _start_failure(exc: OSError, program: str, cwd: str | None) -> str:
+    """Why a worker could not start, in words a user can act on."""
+    if cwd is not None and not Path(cwd).is_dir():
+        return f"working directory does not exist: {cwd}"
+    if isinstance(exc, FileNotFoundError):
+        return f"command not found: {program}"
+    return f"cannot start {program!r}: {exc.strerror or exc}"
+
+
 class LocalRuntime:
     def __init__(self, store: Store, home: Path, router: Router, host: str = "127.0.0.1") -> None:
         self.home = home
@@ -238,13 +247,7 @@ class LocalRuntime:
                 extra={"attempt": spec.attempt, "rank": spec.rank},
             )
         except OSError as exc:
-            reason = (
-                f"command not found: {spec.command[0]}"
-                if isinstance(exc, FileNotFoundError) and (cwd is None or Path(cwd).is_dir())
-                else f"cannot start {spec.command[0]!r}: {exc.strerror or exc}"
-            )
-            if cwd is not None and not Path(cwd).is_dir():
-                reason = f"working directory does not exist: {cwd}"
+            reason = _start_failure(exc, spec.command[0], cwd)
             with log_path.open("a", encoding="utf-8") as handle:
                 handle.write(f"--- pilothouse: {reason}\n")
             worker = _Worker(spec, None, time.time(), str(output), failed_to_start=reason)

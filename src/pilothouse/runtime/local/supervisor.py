@@ -141,11 +141,10 @@ class Supervisor:
 
     def stop(self, process_id: str, grace: float = 10.0) -> None:
         child = self.children.pop(process_id, None)
-        if child is not None:
-            if child.poll() is None:
-                terminate_group(child.popen.pid, child.record.get("startTicks"), grace)
-                with contextlib.suppress(subprocess.TimeoutExpired):
-                    child.popen.wait(timeout=1.0)
+        if child is not None and child.poll() is None:
+            terminate_group(child.popen.pid, child.record.get("startTicks"), grace)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                child.popen.wait(timeout=1.0)
         self.store.delete_process(process_id)
 
     def stop_all(self, grace: float = 10.0) -> None:
