@@ -68,11 +68,5 @@ def test_delay_is_monotonic_and_bounded(params: BackoffParams, failures: int) ->
     assert following <= params.maximum
 
 
-@pytest.mark.xfail(
-    raises=OverflowError,
-    strict=True,
-    reason="BUG: multiplier ** (failures - 1) overflows a float for ~1025+ failures "
-    "instead of returning the maximum",
-)
 def test_very_many_failures_still_give_the_maximum() -> None:
     assert restart_delay(2000, DEFAULT) == DEFAULT.maximum

@@ -196,12 +196,6 @@ def test_desired_zero_stops_everything() -> None:
     assert empty.converged
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a ready replica of the version resets failures to 0 in the same call that "
-    "counts the crash, so a crash-looping replica next to a healthy one never backs off "
-    "beyond the initial delay",
-)
 def test_crash_loop_next_to_a_healthy_replica_still_backs_off() -> None:
     state = FRESH
     now = 1000.0

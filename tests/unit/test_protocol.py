@@ -249,11 +249,6 @@ def test_v2_per_feature_tensors_need_a_signature() -> None:
         decode_v2(body, None)
 
 
-@pytest.mark.xfail(
-    raises=OverflowError,
-    strict=True,
-    reason="BUG: a JSON integer too large for float64 raises OverflowError, not BadRequest",
-)
 @pytest.mark.parametrize(
     ("decode", "body"),
     [

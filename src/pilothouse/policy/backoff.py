@@ -21,7 +21,10 @@ def restart_delay(failures: int, params: BackoffParams) -> float:
     """Seconds to wait before restart number ``failures`` (1 = first restart)."""
     if failures <= 0:
         return 0.0
-    delay = params.initial * params.multiplier ** (failures - 1)
+    try:
+        delay = params.initial * params.multiplier ** (failures - 1)
+    except OverflowError:  # a very long crash loop: the cap applies
+        return float(params.maximum)
     return float(min(delay, params.maximum))
 
 

@@ -57,15 +57,17 @@ def plan_replicas(
     crashed = [r for r in observed if r.exited]
     for replica in crashed:
         stop.append(replica.id)
-        ran_for = (replica.exited_at or now) - replica.started_at
+        exited_at = replica.exited_at if replica.exited_at is not None else now
+        ran_for = exited_at - replica.started_at
         failures = failures_after_exit(failures, ran_for, params)
         next_start_at = max(next_start_at, now + restart_delay(failures, params))
     alive = [r for r in observed if not r.exited]
     current = [r for r in alive if r.version == version]
     old = [r for r in alive if r.version != version]
     ready_current = [r for r in current if r.ready]
-    if ready_current and len(ready_current) == len(current):
-        failures = 0  # a healthy generation resets the crash count
+    # The crash count is not reset by readiness: a replica that crashes soon
+    # after becoming ready must keep backing off. Only a run longer than
+    # ``reset_after`` resets it (failures_after_exit), as kubelet does.
 
     # Too many of the current version: stop the not-ready ones first, then the newest.
     surplus = len(current) - desired

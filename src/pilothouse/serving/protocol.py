@@ -39,10 +39,24 @@ def feature_names(signature: dict[str, Any] | None) -> list[str]:
     return [str(i["name"]) for i in signature.get("inputs", []) if "name" in i]
 
 
+def _only_numbers(rows: Any, what: str, depth: int = 0) -> None:
+    """JSON numbers only: strings like "1" are refused, as in OIP tensors."""
+    if isinstance(rows, np.ndarray):
+        return
+    if isinstance(rows, list):
+        if depth > 3:
+            raise BadRequest(f"{what}: nested too deeply")
+        for item in rows:
+            _only_numbers(item, what, depth + 1)
+    elif not isinstance(rows, bool | int | float):
+        raise BadRequest(f"{what}: expected numbers, got {type(rows).__name__}")
+
+
 def _matrix(rows: Any, what: str) -> npt.NDArray[np.float64]:
+    _only_numbers(rows, what)
     try:
         array = np.asarray(rows, dtype=np.float64)
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, OverflowError) as exc:
         raise BadRequest(f"{what}: expected numbers in equal-length rows ({exc})") from exc
     if array.ndim == 1:
         array = array.reshape(1, -1)
@@ -119,7 +133,7 @@ def decode_v2(body: Any, signature: dict[str, Any] | None) -> npt.NDArray[np.flo
             )
         try:
             values = np.asarray(flat, dtype=np.float64)
-        except (TypeError, ValueError) as exc:
+        except (TypeError, ValueError, OverflowError) as exc:
             raise BadRequest(f"{where}.data: expected numbers for {datatype}") from exc
         tensors.append((str(tensor["name"]), shape, values))
     names = feature_names(signature)

@@ -291,11 +291,17 @@ def load_text(text: str, source: str, result: LoadResult | None = None) -> LoadR
         if syntax is not None:
             result.errors.append(syntax)
             continue
-        if isinstance(data, dict) and data.get("kind", "").endswith("List") and "items" in data:
-            for i, item in enumerate(data.get("items") or []):
+        kind = data.get("kind") if isinstance(data, dict) else None
+        if isinstance(kind, str) and kind.endswith("List") and "items" in data:
+            items = data["items"]
+            if not isinstance(items, list):
+                result.errors.append(
+                    SpecError(source, number, "items", "expected a list of resources")
+                )
+                continue
+            for item in items:
                 resource, errors = validate_document(item, source, number, None)
                 _collect(result, resource, errors, source, number)
-                del i
             continue
         resource, errors = validate_document(data, source, number, node)
         _collect(result, resource, errors, source, number)

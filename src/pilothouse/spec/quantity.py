@@ -8,6 +8,7 @@ and print them back canonically so a stored spec round-trips.
 
 from __future__ import annotations
 
+import math
 import re
 from decimal import Decimal, InvalidOperation
 
@@ -34,14 +35,24 @@ class QuantityError(ValueError):
     """A quantity or duration that cannot be parsed; the message says what was expected."""
 
 
+#: Kubernetes quantities are bounded by int64; nothing sane is larger.
+_LIMIT = Decimal(2**63 - 1)
+
+
+def _bounded(amount: Decimal, value: object) -> Decimal:
+    if not amount.is_finite() or abs(amount) > _LIMIT:
+        raise QuantityError(f"expected a finite quantity below 2^63, got {value!r}")
+    return amount
+
+
 def parse_quantity(value: str | int | float) -> Decimal:
     """Parse a Kubernetes quantity (``500m``, ``2Gi``, ``1e3``, ``4``) into a Decimal."""
     if isinstance(value, bool):
         raise QuantityError(f"expected a quantity such as '500m', '2Gi' or 4, got {value!r}")
     if isinstance(value, int | float):
         try:
-            return Decimal(str(value))
-        except InvalidOperation as exc:  # pragma: no cover - float('nan') and friends
+            return _bounded(Decimal(str(value)), value)
+        except InvalidOperation as exc:
             raise QuantityError(f"expected a finite number, got {value!r}") from exc
     text = value.strip()
     match = _QUANTITY_RE.match(text)
@@ -51,11 +62,14 @@ def parse_quantity(value: str | int | float) -> Decimal:
         )
     number = Decimal(match["num"])
     if match["exp"]:
-        return number * (Decimal(10) ** int(match["exp"][1:]))
+        exponent = int(match["exp"][1:])
+        if abs(exponent) > 30:
+            raise QuantityError(f"expected a finite quantity below 2^63, got {value!r}")
+        return _bounded(number * (Decimal(10) ** exponent), value)
     suffix = match["suffix"] or ""
     if suffix in _BINARY:
-        return number * _BINARY[suffix]
-    return number * _DECIMAL[suffix]
+        return _bounded(number * _BINARY[suffix], value)
+    return _bounded(number * _DECIMAL[suffix], value)
 
 
 def parse_cpu_millis(value: str | int | float) -> int:
@@ -88,6 +102,9 @@ def format_bytes(amount: int) -> str:
     return str(amount)
 
 
+#: Ten years: longer durations are typos, and keep every later computation finite.
+_MAX_DURATION = 10 * 365 * 24 * 3600.0
+
 _DURATION_UNITS = {
     "ns": Decimal("1e-9"),
     "us": Decimal("1e-6"),
@@ -108,14 +125,16 @@ def parse_duration(value: str | int | float) -> float:
     if isinstance(value, bool):
         raise QuantityError(f"expected a duration such as '30s' or '5m', got {value!r}")
     if isinstance(value, int | float):
-        if value < 0:
-            raise QuantityError(f"expected a non-negative duration, got {value!r}")
+        if not math.isfinite(value) or value < 0 or value > _MAX_DURATION:
+            raise QuantityError(
+                f"expected a non-negative duration of at most {_MAX_DURATION:.0f}s, got {value!r}"
+            )
         return float(value)
     text = value.strip()
     if text in ("0", "0s"):
         return 0.0
     if re.fullmatch(r"\d+\.?\d*", text):
-        return float(text)
+        return parse_duration(float(text))
     pos = 0
     total = Decimal(0)
     for match in _DURATION_PART_RE.finditer(text):
@@ -127,14 +146,17 @@ def parse_duration(value: str | int | float) -> float:
         raise QuantityError(
             f"expected a duration such as '30s', '5m', '1h30m' or '250ms', got {value!r}"
         )
-    return float(total)
+    return parse_duration(float(total))
 
 
 def format_duration(seconds: float) -> str:
     """Canonical duration text: ``1h30m``, ``45s``, ``250ms``; inverse of parse_duration."""
     if seconds == 0:
         return "0s"
-    millis = round(Decimal(str(seconds)) * 1000)
+    micros = round(Decimal(str(seconds)) * 1_000_000)
+    if micros % 1000:
+        return f"{micros}us"
+    millis = micros // 1000
     if millis == 0:
         return "0s"
     if millis % 1000:

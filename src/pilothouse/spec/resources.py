@@ -8,9 +8,9 @@ metadata, spec and a server-owned status.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, model_validator
 from pydantic.alias_generators import to_camel
 
 from pilothouse.spec.types import CpuMillis, Duration, MemoryBytes, ModelRef, Name
@@ -134,6 +134,20 @@ class Replicas(SpecModel):
         return self
 
 
+#: ``replicas: 2`` or ``replicas: {min: 1, max: 4}``; the schema says both, for the CRD too.
+ReplicasField = Annotated[
+    Replicas,
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "integer", "minimum": 0, "maximum": 1000},
+                Replicas.model_json_schema(by_alias=True),
+            ]
+        }
+    ),
+]
+
+
 class HttpProbe(SpecModel):
     path: str = Field(default="/v2/health/ready", pattern=r"^/")
     period: Duration = 2.0
@@ -150,7 +164,7 @@ class ModelDeploymentSpec(SpecModel):
     model: ModelRef = Field(description="'name', 'name:VERSION', 'name:latest' or 'name@STAGE'")
     runtime: Literal["auto", "sklearn", "xgboost", "lightgbm", "onnx", "custom"] = "auto"
     resources: ResourceRequests = Field(default_factory=ResourceRequests)
-    replicas: Replicas = Field(default_factory=Replicas)
+    replicas: ReplicasField = Field(default_factory=Replicas)
     probes: Probes = Field(default_factory=Probes)
 
 

@@ -99,7 +99,11 @@ def _name(value: str) -> str:
 
 
 #: A Kubernetes object name (DNS-1123 label), valid on a cluster as well as embedded.
-Name = Annotated[str, AfterValidator(_name)]
+Name = Annotated[
+    str,
+    AfterValidator(_name),
+    WithJsonSchema({"type": "string", "maxLength": 63, "pattern": _NAME_RE.pattern}),
+]
 
 _MODEL_REF_RE = re.compile(
     r"^(?P<name>[a-z0-9]([-a-z0-9_.]*[a-z0-9])?)"
