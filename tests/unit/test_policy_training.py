@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pilothouse.policy.backoff import BackoffParams
+from pilothouse.policy.backoff import BackoffParams, restart_delay
 from pilothouse.policy.training import (
     Action,
     GangObservation,
@@ -124,9 +124,17 @@ def test_gang_disappearing_while_running_restarts() -> None:
     assert decision.action == Action.WAIT
     assert decision.state.phase == Phase.RESTARTING
     assert decision.state.attempt == 2
-    assert decision.state.next_start_at <= NOW
-    assert decision.state.message
+    assert decision.state.restarts == 2, "vanished workers use up a restart"
+    assert decision.state.next_start_at == NOW + restart_delay(2, BACKOFF)
+    assert "gone" in decision.state.message
 
-    again = decide_training(decision.state, None, 3, BACKOFF, NOW)
+    again = decide_training(decision.state, None, 3, BACKOFF, decision.state.next_start_at)
     assert again.action == Action.START
     assert again.state.attempt == 3
+
+
+def test_gang_disappearing_without_restarts_left_fails() -> None:
+    decision = decide_training(running(attempt=4, restarts=3), None, 3, BACKOFF, NOW)
+    assert decision.action == Action.FAIL
+    assert decision.state.phase == Phase.FAILED
+    assert "gone" in decision.state.message

@@ -81,14 +81,15 @@ def decide_training(
         return TrainingDecision(Action.START, started, 0.5)
     # Running (or Restarting with a gang still reported): look at the workers.
     if gang is None:
-        lost = TrainingState(
-            phase=Phase.RESTARTING,
-            attempt=state.attempt,
-            restarts=state.restarts,
-            next_start_at=now,
-            message="workers of the current attempt are gone",
+        # Workers that vanish (lost node, killed from outside) count as a failed
+        # attempt: they use up a restart, so a job cannot restart forever.
+        gang = GangObservation(
+            running=0,
+            succeeded=0,
+            failed=1,
+            workers=1,
+            message=f"the workers of attempt {state.attempt} are gone",
         )
-        return TrainingDecision(Action.WAIT, lost, 0.0)
     if gang.failed:
         detail = gang.message or f"exit code {gang.exit_code}"
         if state.restarts >= max_restarts:
