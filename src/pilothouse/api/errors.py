@@ -7,6 +7,8 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
+from pilothouse.store.sqlite import NotFound
+
 
 class ApiError(Exception):
     def __init__(
@@ -44,3 +46,11 @@ async def handle_not_found(request: Request, _: Exception) -> JSONResponse:
 async def handle_method(request: Request, _: Exception) -> JSONResponse:
     message = f"method {request.method} not allowed on {request.url.path}"
     return JSONResponse(status_body(405, "MethodNotAllowed", message), 405)
+
+
+async def handle_store_error(_: Request, exc: Exception) -> JSONResponse:
+    """Store errors: a missing object is 404, a write against its state is 409."""
+    if isinstance(exc, NotFound):
+        message = str(exc.args[0]) if exc.args else "not found"
+        return JSONResponse(status_body(404, "NotFound", message), 404)
+    return JSONResponse(status_body(409, "Conflict", str(exc)), 409)

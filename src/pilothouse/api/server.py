@@ -31,6 +31,7 @@ from pilothouse.api.errors import (
     handle_api_error,
     handle_method,
     handle_not_found,
+    handle_store_error,
     status_body,
 )
 from pilothouse.api.openapi import openapi_document
@@ -139,10 +140,7 @@ def create_app(
     info: Callable[[], dict[str, Any]],
 ) -> Starlette:
     def apply(resources: list[Resource]) -> list[dict[str, Any]]:
-        try:
-            outcomes = store.apply([resource_doc(r) for r in resources])
-        except Conflict as exc:
-            raise ApiError(409, "Conflict", str(exc)) from exc
+        outcomes = store.apply([resource_doc(r) for r in resources])
         for resource in resources:
             on_change(resource.KIND, resource.metadata.name)
         return [
@@ -170,10 +168,7 @@ def create_app(
     async def get_object(request: Request) -> Response:
         cls = _kind(request.path_params["plural"])
         name = request.path_params["name"]
-        try:
-            return JSONResponse(store.get(cls.KIND, name))
-        except NotFound as exc:
-            raise ApiError(404, "NotFound", f"{cls.PLURAL} '{name}' not found") from exc
+        return JSONResponse(store.get(cls.KIND, name))
 
     async def put_object(request: Request) -> Response:
         cls = _kind(request.path_params["plural"])
@@ -212,29 +207,20 @@ def create_app(
     async def delete_object(request: Request) -> Response:
         cls = _kind(request.path_params["plural"])
         name = request.path_params["name"]
-        try:
-            obj = store.mark_deleted(cls.KIND, name)
-        except NotFound as exc:
-            raise ApiError(404, "NotFound", f"{cls.PLURAL} '{name}' not found") from exc
+        obj = store.mark_deleted(cls.KIND, name)
         on_change(cls.KIND, name)
         return JSONResponse(obj, 202)
 
     async def events(request: Request) -> Response:
         cls = _kind(request.path_params["plural"])
         name = request.path_params["name"]
-        try:
-            store.get(cls.KIND, name)
-        except NotFound as exc:
-            raise ApiError(404, "NotFound", f"{cls.PLURAL} '{name}' not found") from exc
+        store.get(cls.KIND, name)
         return JSONResponse({"items": [e.as_dict() for e in store.events(cls.KIND, name)]})
 
     async def logs(request: Request) -> Response:
         cls = _kind(request.path_params["plural"])
         name = request.path_params["name"]
-        try:
-            store.get(cls.KIND, name)
-        except NotFound as exc:
-            raise ApiError(404, "NotFound", f"{cls.PLURAL} '{name}' not found") from exc
+        store.get(cls.KIND, name)
         follow = request.query_params.get("follow", "false").lower() in ("1", "true", "yes")
         tail_param = request.query_params.get("tail", "-1")
         try:
@@ -263,6 +249,8 @@ def create_app(
     ]
     exception_handlers: dict[Any, Callable[[Request, Exception], Awaitable[Response]]] = {
         ApiError: handle_api_error,
+        NotFound: handle_store_error,
+        Conflict: handle_store_error,
         404: handle_not_found,
         405: handle_method,
     }
