@@ -432,11 +432,29 @@ def schema(kind: str) -> None:
 @click.option("--host", default="127.0.0.1")
 @click.option("--port", default=8080)
 @click.option("--fd", type=int, default=None, help="Serve on this inherited listening socket.")
-def serve(model_dir: Path, name: str, host: str, port: int, fd: int | None) -> None:
-    """Run one model server replica (started by the runtime)."""
+@click.option("--max-batch-size", default=64, show_default=True, help="1 turns batching off.")
+@click.option("--max-batch-delay", default=0.0, show_default=True, help="Seconds a batch may wait.")
+@click.option("--drain", default=1.0, show_default=True, help="Seconds to drain after SIGTERM.")
+def serve(
+    model_dir: Path,
+    name: str,
+    host: str,
+    port: int,
+    fd: int | None,
+    max_batch_size: int,
+    max_batch_delay: float,
+    drain: float,
+) -> None:
+    """Run one model server replica (started by the runtime, or by hand)."""
+    from pilothouse.serving.server import ServerOptions
     from pilothouse.serving.server import serve as run_server
 
-    run_server(model_dir, name, host, port, fd)
+    if max_batch_size < 1:
+        raise click.BadParameter("must be at least 1", param_hint="--max-batch-size")
+    if not 0 <= max_batch_delay <= 1:
+        raise click.BadParameter("must be between 0 and 1 second", param_hint="--max-batch-delay")
+    options = ServerOptions(max_batch_size, max_batch_delay, drain)
+    run_server(model_dir, name, host, port, fd, options)
 
 
 @cli.command()

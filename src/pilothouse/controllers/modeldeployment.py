@@ -94,6 +94,8 @@ async def reconcile(ctx: Context, name: str) -> Result:
                 probe_period=spec.probes.readiness.period,
                 probe_timeout=spec.probes.readiness.timeout,
                 failure_threshold=spec.probes.readiness.failure_threshold,
+                max_batch_size=spec.batching.max_batch_size,
+                max_batch_delay=spec.batching.max_delay,
             )
         )
         ctx.event(

@@ -285,6 +285,14 @@ class Router:
         if route is not None:
             route.set_backends(backends)
 
+    def remove_backend(self, key: str, backend_id: str) -> None:
+        """Stop sending new requests to one backend (before it is stopped)."""
+        route = self.routes.get(key)
+        if route is not None and backend_id in route.upstreams:
+            route.set_backends(
+                [u.backend for bid, u in route.upstreams.items() if bid != backend_id]
+            )
+
     def url(self, key: str) -> str | None:
         route = self.routes.get(key)
         return route.url if route else None

@@ -21,6 +21,8 @@ class ReplicaSpec:
     probe_period: float = 2.0
     probe_timeout: float = 1.0
     failure_threshold: int = 3
+    max_batch_size: int = 64
+    max_batch_delay: float = 0.0
 
 
 @dataclass(frozen=True)

@@ -29,6 +29,23 @@ NUMERIC_DATATYPES = {
 }
 
 
+#: OIP datatypes as little-endian numpy dtypes (for the binary tensor extension).
+BINARY_DTYPES = {
+    "BOOL": "|b1",
+    "UINT8": "|u1",
+    "UINT16": "<u2",
+    "UINT32": "<u4",
+    "UINT64": "<u8",
+    "INT8": "|i1",
+    "INT16": "<i2",
+    "INT32": "<i4",
+    "INT64": "<i8",
+    "FP16": "<f2",
+    "FP32": "<f4",
+    "FP64": "<f8",
+}
+
+
 class BadRequest(ValueError):
     """The request is malformed; the message says what was expected."""
 
@@ -103,15 +120,62 @@ def decode_v1(body: Any, signature: dict[str, Any] | None) -> npt.NDArray[np.flo
     return array
 
 
-def decode_v2(body: Any, signature: dict[str, Any] | None) -> npt.NDArray[np.float64]:
-    """OIP v2 ``inputs``: one [N, F] tensor, or one [N] / [N, 1] tensor per named feature."""
+def split_binary(raw: bytes, header_length: str | None) -> tuple[bytes, bytes]:
+    """Split a binary-extension body into its JSON header and the raw tensor bytes."""
+    if header_length is None:
+        return raw, b""
+    if not header_length.isdigit() or int(header_length) > len(raw):
+        raise BadRequest(
+            f"Inference-Header-Content-Length: expected an integer ≤ the body size ({len(raw)}), "
+            f"got {header_length!r}"
+        )
+    cut = int(header_length)
+    return raw[:cut], raw[cut:]
+
+
+def _binary_values(
+    tensor: dict[str, Any], where: str, blob: bytes, offset: int
+) -> tuple[list[Any], int]:
+    size = tensor.get("parameters", {}).get("binary_data_size")
+    if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+        raise BadRequest(f"{where}.parameters.binary_data_size: expected a non-negative integer")
+    if offset + size > len(blob):
+        raise BadRequest(f"{where}: binary_data_size {size} runs past the end of the body")
+    dtype = BINARY_DTYPES.get(str(tensor.get("datatype")))
+    if dtype is None:
+        raise BadRequest(f"{where}.datatype: binary data needs a numeric datatype")
+    itemsize = np.dtype(dtype).itemsize
+    if size % itemsize:
+        raise BadRequest(
+            f"{where}: {size} bytes is not a whole number of {tensor['datatype']} values"
+        )
+    values = np.frombuffer(blob, dtype=dtype, count=size // itemsize, offset=offset)
+    return values.astype(np.float64).tolist(), offset + size
+
+
+def decode_v2(
+    body: Any, signature: dict[str, Any] | None, binary: bytes = b""
+) -> npt.NDArray[np.float64]:
+    """OIP v2 ``inputs``: one [N, F] tensor, or one [N] / [N, 1] tensor per named feature.
+
+    Tensors may carry their data in the JSON ``data`` field or, with the binary
+    tensor extension that Triton's and KServe's clients use, as raw bytes after
+    the JSON header (``parameters.binary_data_size``).
+    """
     if not isinstance(body, dict) or not isinstance(body.get("inputs"), list) or not body["inputs"]:
         raise BadRequest('expected a JSON object with "inputs": a non-empty list of tensors')
     tensors = []
+    offset = 0
     for n, tensor in enumerate(body["inputs"]):
         where = f"inputs[{n}]"
         if not isinstance(tensor, dict):
             raise BadRequest(f"{where}: expected an object with name, shape, datatype, data")
+        parameters = tensor.get("parameters")
+        if parameters is not None and not isinstance(parameters, dict):
+            raise BadRequest(f"{where}.parameters: expected an object")
+        if "data" not in tensor and parameters and "binary_data_size" in parameters:
+            tensor = {**tensor}
+            tensor["data"], offset = _binary_values(tensor, where, binary, offset)
         for key in ("name", "shape", "datatype", "data"):
             if key not in tensor:
                 raise BadRequest(f"{where}: missing '{key}'")

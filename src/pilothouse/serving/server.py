@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 import uvicorn
@@ -28,11 +29,23 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from pilothouse.registry.local import ModelVersion, RegistryError, read_version
-from pilothouse.serving.protocol import BadRequest, decode_v1, decode_v2
+from pilothouse.serving.batching import Batcher
+from pilothouse.serving.openapi import openapi_document
+from pilothouse.serving.protocol import BadRequest, decode_v1, decode_v2, split_binary
 from pilothouse.serving.runtimes import Predictor, UnsupportedFramework, load_predictor
 
 log = logging.getLogger("pilothouse.serving")
 MAX_BODY_BYTES = 16 * 2**20
+
+
+@dataclass(frozen=True)
+class ServerOptions:
+    """How a replica serves: batching, draining on shutdown."""
+
+    max_batch_size: int = 64
+    max_batch_delay: float = 0.0
+    drain_seconds: float = 1.0
+    graceful_timeout: float = 30.0
 
 
 @dataclass
@@ -43,6 +56,7 @@ class ModelSlot:
     version_dir: Path
     version: ModelVersion | None = None
     predictor: Predictor | None = None
+    batcher: Batcher | None = None
     error: str | None = None
     draining: bool = False
 
@@ -87,7 +101,8 @@ def _error(status: int, message: str) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status)
 
 
-def create_app(slot: ModelSlot) -> Starlette:
+def create_app(slot: ModelSlot, options: ServerOptions | None = None) -> Starlette:
+    opts = options or ServerOptions()
     metrics = Metrics()
 
     def load() -> None:
@@ -100,6 +115,13 @@ def create_app(slot: ModelSlot) -> Starlette:
             log.error("model not loaded, replica stays not ready: %s", exc)
             return
         slot.version = version
+        if opts.max_batch_size > 1:
+            slot.batcher = Batcher(
+                predictor.predict,
+                max_batch_size=opts.max_batch_size,
+                max_delay=opts.max_batch_delay,
+                on_batch=metrics.rows.observe,
+            )
         slot.predictor = predictor
         metrics.load_seconds.set(time.perf_counter() - started)
         log.info(
@@ -112,7 +134,8 @@ def create_app(slot: ModelSlot) -> Starlette:
         yield
         slot.draining = True
 
-    async def read_json(request: Request) -> Any:
+    async def read_json(request: Request) -> tuple[Any, bytes]:
+        """The JSON body, and the raw tensor bytes of the binary extension (if used)."""
         declared = request.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
             raise _TooLarge()
@@ -121,8 +144,11 @@ def create_app(slot: ModelSlot) -> Starlette:
             body += chunk
             if len(body) > MAX_BODY_BYTES:
                 raise _TooLarge()
+        header, binary = split_binary(
+            bytes(body), request.headers.get("inference-header-content-length")
+        )
         try:
-            return json.loads(body)
+            return json.loads(header), binary
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise BadRequest(f"request body is not valid JSON: {exc}") from exc
 
@@ -142,7 +168,7 @@ def create_app(slot: ModelSlot) -> Starlette:
                 404,
                 f"model '{name}' version '{version}' not found (serving {slot.version.version})",
             )
-        if not slot.ready:
+        if slot.predictor is None:  # still loading, or refused; draining replicas still serve
             return _error(503, slot.error or f"model '{name}' is not ready")
         return slot
 
@@ -158,9 +184,11 @@ def create_app(slot: ModelSlot) -> Starlette:
             assert checked.predictor is not None
             assert checked.version is not None
             try:
-                body = await read_json(request)
-                decode = decode_v2 if protocol == "v2" else decode_v1
-                features = decode(body, checked.version.signature)
+                body, binary = await read_json(request)
+                if protocol == "v2":
+                    features = decode_v2(body, checked.version.signature, binary)
+                else:
+                    features = decode_v1(body, checked.version.signature)
             except _TooLarge:
                 status = 413
                 return _error(413, f"request body larger than {MAX_BODY_BYTES} bytes")
@@ -168,11 +196,14 @@ def create_app(slot: ModelSlot) -> Starlette:
                 status = 400
                 return _error(400, str(exc))
             try:
-                scores = await asyncio.to_thread(checked.predictor.predict, features)
+                if checked.batcher is not None:
+                    scores = await checked.batcher.submit(features)
+                else:
+                    scores = await asyncio.to_thread(checked.predictor.predict, features)
+                    metrics.rows.observe(features.shape[0])
             except ValueError as exc:
                 status = 400
                 return _error(400, f"the model rejected the input: {exc}")
-            metrics.rows.observe(features.shape[0])
             values = [float(s) for s in scores]
             status = 200
             if protocol == "v1":
@@ -234,6 +265,9 @@ def create_app(slot: ModelSlot) -> Starlette:
             return checked
         return JSONResponse({"name": checked.name, "ready": True})
 
+    async def openapi(_: Request) -> Response:
+        return JSONResponse(openapi_document(slot.name))
+
     async def prometheus(_: Request) -> Response:
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
@@ -249,6 +283,7 @@ def create_app(slot: ModelSlot) -> Starlette:
         Route("/v2/models/{name}/versions/{version}/infer", v2_infer, methods=["POST"]),
         Route("/v1/models/{name}:predict", v1_predict, methods=["POST"]),
         Route("/metrics", prometheus),
+        Route("/openapi.json", openapi),
     ]
     app = Starlette(routes=routes, lifespan=lifespan)
 
@@ -269,22 +304,54 @@ class _TooLarge(Exception):
     pass
 
 
-def serve(model_dir: Path, name: str, host: str, port: int, fd: int | None = None) -> None:
-    """Run the replica until SIGTERM; uvicorn drains in-flight requests before exiting."""
+class _DrainingServer(uvicorn.Server):
+    """On SIGTERM/SIGINT: readiness turns false at once, the replica keeps serving for
+    ``drain_seconds`` (so probes and the router notice), then stops accepting and
+    finishes in-flight requests (uvicorn's graceful shutdown)."""
+
+    def __init__(self, config: uvicorn.Config, slot: ModelSlot, drain_seconds: float) -> None:
+        super().__init__(config)
+        self.slot = slot
+        self.drain_seconds = drain_seconds
+        self._timer: threading.Timer | None = None
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if self.slot.draining:  # a second signal: stop now
+            super().handle_exit(sig, frame)
+            return
+        self.slot.draining = True
+        log.info("draining for %.1fs before shutdown", self.drain_seconds)
+        self._timer = threading.Timer(
+            self.drain_seconds, lambda: super(_DrainingServer, self).handle_exit(sig, None)
+        )
+        self._timer.daemon = True
+        self._timer.start()
+
+
+def serve(
+    model_dir: Path,
+    name: str,
+    host: str,
+    port: int,
+    fd: int | None = None,
+    options: ServerOptions | None = None,
+) -> None:
+    """Run the replica until SIGTERM: drain, then finish in-flight requests and exit."""
+    opts = options or ServerOptions()
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     slot = ModelSlot(name=name, version_dir=model_dir)
-    app = create_app(slot)
+    app = create_app(slot, opts)
     config = uvicorn.Config(
         app,
         host=host,
         port=port,
         log_level="warning",
         access_log=False,
-        timeout_graceful_shutdown=10,
+        timeout_graceful_shutdown=int(opts.graceful_timeout),
     )
-    server = uvicorn.Server(config)
+    server = _DrainingServer(config, slot, opts.drain_seconds)
     if fd is not None:
         sock = socket.socket(fileno=fd)
         server.run(sockets=[sock])

@@ -160,12 +160,28 @@ class Probes(SpecModel):
     liveness: HttpProbe = Field(default_factory=lambda: HttpProbe(path="/v2/health/live"))
 
 
+class Batching(SpecModel):
+    """Dynamic batching in each replica: concurrent requests share one model call."""
+
+    max_batch_size: int = Field(default=64, ge=1, le=4096, description="1 turns batching off")
+    max_delay: Duration = Field(
+        default=0.0, description="How long a batch may wait for more requests (0: never wait)"
+    )
+
+    @model_validator(mode="after")
+    def _bounded_delay(self) -> Batching:
+        if self.max_delay > 1.0:
+            raise ValueError("maxDelay must be at most 1s; batching should cost milliseconds")
+        return self
+
+
 class ModelDeploymentSpec(SpecModel):
     model: ModelRef = Field(description="'name', 'name:VERSION', 'name:latest' or 'name@STAGE'")
     runtime: Literal["auto", "sklearn", "xgboost", "lightgbm", "onnx", "custom"] = "auto"
     resources: ResourceRequests = Field(default_factory=ResourceRequests)
     replicas: ReplicasField = Field(default_factory=Replicas)
     probes: Probes = Field(default_factory=Probes)
+    batching: Batching = Field(default_factory=Batching)
 
 
 class QueueQuota(SpecModel):

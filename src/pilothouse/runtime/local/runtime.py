@@ -116,6 +116,10 @@ class LocalRuntime:
                 spec.model_name,
                 "--fd",
                 str(sock.fileno()),
+                "--max-batch-size",
+                str(spec.max_batch_size),
+                "--max-batch-delay",
+                str(spec.max_batch_delay),
             ]
             child = await asyncio.to_thread(
                 self.supervisor.spawn,
@@ -168,6 +172,8 @@ class LocalRuntime:
         replica.ready = False
         if replica.probe:
             replica.probe.cancel()
+        # No new requests first; the replica then drains and finishes what it has.
+        self.router.remove_backend(replica.spec.deployment, replica_id)
         await asyncio.to_thread(self.supervisor.stop, replica_id)
 
     async def list_replicas(self, deployment: str) -> list[ReplicaStatus]:
