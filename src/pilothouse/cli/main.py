@@ -470,6 +470,9 @@ def demo(rows: int, timeout: str) -> None:
 
 
 def main() -> None:
+    from pilothouse.cli.models import models
+
+    cli.add_command(models)
     cli(prog_name="pilothouse")
 
 

@@ -22,6 +22,7 @@ from typing import Any
 from pilothouse.spec.types import split_model_ref
 
 MANIFEST = "model.json"
+STAGES = ("staging", "production", "archived")
 _METADATA_FILES = ("metrics.json", "signature.json")
 
 
@@ -200,6 +201,43 @@ class LocalRegistry:
             if staging.exists():
                 shutil.rmtree(staging, ignore_errors=True)
 
+    def promote(self, name: str, version: int, stage: str) -> list[ModelVersion]:
+        """Move a version to ``stage``; the version that held staging/production before is archived.
+
+        Returns every version whose stage changed. The manifest is rewritten
+        atomically; artifact files (and their checksums) are untouched.
+        """
+        if stage not in STAGES:
+            raise RegistryError(f"unknown stage {stage!r}; expected one of: {', '.join(STAGES)}")
+        target = self.get(name, version)
+        changed = []
+        if stage in ("staging", "production"):
+            for other in self.versions(name):
+                if other.version != version and other.stage == stage:
+                    changed.append(self._set_stage(other, "archived"))
+        changed.append(self._set_stage(target, stage))
+        return changed
+
+    def _set_stage(self, version: ModelVersion, stage: str | None) -> ModelVersion:
+        manifest_path = version.path / MANIFEST
+        data = json.loads(manifest_path.read_text(encoding="utf-8"))
+        data["stage"] = stage
+        tmp = version.path / f".{MANIFEST}.{uuid.uuid4().hex}.tmp"
+        tmp.write_text(json.dumps(data, indent=2, sort_keys=True), encoding="utf-8")
+        os.replace(tmp, manifest_path)
+        return read_version(version.path)
+
+    def delete(self, name: str, version: int) -> ModelVersion:
+        """Remove one version; it disappears at once (renamed aside, then removed)."""
+        target = self.get(name, version)
+        # A tombstone keeps the number taken: a deleted version is never reissued,
+        # so a deployment pinned to NAME:N can never silently get another model.
+        (self._versions_dir(name) / ".tombstones" / str(version)).mkdir(parents=True, exist_ok=True)
+        trash = self._versions_dir(name) / f".deleted-{uuid.uuid4().hex}"
+        os.rename(target.path, trash)
+        shutil.rmtree(trash, ignore_errors=True)
+        return target
+
     def _commit(
         self,
         name: str,
@@ -212,7 +250,9 @@ class LocalRegistry:
     ) -> ModelVersion:
         base = self._versions_dir(name)
         for _attempt in range(100):
-            existing = [int(p.name) for p in base.iterdir() if p.name.isdigit()]
+            tombstones = base / ".tombstones"
+            taken = [*base.iterdir(), *(tombstones.iterdir() if tombstones.is_dir() else [])]
+            existing = [int(p.name) for p in taken if p.name.isdigit()]
             number = max(existing, default=0) + 1
             manifest = {
                 "name": name,

@@ -132,6 +132,9 @@ def split_model_ref(ref: str) -> tuple[str, str | None, str | None]:
     """Split a model reference into (name, version, stage); latest is (name, None, None)."""
     match = _MODEL_REF_RE.match(ref)
     if not match:
-        raise ValueError(f"invalid model reference {ref!r}")
+        raise ValueError(
+            f"invalid model reference {ref!r}: expected a model reference 'name', "
+            "'name:VERSION' or 'name@STAGE'"
+        )
     version = match["version"]
     return match["name"], (None if version in (None, "latest") else version), match["stage"]
