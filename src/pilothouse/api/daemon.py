@@ -23,7 +23,7 @@ from pilothouse.api.home import Home
 from pilothouse.api.server import create_app, daemon_info
 from pilothouse.controllers.base import Context
 from pilothouse.controllers.manager import Manager
-from pilothouse.registry.local import LocalRegistry
+from pilothouse.registry.objectstore import open_registry
 from pilothouse.router.proxy import Router
 from pilothouse.runtime.local.runtime import LocalRuntime
 from pilothouse.store.sqlite import Store
@@ -51,7 +51,7 @@ async def run(home: Home, host: str = "127.0.0.1", port: int = 0) -> None:
     home.ensure()
     token = home.ensure_token()
     store = Store(home.db)
-    registry = LocalRegistry(home.models)
+    registry = open_registry(home.registry_uri, home.model_cache)
     router = Router(host)
     runtime = LocalRuntime(store, home.root, router, host)
     orphans = await runtime.start()

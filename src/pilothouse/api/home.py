@@ -28,6 +28,16 @@ class Home:
         return self.root / "models"
 
     @property
+    def registry_uri(self) -> str:
+        """$PILOTHOUSE_REGISTRY (a path, file://, s3://bucket/prefix, ...) or the home's models/."""
+        return os.environ.get("PILOTHOUSE_REGISTRY") or str(self.models)
+
+    @property
+    def model_cache(self) -> Path:
+        """Local copies of versions fetched from a remote registry."""
+        return self.root / "cache" / "models"
+
+    @property
     def token_file(self) -> Path:
         return self.root / "token"
 

@@ -120,7 +120,7 @@ def run_demo(rows: int, timeout: float) -> int:
     _step(3, "register the model")
     output = status.get("outputModel") or {}
     metrics = output.get("metrics") or {}
-    console.print(f"  registered [bold]{output.get('ref')}[/] in {home.models}")
+    console.print(f"  registered [bold]{output.get('ref')}[/] in {home.registry_uri}")
     for key in ("auc", "average_precision", "precision_at_100", "precision_at_500", "fraud_rate"):
         if key in metrics:
             console.print(f"    {key:<18} {metrics[key]:.4f}")

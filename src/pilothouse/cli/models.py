@@ -16,16 +16,18 @@ from pilothouse.cli.render import age, console, dump, err_console
 from pilothouse.registry.frameworks import FRAMEWORKS, detect_framework
 from pilothouse.registry.local import (
     STAGES,
-    LocalRegistry,
+    BaseRegistry,
     ModelNotFound,
     ModelVersion,
     RegistryError,
 )
+from pilothouse.registry.objectstore import open_registry
 from pilothouse.spec.types import split_model_ref
 
 
-def registry() -> LocalRegistry:
-    return LocalRegistry(Home.from_env().models)
+def registry() -> BaseRegistry:
+    home = Home.from_env()
+    return open_registry(home.registry_uri, home.model_cache)
 
 
 def _resolve(ref: str) -> ModelVersion:

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from pilothouse.registry.local import LocalRegistry
+from pilothouse.registry.local import BaseRegistry
 from pilothouse.runtime.port import Runtime
 from pilothouse.store.sqlite import Store
 
@@ -27,7 +27,7 @@ class TerminalError(Exception):
 class Context:
     store: Store
     runtime: Runtime
-    registry: LocalRegistry
+    registry: BaseRegistry
     clock: Callable[[], float]
 
     def event(self, kind: str, name: str, type_: str, reason: str, message: str) -> None:

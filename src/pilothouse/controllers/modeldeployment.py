@@ -7,6 +7,7 @@ ready replicas, and writes status. Running it twice in a row changes nothing.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from pilothouse.controllers.base import Context, Result, set_condition
@@ -45,6 +46,8 @@ async def reconcile(ctx: Context, name: str) -> Result:
 
     try:
         version = ctx.registry.resolve(spec.model)
+        # a local copy the replicas can load (a no-op for a local registry)
+        version = await asyncio.to_thread(ctx.registry.fetch, version)
     except ModelNotFound as exc:
         message = str(exc)
         if status.get("message") != message:

@@ -57,6 +57,8 @@ class ModelVersion:
     lineage: dict[str, Any] = field(default_factory=dict)
     stage: str | None = None
     created: str = ""
+    #: where the version lives when the registry is remote (object storage); "" when local
+    uri: str = ""
 
     @property
     def ref(self) -> str:
@@ -74,6 +76,7 @@ class ModelVersion:
             "lineage": self.lineage,
             "stage": self.stage,
             "created": self.created,
+            **({"uri": self.uri} if self.uri else {}),
         }
 
 
@@ -96,12 +99,29 @@ def verify(version: ModelVersion) -> None:
             raise ChecksumMismatch(path, expected, actual)
 
 
-def read_version(path: Path) -> ModelVersion:
-    """Read one version directory's manifest."""
-    try:
-        data = json.loads((path / MANIFEST).read_text(encoding="utf-8"))
-    except FileNotFoundError as exc:
-        raise ModelNotFound(f"no model version at {path}") from exc
+def build_manifest(
+    name: str,
+    number: int,
+    framework: str,
+    files: dict[str, str],
+    metrics: dict[str, Any] | None,
+    signature: dict[str, Any] | None,
+    lineage: dict[str, Any] | None,
+) -> dict[str, Any]:
+    return {
+        "name": name,
+        "version": number,
+        "framework": framework,
+        "files": files,
+        "metrics": metrics or {},
+        "signature": signature,
+        "lineage": lineage or {},
+        "stage": None,
+        "created": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+    }
+
+
+def version_from_manifest(data: dict[str, Any], path: Path, uri: str = "") -> ModelVersion:
     return ModelVersion(
         name=data["name"],
         version=int(data["version"]),
@@ -113,10 +133,105 @@ def read_version(path: Path) -> ModelVersion:
         lineage=dict(data.get("lineage") or {}),
         stage=data.get("stage"),
         created=data.get("created", ""),
+        uri=uri,
     )
 
 
-class LocalRegistry:
+def read_version(path: Path) -> ModelVersion:
+    """Read one version directory's manifest."""
+    try:
+        data = json.loads((path / MANIFEST).read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise ModelNotFound(f"no model version at {path}") from exc
+    return version_from_manifest(data, path)
+
+
+def read_metadata(folder: Path) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+    """metrics.json and signature.json of an artifact folder, when present."""
+    found: list[dict[str, Any] | None] = []
+    for name in ("metrics.json", "signature.json"):
+        file = folder / name
+        found.append(json.loads(file.read_text(encoding="utf-8")) if file.is_file() else None)
+    return found[0], found[1]
+
+
+def reserved_clash(name: str, source: Path) -> None:
+    """Refuse sources that cannot be registered as they are (missing, or using our manifest name)."""
+    if not source.exists():
+        raise RegistryError(f"cannot register {name}: {source} does not exist")
+    if source.name == MANIFEST or (source.is_dir() and (source / MANIFEST).exists()):
+        raise RegistryError(
+            f"cannot register {name}: '{MANIFEST}' is reserved for the registry's manifest; "
+            "rename the model file (XGBoost: save it as model.ubj)"
+        )
+
+
+class BaseRegistry:
+    """What every registry shares: resolving references and moving stages."""
+
+    def versions(self, name: str) -> list[ModelVersion]:
+        raise NotImplementedError
+
+    def get(self, name: str, version: int) -> ModelVersion:
+        raise NotImplementedError
+
+    def _set_stage(self, version: ModelVersion, stage: str | None) -> ModelVersion:
+        raise NotImplementedError
+
+    def models(self) -> list[str]:
+        raise NotImplementedError
+
+    def register(
+        self,
+        name: str,
+        source: Path,
+        *,
+        framework: str,
+        metrics: dict[str, Any] | None = None,
+        signature: dict[str, Any] | None = None,
+        lineage: dict[str, Any] | None = None,
+    ) -> ModelVersion:
+        raise NotImplementedError
+
+    def delete(self, name: str, version: int) -> ModelVersion:
+        raise NotImplementedError
+
+    def fetch(self, version: ModelVersion) -> ModelVersion:
+        """A local copy a replica can load (local registries are already local)."""
+        return version
+
+    def resolve(self, ref: str) -> ModelVersion:
+        """``name``/``name:latest`` -> newest, ``name:N`` -> N, ``name@stage`` -> newest in stage."""
+        name, version, stage = split_model_ref(ref)
+        if version is not None:
+            return self.get(name, int(version))
+        candidates = self.versions(name)
+        if stage is not None:
+            candidates = [v for v in candidates if v.stage == stage]
+        if not candidates:
+            what = f"in stage '{stage}'" if stage else "registered"
+            raise ModelNotFound(f"model '{name}' has no version {what}")
+        return candidates[-1]
+
+    def promote(self, name: str, version: int, stage: str) -> list[ModelVersion]:
+        """Move a version to ``stage``; the version that held staging/production before is archived.
+
+        Returns every version whose stage changed. Only the manifest is
+        rewritten; artifact files (and their checksums) are untouched.
+        """
+        if stage not in STAGES:
+            raise RegistryError(f"unknown stage {stage!r}; expected one of: {', '.join(STAGES)}")
+        target = self.get(name, version)
+        changed = []
+        if stage in ("staging", "production"):
+            for other in self.versions(name):
+                if other.version != version and other.stage == stage:
+                    changed.append(self._set_stage(other, "archived"))
+        changed.append(self._set_stage(target, stage))
+        return changed
+
+
+class LocalRegistry(BaseRegistry):
     """Versions under one directory; safe for concurrent registering processes."""
 
     def __init__(self, root: Path) -> None:
@@ -146,19 +261,6 @@ class LocalRegistry:
             raise ModelNotFound(f"model '{name}' has no version {version}")
         return read_version(path)
 
-    def resolve(self, ref: str) -> ModelVersion:
-        """``name``/``name:latest`` -> newest, ``name:N`` -> N, ``name@stage`` -> newest in stage."""
-        name, version, stage = split_model_ref(ref)
-        if version is not None:
-            return self.get(name, int(version))
-        candidates = self.versions(name)
-        if stage is not None:
-            candidates = [v for v in candidates if v.stage == stage]
-        if not candidates:
-            what = f"in stage '{stage}'" if stage else "registered"
-            raise ModelNotFound(f"model '{name}' has no version {what}")
-        return candidates[-1]
-
     def register(
         self,
         name: str,
@@ -174,8 +276,7 @@ class LocalRegistry:
         ``metrics.json`` and ``signature.json`` in a source folder are read as
         the version's metrics and signature unless given explicitly.
         """
-        if not source.exists():
-            raise RegistryError(f"cannot register {name}: {source} does not exist")
+        reserved_clash(name, source)
         base = self._versions_dir(name)
         base.mkdir(parents=True, exist_ok=True)
         staging = base / f".incoming-{uuid.uuid4().hex}"
@@ -185,10 +286,9 @@ class LocalRegistry:
             else:
                 staging.mkdir()
                 shutil.copy2(source, staging / source.name)
-            if metrics is None and (staging / "metrics.json").is_file():
-                metrics = json.loads((staging / "metrics.json").read_text(encoding="utf-8"))
-            if signature is None and (staging / "signature.json").is_file():
-                signature = json.loads((staging / "signature.json").read_text(encoding="utf-8"))
+            found_metrics, found_signature = read_metadata(staging)
+            metrics = found_metrics if metrics is None else metrics
+            signature = found_signature if signature is None else signature
             files = {
                 str(p.relative_to(staging)): sha256_file(p)
                 for p in sorted(staging.rglob("*"))
@@ -200,23 +300,6 @@ class LocalRegistry:
         finally:
             if staging.exists():
                 shutil.rmtree(staging, ignore_errors=True)
-
-    def promote(self, name: str, version: int, stage: str) -> list[ModelVersion]:
-        """Move a version to ``stage``; the version that held staging/production before is archived.
-
-        Returns every version whose stage changed. The manifest is rewritten
-        atomically; artifact files (and their checksums) are untouched.
-        """
-        if stage not in STAGES:
-            raise RegistryError(f"unknown stage {stage!r}; expected one of: {', '.join(STAGES)}")
-        target = self.get(name, version)
-        changed = []
-        if stage in ("staging", "production"):
-            for other in self.versions(name):
-                if other.version != version and other.stage == stage:
-                    changed.append(self._set_stage(other, "archived"))
-        changed.append(self._set_stage(target, stage))
-        return changed
 
     def _set_stage(self, version: ModelVersion, stage: str | None) -> ModelVersion:
         manifest_path = version.path / MANIFEST
@@ -254,17 +337,7 @@ class LocalRegistry:
             taken = [*base.iterdir(), *(tombstones.iterdir() if tombstones.is_dir() else [])]
             existing = [int(p.name) for p in taken if p.name.isdigit()]
             number = max(existing, default=0) + 1
-            manifest = {
-                "name": name,
-                "version": number,
-                "framework": framework,
-                "files": files,
-                "metrics": metrics or {},
-                "signature": signature,
-                "lineage": lineage or {},
-                "stage": None,
-                "created": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-            }
+            manifest = build_manifest(name, number, framework, files, metrics, signature, lineage)
             tmp = staging / f".{MANIFEST}.tmp"
             tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True), encoding="utf-8")
             os.replace(tmp, staging / MANIFEST)
