@@ -55,9 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     ray.init(include_dashboard=False)
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": args.port})
-        serve.run(
-            FraudModel.bind(str(args.model.resolve())), name="fraud", route_prefix="/"
-        )
+        serve.run(FraudModel.bind(str(args.model.resolve())), name="fraud", route_prefix="/")
         # Installed after Ray's own setup so that ours are the handlers in force.
         signal.signal(signal.SIGTERM, on_signal)
         signal.signal(signal.SIGINT, on_signal)
