@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
+import sys
 from typing import Any
 
 import httpx
@@ -50,6 +52,30 @@ def test_train_registers_a_model_version(shared_platform: Platform) -> None:
     logs = p.cli("logs", "trainingjob/fraud-train")
     assert logs.returncode == 0
     assert "[4/4]" in logs.stdout
+
+
+def test_logs_follow_streams(shared_platform: Platform) -> None:
+    p = shared_platform
+    follower = subprocess.Popen(
+        [sys.executable, "-m", "pilothouse", "logs", "trainingjob/fraud-train", "-f"],
+        env=p.env,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert follower.stdout is not None
+        seen: list[str] = []
+
+        def reached_end() -> bool:
+            line = follower.stdout.readline() if follower.stdout else ""
+            seen.append(line)
+            return "[4/4]" in line
+
+        wait_for("the followed log to reach the end of training", reached_end, timeout=30, every=0)
+        assert follower.poll() is None, "logs -f keeps following"
+    finally:
+        follower.terminate()
+        follower.communicate(timeout=10)
 
 
 def test_deploy_two_replicas_behind_the_router(shared_platform: Platform) -> None:

@@ -21,8 +21,8 @@ KIND = "ModelDeployment"
 
 
 async def _teardown(ctx: Context, name: str) -> None:
-    for replica in await ctx.runtime.list_replicas(name):
-        await ctx.runtime.stop_replica(replica.id)
+    replicas = await ctx.runtime.list_replicas(name)
+    await asyncio.gather(*(ctx.runtime.stop_replica(r.id) for r in replicas))
     await ctx.runtime.remove_traffic(name)
 
 
