@@ -73,6 +73,41 @@ def test_api_requires_token(platform: Platform) -> None:
         ("PUT", "/apis/pilothouse.dev/v1alpha1/queues/a", b"\xff\xfe", 400, "BadRequest"),
         ("PATCH", "/apis/pilothouse.dev/v1alpha1/queues/a", b"{}", 405, "MethodNotAllowed"),
         ("GET", "/no/such/path", None, 404, "NotFound"),
+        (
+            "PUT",
+            "/apis/pilothouse.dev/v1alpha1/queues/q1",
+            b'{"metadata": {"name": "q1"}, "spec": {"weight": NaN}}',
+            400,
+            "BadRequest",
+        ),
+        (
+            "PUT",
+            "/apis/pilothouse.dev/v1alpha1/queues/q1",
+            b'{"metadata": {"name": "q1"}, "spec": {"weight": Infinity}}',
+            400,
+            "BadRequest",
+        ),
+        (
+            "PUT",
+            "/apis/pilothouse.dev/v1alpha1/queues/q1",
+            b'{"metadata": {"name": "q1"}, "spec": {"priority": ' + b"9" * 5000 + b"}}",
+            400,
+            "BadRequest",
+        ),
+        (
+            "PUT",
+            "/apis/pilothouse.dev/v1alpha1/queues/q1",
+            b'{"metadata": {"name": "q1", "labels": {"a": "\\ud800"}}, "spec": {}}',
+            400,
+            "BadRequest",
+        ),
+        (
+            "PUT",
+            "/apis/pilothouse.dev/v1alpha1/queues/q1",
+            b'{"metadata": {"name": "q1"}, "spec": {"priority": 1e400}}',
+            422,
+            "Invalid",
+        ),
     ],
 )
 def test_bad_requests_get_4xx_status(
@@ -177,3 +212,19 @@ def test_schema_and_folder_apply(platform: Platform) -> None:
     deleted = platform.cli("delete", "queue", "default")
     assert deleted.returncode == 0
     wait_for("queue gone", lambda: platform.get_json("queues")["items"] == [], timeout=10)
+
+
+def test_empty_token_file_is_replaced_not_trusted(fresh_platform: Platform) -> None:
+    p = fresh_platform
+    p.home.ensure()
+    p.home.token_file.write_text("")
+    assert p.cli("up").returncode == 0
+    token = p.home.token_file.read_text().strip()
+    assert len(token) >= 32
+    assert stat.S_IMODE(p.home.token_file.stat().st_mode) == 0o600
+    info = p.home.read_daemon_info()
+    assert info is not None
+    empty = httpx.get(
+        f"{info['url']}/apis/pilothouse.dev/v1alpha1/queues", headers={"Authorization": "Bearer"}
+    )
+    assert empty.status_code == 401

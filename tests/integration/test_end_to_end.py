@@ -11,6 +11,7 @@ import os
 import signal
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -173,6 +174,35 @@ def test_killed_replica_is_replaced(shared_platform: Platform) -> None:
     described = p.cli("describe", "modeldeployment", "fraud-detector")
     assert "ReplicaExited" in described.stdout
     assert p.cli("predict", "fraud-detector", "--data", json.dumps(_sample())).returncode == 0
+
+
+def test_changing_replica_settings_rolls_the_replicas(shared_platform: Platform, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    p = shared_platform
+    before = p.get_json("modeldeployments", "fraud-detector")["status"]
+    old_pids = {r["pid"] for r in before["replicaStatuses"]}
+    spec = tmp_path / "md.yaml"
+    spec.write_text(
+        (EXAMPLE / "modeldeployment.yaml").read_text() + "  batching:\n    maxBatchSize: 1\n"
+    )
+    assert p.cli("apply", "-f", str(spec)).returncode == 0
+
+    def rolled() -> dict[str, Any] | None:
+        st = p.get_json("modeldeployments", "fraud-detector")["status"]
+        pids = {r["pid"] for r in st["replicaStatuses"]}
+        done = (
+            st["readyReplicas"] == 2
+            and not pids & old_pids
+            and st["revision"] != before["revision"]
+        )
+        return st if done else None
+
+    after = wait_for("replicas of the new revision", rolled, timeout=90, every=0.3)
+    for replica in after["replicaStatuses"]:
+        argv = Path(f"/proc/{replica['pid']}/cmdline").read_bytes().split(b"\0")
+        assert argv[argv.index(b"--max-batch-size") + 1] == b"1"
+    assert p.cli("predict", "fraud-detector", "--data", json.dumps(_sample())).returncode == 0
+    unchanged = p.cli("apply", "-f", str(spec))
+    assert "unchanged" in unchanged.stdout
 
 
 def test_job_with_missing_command_fails_with_reason(shared_platform: Platform, tmp_path) -> None:  # type: ignore[no-untyped-def]

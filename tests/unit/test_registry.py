@@ -200,3 +200,16 @@ def test_verify_reports_a_deleted_file_as_missing(registry: LocalRegistry, tmp_p
     assert info.value.actual == "<missing>"
     assert "<missing>" in str(info.value)
     assert mv.files["signature.json"] in str(info.value)
+
+
+@pytest.mark.parametrize("bad", ["../outside.txt", "/etc/passwd", "a/../../b", ""])
+def test_manifest_with_unsafe_paths_is_refused(tmp_path: Path, bad: str) -> None:
+    from pilothouse.registry.local import RegistryError, read_version
+
+    version_dir = tmp_path / "m" / "1"
+    version_dir.mkdir(parents=True)
+    (version_dir / "model.json").write_text(
+        json.dumps({"name": "m", "version": 1, "framework": "sklearn", "files": {bad: "0" * 64}})
+    )
+    with pytest.raises(RegistryError, match="unsafe file path"):
+        read_version(version_dir)

@@ -52,18 +52,23 @@ async def run(home: Home, host: str = "127.0.0.1", port: int = 0) -> None:
     token = home.ensure_token()
     store = Store(home.db)
     registry = open_registry(home.registry_uri, home.model_cache)
-    router = Router(host)
-    runtime = LocalRuntime(store, home.root, router, host)
+    # the data plane (router, replicas) stays on IPv4 loopback unless the API is
+    # exposed on an IPv4 address; an IPv6 API address does not move it
+    data_host = host if ":" not in host and host != "localhost" else "127.0.0.1"
+    router = Router(data_host)
+    runtime = LocalRuntime(store, home.root, router, data_host)
     orphans = await runtime.start()
     if orphans:
         log.warning("stopped %d process(es) left by a previous daemon: %s", len(orphans), orphans)
     manager = Manager(Context(store=store, runtime=runtime, registry=registry, clock=time.time))
 
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+    sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, port))
     bound = sock.getsockname()
-    url = f"http://{bound[0]}:{bound[1]}"
+    shown = f"[{bound[0]}]" if family == socket.AF_INET6 else bound[0]
+    url = f"http://{shown}:{bound[1]}"
     started = time.time()
     app = create_app(
         store,
@@ -117,4 +122,7 @@ def main(home: Home, host: str, port: int) -> None:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    # one line per readiness probe would grow daemon.log without bound
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    logging.getLogger("httpcore").setLevel(logging.WARNING)
     asyncio.run(run(home, host, port))

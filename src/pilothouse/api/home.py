@@ -9,6 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+MIN_TOKEN_LENGTH = 32
+
 
 @dataclass(frozen=True)
 class Home:
@@ -53,21 +55,30 @@ class Home:
         self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
 
     def ensure_token(self) -> str:
-        """Create the API token once, readable by the owner only (mode 0600)."""
+        """Create the API token once, readable by the owner only (mode 0600).
+
+        An empty or truncated token file (a crash mid-write, a stray ``touch``)
+        is replaced: a short token must never become the key to the API.
+        """
         self.ensure()
-        if self.token_file.exists():
-            return self.token_file.read_text().strip()
+        existing = self.read_token()
+        if existing is not None:
+            return existing
         token = secrets.token_urlsafe(32)
-        fd = os.open(self.token_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        tmp = self.token_file.with_name(f".token.{secrets.token_hex(4)}")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as handle:
             handle.write(token + "\n")
+        os.replace(tmp, self.token_file)
         return token
 
     def read_token(self) -> str | None:
+        """The token, or None if there is none worth the name (missing, empty, too short)."""
         try:
-            return self.token_file.read_text().strip()
+            token = self.token_file.read_text().strip()
         except FileNotFoundError:
             return None
+        return token if len(token) >= MIN_TOKEN_LENGTH else None
 
     def write_daemon_info(self, info: dict[str, Any]) -> None:
         tmp = self.daemon_file.with_suffix(".tmp")

@@ -46,6 +46,8 @@ MAX_BODY = 4 * 2**20
 class TokenAuth(BaseHTTPMiddleware):
     def __init__(self, app: Any, token: str) -> None:
         super().__init__(app)
+        if len(token) < 32:
+            raise ValueError("refusing to serve the control API with a short or empty token")
         self.token = token.encode()
 
     async def dispatch(self, request: Request, call_next: RequestResponseEndpoint) -> Response:
@@ -94,9 +96,20 @@ async def _json(request: Request) -> Any:
     if len(body) > MAX_BODY:
         raise ApiError(413, "RequestEntityTooLarge", f"request body larger than {MAX_BODY} bytes")
     try:
-        return json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        data = json.loads(body, parse_constant=_no_constant)
+        # lone surrogates ("\ud800") parse but can never be stored or returned as UTF-8
+        json.dumps(data, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ApiError(
+            400, "BadRequest", "request body holds text that is not valid Unicode"
+        ) from exc
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, NaN, 5000-digit integers
         raise ApiError(400, "BadRequest", f"request body is not valid JSON: {exc}") from exc
+    return data
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
 
 
 def _validate(items: list[Any], source: str) -> list[Resource]:

@@ -51,11 +51,11 @@ class Manager:
             result = await RECONCILERS[kind](self.ctx, name)
         except TerminalError as exc:
             log.error("%s/%s: %s", kind, name, exc)
-            self.ctx.event(kind, name, "Warning", "ReconcileFailed", str(exc))
+            self._record(kind, name, "ReconcileFailed", str(exc))
             return
         except Exception as exc:
             log.exception("%s/%s: reconcile failed; retrying in %ss", kind, name, RETRY_AFTER_ERROR)
-            self.ctx.event(kind, name, "Warning", "ReconcileError", f"{type(exc).__name__}: {exc}")
+            self._record(kind, name, "ReconcileError", f"{type(exc).__name__}: {exc}")
             self._due[(kind, name)] = self.ctx.clock() + RETRY_AFTER_ERROR
             return
         finally:
@@ -65,7 +65,23 @@ class Manager:
             current = self._due.get((kind, name))
             self._due[(kind, name)] = min(due, current) if current is not None else due
 
+    def _record(self, kind: str, name: str, reason: str, message: str) -> None:
+        """Best effort: failing to record an event must not stop the loop."""
+        try:
+            self.ctx.event(kind, name, "Warning", reason, message)
+        except Exception:
+            log.exception("%s/%s: could not record event %s", kind, name, reason)
+
     async def run(self) -> None:
+        """Run until stopped; an unexpected error in one pass is logged, and the loop goes on."""
+        while not self._stopping:
+            try:
+                await self._loop()
+            except Exception:
+                log.exception("controller loop failed; restarting it in 1s")
+                await asyncio.sleep(1.0)
+
+    async def _loop(self) -> None:
         next_resync = 0.0
         while not self._stopping:
             now = self.ctx.clock()

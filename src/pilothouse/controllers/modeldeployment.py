@@ -8,6 +8,9 @@ ready replicas, and writes status. Running it twice in a row changes nothing.
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import json
+from dataclasses import asdict, replace
 from typing import Any
 
 from pilothouse.controllers.base import Context, Result, set_condition
@@ -18,6 +21,15 @@ from pilothouse.spec.resources import ModelDeploymentSpec
 from pilothouse.store.sqlite import NotFound
 
 KIND = "ModelDeployment"
+
+
+def revision_of(model_version: int, template: ReplicaSpec) -> str:
+    """The model version plus a digest of everything a replica is started with, so any
+    change (another model, batching, probes) rolls the replicas, and nothing else does."""
+    fields = asdict(template)
+    fields.pop("revision")
+    digest = hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:6]
+    return f"{model_version}-{digest}"
 
 
 async def _teardown(ctx: Context, name: str) -> None:
@@ -45,7 +57,7 @@ async def reconcile(ctx: Context, name: str) -> Result:
     desired = spec.replicas.min
 
     try:
-        version = ctx.registry.resolve(spec.model)
+        version = await asyncio.to_thread(ctx.registry.resolve, spec.model)
         # a local copy the replicas can load (a no-op for a local registry)
         version = await asyncio.to_thread(ctx.registry.fetch, version)
     except ModelNotFound as exc:
@@ -62,11 +74,24 @@ async def reconcile(ctx: Context, name: str) -> Result:
         ctx.store.set_status(KIND, name, status)
         return Result(requeue_after=5.0)
 
+    template = ReplicaSpec(
+        deployment=name,
+        revision="",
+        model_name=version.name,
+        model_dir=str(version.path),
+        readiness_path=spec.probes.readiness.path,
+        probe_period=spec.probes.readiness.period,
+        probe_timeout=spec.probes.readiness.timeout,
+        failure_threshold=spec.probes.readiness.failure_threshold,
+        max_batch_size=spec.batching.max_batch_size,
+        max_batch_delay=spec.batching.max_delay,
+    )
+    revision = revision_of(version.version, template)
     observed = await ctx.runtime.list_replicas(name)
     policy_state = ReplicaPolicyState(**(status.get("replicaPolicy") or {}))
     plan = plan_replicas(
         desired,
-        str(version.version),
+        revision,
         [
             ObservedReplica(r.id, r.revision, r.ready, r.exited, r.started_at, r.exited_at)
             for r in observed
@@ -87,20 +112,7 @@ async def reconcile(ctx: Context, name: str) -> Result:
             )
         await ctx.runtime.stop_replica(replica_id)
     for _ in range(plan.start):
-        replica_id = await ctx.runtime.start_replica(
-            ReplicaSpec(
-                deployment=name,
-                revision=str(version.version),
-                model_name=version.name,
-                model_dir=str(version.path),
-                readiness_path=spec.probes.readiness.path,
-                probe_period=spec.probes.readiness.period,
-                probe_timeout=spec.probes.readiness.timeout,
-                failure_threshold=spec.probes.readiness.failure_threshold,
-                max_batch_size=spec.batching.max_batch_size,
-                max_batch_delay=spec.batching.max_delay,
-            )
-        )
+        replica_id = await ctx.runtime.start_replica(replace(template, revision=revision))
         ctx.event(
             KIND, name, "Normal", "ReplicaStarted", f"started replica {replica_id} of {version.ref}"
         )
@@ -108,7 +120,7 @@ async def reconcile(ctx: Context, name: str) -> Result:
     current = [r for r in await ctx.runtime.list_replicas(name) if not r.exited]
     ready = [r for r in current if r.ready]
     url = await ctx.runtime.set_traffic(name, ready)
-    ready_current = [r for r in ready if r.revision == str(version.version)]
+    ready_current = [r for r in ready if r.revision == revision]
     is_ready = len(ready_current) >= desired and (desired > 0 or not current)
     was_ready = status.get("readyReplicas") == desired and status.get("model") == version.ref
     status.update(
@@ -116,6 +128,7 @@ async def reconcile(ctx: Context, name: str) -> Result:
             "url": url,
             "model": version.ref,
             "modelVersion": version.version,
+            "revision": revision,
             "framework": version.framework,
             "desiredReplicas": desired,
             "replicas": len(current),

@@ -7,6 +7,7 @@ job's status (so a restarted daemon continues where it was).
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from pilothouse.controllers.base import Context, Result, set_condition, tail, timestamp
@@ -115,7 +116,8 @@ async def reconcile(ctx: Context, name: str) -> Result:
         ctx.event(KIND, name, "Warning", "Failed", new.message)
         status["completionTime"] = timestamp(now)
     elif decision.action == Action.REGISTER:
-        new = _register(ctx, name, obj, spec, new, status, now)
+        # copying and hashing the output is file I/O: keep it off the event loop
+        new = await asyncio.to_thread(_register, ctx, name, obj, spec, new, status, now)
 
     status.update(
         {

@@ -121,7 +121,17 @@ def build_manifest(
     }
 
 
+def _safe_files(files: dict[str, str], where: str) -> dict[str, str]:
+    """Manifest file names must stay inside the version: no absolute paths, no '..'."""
+    for rel in files:
+        parts = Path(rel).parts
+        if not rel or Path(rel).is_absolute() or ".." in parts or "\x00" in rel:
+            raise RegistryError(f"{where}: manifest lists an unsafe file path {rel!r}")
+    return files
+
+
 def version_from_manifest(data: dict[str, Any], path: Path, uri: str = "") -> ModelVersion:
+    _safe_files(dict(data.get("files") or {}), uri or str(path))
     return ModelVersion(
         name=data["name"],
         version=int(data["version"]),

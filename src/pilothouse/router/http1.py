@@ -8,6 +8,7 @@ request bodies are de-chunked), so replicas see plain, bounded requests.
 from __future__ import annotations
 
 import asyncio
+import re
 from dataclasses import dataclass
 
 HOP_BY_HOP = frozenset(
@@ -105,35 +106,55 @@ async def read_body(
     return b""
 
 
+_CHUNK_SIZE = re.compile(rb"[0-9A-Fa-f]{1,16}")
+MAX_TRAILERS = 32
+
+
+async def _line(reader: asyncio.StreamReader) -> bytes:
+    try:
+        return await reader.readuntil(b"\r\n")
+    except asyncio.LimitOverrunError as exc:
+        raise ProtocolError(400, "chunked framing line too long") from exc
+
+
 async def _read_chunked(reader: asyncio.StreamReader, limit: int) -> bytes:
     body = bytearray()
     while True:
-        line = await reader.readuntil(b"\r\n")
-        size_text = line.split(b";", 1)[0].strip()
-        try:
-            size = int(size_text, 16)
-        except ValueError as exc:
-            raise ProtocolError(400, "invalid chunk size") from exc
+        size_text = (await _line(reader)).split(b";", 1)[0].strip()
+        if not _CHUNK_SIZE.fullmatch(size_text):
+            raise ProtocolError(400, "invalid chunk size")
+        size = int(size_text, 16)
         if size == 0:
             # trailers, then the final empty line
-            while (await reader.readuntil(b"\r\n")) != b"\r\n":
-                pass
-            return bytes(body)
+            for _ in range(MAX_TRAILERS):
+                if await _line(reader) == b"\r\n":
+                    return bytes(body)
+            raise ProtocolError(400, "too many trailer lines")
         if len(body) + size > limit:
             raise BodyTooLarge(limit)
         body += await reader.readexactly(size)
-        await reader.readexactly(2)
+        if await reader.readexactly(2) != b"\r\n":
+            raise ProtocolError(400, "chunk data not followed by CRLF")
 
 
 def serialize(
-    start: bytes, headers: list[tuple[bytes, bytes]], body: bytes, keep_alive: bool
+    start: bytes,
+    headers: list[tuple[bytes, bytes]],
+    body: bytes,
+    keep_alive: bool,
+    content_length: bytes | None = None,
 ) -> bytes:
-    """Head + body with our own framing headers (hop-by-hop ones are replaced)."""
+    """Head + body with our own framing headers (hop-by-hop ones are replaced).
+
+    ``content_length`` overrides the body's length: a response to HEAD keeps the
+    length the upstream announced although no body follows.
+    """
     out = [start]
     for name, value in headers:
         if name not in HOP_BY_HOP:
             out.append(name + b": " + value)
-    out.append(b"content-length: " + str(len(body)).encode())
+    length = content_length if content_length is not None else str(len(body)).encode()
+    out.append(b"content-length: " + length)
     out.append(b"connection: keep-alive" if keep_alive else b"connection: close")
     return b"\r\n".join(out) + b"\r\n\r\n" + body
 
@@ -146,6 +167,7 @@ def simple_response(
     reason = {
         400: b"Bad Request",
         404: b"Not Found",
+        408: b"Request Timeout",
         413: b"Payload Too Large",
         431: b"Request Header Fields Too Large",
         502: b"Bad Gateway",

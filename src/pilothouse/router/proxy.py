@@ -32,6 +32,8 @@ MAX_BODY_BYTES = 16 * 2**20
 RETRIES = 2
 UPSTREAM_TIMEOUT = 60.0
 IDLE_TIMEOUT = 75.0
+BODY_TIMEOUT = 30.0
+MAX_CONNECTIONS = 2048
 POOL_SIZE = 32
 
 
@@ -102,6 +104,11 @@ class Route:
         return a if a.inflight <= b.inflight else b
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if len(self._tasks) >= MAX_CONNECTIONS:
+            self.stats.requests["503"] += 1
+            await self._reply_error(writer, 503, "too many client connections", keep_alive=False)
+            writer.close()
+            return
         task = asyncio.current_task()
         if task is not None:
             self._tasks.add(task)
@@ -122,12 +129,20 @@ class Route:
                 try:
                     if (request.header(b"expect") or b"").lower() == b"100-continue":
                         writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-                    request.body = await read_body(reader, request, MAX_BODY_BYTES)
+                    request.body = await asyncio.wait_for(
+                        read_body(reader, request, MAX_BODY_BYTES), BODY_TIMEOUT
+                    )
+                except TimeoutError:
+                    self.stats.requests["408"] += 1
+                    await self._reply_error(
+                        writer, 408, "request body not received in time", keep_alive=False
+                    )
+                    return
                 except ProtocolError as exc:
                     self.stats.requests[str(exc.status)] += 1
                     await self._reply_error(writer, exc.status, str(exc), keep_alive=False)
                     return
-                except (asyncio.IncompleteReadError, ConnectionError):
+                except (asyncio.IncompleteReadError, ConnectionError, ValueError):
                     return
                 request.headers.append((b"x-forwarded-for", client_ip))
                 status, out = await self._forward(request, keep_alive)
@@ -186,9 +201,19 @@ class Route:
                 finally:
                     upstream.inflight -= 1
                 self.stats.by_backend[upstream.backend.id] += 1
-                status = int(response.start.split(b" ", 2)[1])
+                status = _status_code(response.start)
+                if status == 0:
+                    start, headers, body = simple_response(
+                        502, "the replica sent a malformed status line"
+                    )
+                    return 502, serialize(start, headers, body, keep_alive)
+                length = (
+                    response.header(b"content-length")
+                    if request.start.startswith(b"HEAD ") or status in (204, 304)
+                    else None
+                )
                 return status, serialize(
-                    response.start, response.headers, response.body, keep_alive
+                    response.start, response.headers, response.body, keep_alive, length
                 )
             message = (
                 "no ready replica for this deployment"
@@ -256,6 +281,13 @@ class Route:
             else:
                 writer.close()
             return response
+
+
+def _status_code(start: bytes) -> int:
+    parts = start.split(b" ", 2)
+    if len(parts) < 2 or not parts[1].isdigit() or len(parts[1]) != 3:
+        return 0
+    return int(parts[1])
 
 
 class Router:

@@ -9,6 +9,7 @@ caller applies nothing unless the whole input is valid (all-or-nothing, like
 from __future__ import annotations
 
 import difflib
+import math
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -229,11 +230,17 @@ def validate_document(
 
 
 def _plain(value: Any) -> Any:
-    """Keep reported values short and JSON-friendly."""
+    """Keep reported values short and JSON-friendly (no NaN, no huge integers)."""
     if isinstance(value, dict):
-        return {k: "…" for k in list(value)[:5]}
+        return {str(k): "…" for k in list(value)[:5]}
     if isinstance(value, list):
-        return value[:5]
+        return [_plain(v) for v in value[:5]]
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) > 2**63:
+        return "<a very large integer>"
+    if isinstance(value, str) and len(value) > 200:
+        return value[:200] + "…"
     return value
 
 

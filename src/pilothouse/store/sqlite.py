@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import threading
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -104,6 +105,9 @@ class Store:
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        # One connection, shared by the event loop and the runtime's worker
+        # threads: every use holds this lock so transactions never interleave.
+        self._lock = threading.RLock()
         path.parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         self._db.row_factory = sqlite3.Row
@@ -113,17 +117,23 @@ class Store:
         self._db.executescript(_SCHEMA)
 
     def close(self) -> None:
-        self._db.close()
+        with self._lock:
+            self._db.close()
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
-        self._db.execute("BEGIN IMMEDIATE")
-        try:
-            yield self._db
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
-        self._db.execute("COMMIT")
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    def _query(self, sql: str, args: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
+        with self._lock:
+            return self._db.execute(sql, args).fetchall()
 
     def _next_version(self, db: sqlite3.Connection) -> int:
         db.execute(
@@ -210,20 +220,16 @@ class Store:
         }
 
     def get(self, kind: str, name: str) -> dict[str, Any]:
-        row = self._db.execute(
-            "SELECT * FROM resources WHERE kind=? AND name=?", (kind, name)
-        ).fetchone()
-        if row is None:
+        rows = self._query("SELECT * FROM resources WHERE kind=? AND name=?", (kind, name))
+        if not rows:
             raise NotFound(f"{kind} '{name}' not found")
-        return self._row_to_doc(row)
+        return self._row_to_doc(rows[0])
 
     def list_objects(self, kind: str | None = None) -> list[dict[str, Any]]:
         if kind is None:
-            rows = self._db.execute("SELECT * FROM resources ORDER BY kind, name").fetchall()
+            rows = self._query("SELECT * FROM resources ORDER BY kind, name")
         else:
-            rows = self._db.execute(
-                "SELECT * FROM resources WHERE kind=? ORDER BY name", (kind,)
-            ).fetchall()
+            rows = self._query("SELECT * FROM resources WHERE kind=? ORDER BY name", (kind,))
         return [self._row_to_doc(r) for r in rows]
 
     def mark_deleted(self, kind: str, name: str) -> dict[str, Any]:
@@ -296,9 +302,7 @@ class Store:
             )
 
     def events(self, kind: str, name: str) -> list[Event]:
-        rows = self._db.execute(
-            "SELECT * FROM events WHERE kind=? AND name=? ORDER BY id", (kind, name)
-        ).fetchall()
+        rows = self._query("SELECT * FROM events WHERE kind=? AND name=? ORDER BY id", (kind, name))
         return [
             Event(r["type"], r["reason"], r["message"], r["count"], r["first_seen"], r["last_seen"])
             for r in rows
@@ -327,5 +331,5 @@ class Store:
             db.execute("DELETE FROM processes WHERE id=?", (process_id,))
 
     def processes(self) -> list[dict[str, Any]]:
-        rows = self._db.execute("SELECT record FROM processes ORDER BY id").fetchall()
+        rows = self._query("SELECT record FROM processes ORDER BY id")
         return [json.loads(r["record"]) for r in rows]

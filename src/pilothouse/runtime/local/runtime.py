@@ -97,7 +97,7 @@ class LocalRuntime:
     # -- replicas -------------------------------------------------------------------
 
     async def start_replica(self, spec: ReplicaSpec) -> str:
-        replica_id = f"{spec.deployment}-v{spec.revision}-{uuid.uuid4().hex[:6]}"
+        replica_id = f"{spec.deployment}-{spec.revision}-{uuid.uuid4().hex[:4]}"
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         try:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
