@@ -435,6 +435,7 @@ def schema(kind: str) -> None:
 @click.option("--max-batch-size", default=64, show_default=True, help="1 turns batching off.")
 @click.option("--max-batch-delay", default=0.0, show_default=True, help="Seconds a batch may wait.")
 @click.option("--drain", default=1.0, show_default=True, help="Seconds to drain after SIGTERM.")
+@click.option("--threads", default=1, show_default=True, help="Threads one model call may use.")
 def serve(
     model_dir: Path,
     name: str,
@@ -444,6 +445,7 @@ def serve(
     max_batch_size: int,
     max_batch_delay: float,
     drain: float,
+    threads: int,
 ) -> None:
     """Run one model server replica (started by the runtime, or by hand)."""
     from pilothouse.serving.server import ServerOptions
@@ -453,7 +455,9 @@ def serve(
         raise click.BadParameter("must be at least 1", param_hint="--max-batch-size")
     if not 0 <= max_batch_delay <= 1:
         raise click.BadParameter("must be between 0 and 1 second", param_hint="--max-batch-delay")
-    options = ServerOptions(max_batch_size, max_batch_delay, drain)
+    if threads < 1:
+        raise click.BadParameter("must be at least 1", param_hint="--threads")
+    options = ServerOptions(max_batch_size, max_batch_delay, drain, model_threads=threads)
     run_server(model_dir, name, host, port, fd, options)
 
 

@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 from collections import deque
 from collections.abc import Callable
+from concurrent.futures import Executor
 from dataclasses import dataclass
 
 import numpy as np
@@ -38,6 +39,7 @@ class Batcher:
         max_batch_size: int = 64,
         max_delay: float = 0.0,
         on_batch: Callable[[int], None] | None = None,
+        executor: Executor | None = None,
     ) -> None:
         if max_batch_size < 1:
             raise ValueError("max_batch_size must be at least 1")
@@ -45,6 +47,7 @@ class Batcher:
         self.max_batch_size = max_batch_size
         self.max_delay = max_delay
         self._on_batch = on_batch
+        self._executor = executor
         self._queue: deque[_Pending] = deque()
         self._queued_rows = 0
         self._worker: asyncio.Task[None] | None = None
@@ -92,7 +95,8 @@ class Batcher:
                 else np.concatenate([p.features for p in batch])
             )
             try:
-                scores = await asyncio.to_thread(self._predict, merged)
+                loop = asyncio.get_running_loop()
+                scores = await loop.run_in_executor(self._executor, self._predict, merged)
                 if scores.shape[0] != merged.shape[0]:
                     raise ValueError(
                         f"the model returned {scores.shape[0]} scores for {merged.shape[0]} rows"

@@ -14,6 +14,7 @@ import socket
 import threading
 import time
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,6 +47,8 @@ class ServerOptions:
     max_batch_delay: float = 0.0
     drain_seconds: float = 1.0
     graceful_timeout: float = 30.0
+    #: threads one model call may use (OpenMP/BLAS); replicas, not threads, are how we scale
+    model_threads: int = 1
 
 
 @dataclass
@@ -104,6 +107,9 @@ def _error(status: int, message: str) -> JSONResponse:
 def create_app(slot: ModelSlot, options: ServerOptions | None = None) -> Starlette:
     opts = options or ServerOptions()
     metrics = Metrics()
+    # Model calls run one at a time on one thread: no oversubscribed OpenMP pools,
+    # no thread churn, and the event loop stays free for health checks.
+    model_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model")
 
     def load() -> None:
         started = time.perf_counter()
@@ -121,6 +127,7 @@ def create_app(slot: ModelSlot, options: ServerOptions | None = None) -> Starlet
                 max_batch_size=opts.max_batch_size,
                 max_delay=opts.max_batch_delay,
                 on_batch=metrics.rows.observe,
+                executor=model_thread,
             )
         slot.predictor = predictor
         metrics.load_seconds.set(time.perf_counter() - started)
@@ -133,6 +140,7 @@ def create_app(slot: ModelSlot, options: ServerOptions | None = None) -> Starlet
         threading.Thread(target=load, name="model-loader", daemon=True).start()
         yield
         slot.draining = True
+        model_thread.shutdown(wait=False)
 
     async def read_json(request: Request) -> tuple[Any, bytes]:
         """The JSON body, and the raw tensor bytes of the binary extension (if used)."""
@@ -199,7 +207,10 @@ def create_app(slot: ModelSlot, options: ServerOptions | None = None) -> Starlet
                 if checked.batcher is not None:
                     scores = await checked.batcher.submit(features)
                 else:
-                    scores = await asyncio.to_thread(checked.predictor.predict, features)
+                    loop = asyncio.get_running_loop()
+                    scores = await loop.run_in_executor(
+                        model_thread, checked.predictor.predict, features
+                    )
                     metrics.rows.observe(features.shape[0])
             except ValueError as exc:
                 status = 400
@@ -338,6 +349,9 @@ def serve(
 ) -> None:
     """Run the replica until SIGTERM: drain, then finish in-flight requests and exit."""
     opts = options or ServerOptions()
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(limits=opts.model_threads)
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
