@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
 import json
 import os
 import platform
@@ -92,6 +93,11 @@ class WrkResult:
     p99_ms: float | None
     non_2xx: int
     socket_errors: dict[str, int] = field(default_factory=dict)
+    # CPU used during the measurement, in cores (1.0 = one core busy all the time):
+    # by the server and all it started, by wrk, and by everything else on the machine.
+    server_cpu: float | None = None
+    wrk_cpu: float | None = None
+    other_cpu: float | None = None
 
 
 @dataclass
@@ -218,6 +224,55 @@ def _all_pids() -> Iterator[int]:
             yield int(entry.name)
 
 
+def _busy_ticks() -> int:
+    """Clock ticks all CPUs spent busy (or stolen by the hypervisor) since boot."""
+    first = Path("/proc/stat").read_text(encoding="utf-8").splitlines()[0].split()
+    user, nice, system, _idle, _iowait, irq, softirq, steal = map(int, first[1:9])
+    return user + nice + system + irq + softirq + steal
+
+
+def _cpu_ticks(pid: int) -> int:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return 0
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return int(fields[11]) + int(fields[12])
+
+
+@dataclass
+class CpuMeter:
+    """CPU time of the server, of wrk (our waited-for children) and of the machine."""
+
+    session: int
+    tag: str
+    wall: float = 0.0
+    server: int = 0
+    busy: int = 0
+    children: float = 0.0
+
+    def _server_ticks(self) -> int:
+        return sum(_cpu_ticks(pid) for pid in ours(self.session, self.tag))
+
+    def start(self) -> None:
+        times = os.times()
+        self.wall = time.monotonic()
+        self.server = self._server_ticks()
+        self.busy = _busy_ticks()
+        self.children = times.children_user + times.children_system
+
+    def stop(self) -> tuple[float, float, float]:
+        """(server, wrk, other) CPU in cores since ``start``."""
+        times = os.times()
+        wall = time.monotonic() - self.wall
+        tick = float(os.sysconf("SC_CLK_TCK"))
+        server = (self._server_ticks() - self.server) / tick
+        busy = (_busy_ticks() - self.busy) / tick
+        wrk = times.children_user + times.children_system - self.children
+        other = max(0.0, busy - server - wrk)
+        return server / wall, wrk / wall, other / wall
+
+
 def ours(session: int, tag: str) -> list[int]:
     """Live processes of the session we started, or carrying this run's tag."""
     me = os.getpid()
@@ -295,18 +350,25 @@ class Server:
         )
 
     def stop(self) -> None:
-        """SIGTERM the process group and wait; then SIGKILL whatever of ours is left."""
+        """SIGTERM the server's PID and wait; then SIGKILL whatever of ours is left.
+
+        Only the leader gets SIGTERM: it shuts down what it started (Ray's driver
+        needs its GCS and raylet alive to do so). Then its process group, and every
+        process of its session or carrying this run's tag, are SIGKILLed.
+        """
         if self.proc is None:
             return
         session = self.proc.pid
         with contextlib.suppress(ProcessLookupError):
-            os.killpg(session, signal.SIGTERM)
+            self.proc.send_signal(signal.SIGTERM)
         try:
             self.proc.wait(timeout=self.spec.stop_timeout)
         except subprocess.TimeoutExpired:
             print(
                 f"  {self.spec.name}: no exit {self.spec.stop_timeout:.0f}s after SIGTERM; killing"
             )
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(session, signal.SIGKILL)
         # Ray's workers run in process groups of their own but stay in our session.
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
@@ -367,13 +429,21 @@ def train_and_register(workdir: Path) -> Path:
 
 
 def server_specs(
-    model_dir: Path, port_of: dict[str, int], with_ray: bool, env: dict[str, str]
+    model_dir: Path,
+    port_of: dict[str, int],
+    with_ray: bool,
+    env: dict[str, str],
+    ray_max_ongoing: int | None = None,
 ) -> list[ServerSpec]:
     model = str(model_dir / "model.joblib")
     bare = [sys.executable, str(BENCH_DIR / "bare_server.py"), "--model", model]
     pilothouse = [sys.executable, "-m", "pilothouse", "serve", "--model-dir", str(model_dir)]
     pilothouse += ["--name", MODEL_NAME, "--drain", "0"]
     ray = [str(RAY_PYTHON), str(BENCH_DIR / "ray_server.py"), "--model", model]
+    ray_what = "defaults"
+    if ray_max_ongoing is not None:
+        ray += ["--max-ongoing-requests", str(ray_max_ongoing)]
+        ray_what = f"max_ongoing_requests={ray_max_ongoing}"
     specs = [
         ServerSpec(
             "bare",
@@ -404,7 +474,7 @@ def server_specs(
         specs.append(
             ServerSpec(
                 "ray",
-                "Ray Serve, 1 replica, route_prefix / (bench/ray_server.py)",
+                f"Ray Serve, 1 replica, route_prefix /, {ray_what} (bench/ray_server.py)",
                 [*ray, "--port", str(port_of["ray"])],
                 RAY_READY_TIMEOUT,
                 RAY_STOP_TIMEOUT,
@@ -426,7 +496,10 @@ def measure(
         "loadavg_before": [round(x, 2) for x in os.getloadavg()],
     }
     results = []
-    print(f"{spec.name}: starting ({spec.description})", flush=True)
+    print(
+        f"{spec.name}: starting ({spec.description}); load average {info['loadavg_before'][0]}",
+        flush=True,
+    )
     try:
         server.start()
         info["ready_s"] = round(server.wait_ready(url), 2)
@@ -434,12 +507,20 @@ def measure(
         run_wrk(url, lua, CONNECTIONS[0], WARMUP_SECONDS)
         for connections in CONNECTIONS:
             print(f"  {connections} connections, {seconds:g}s ...", end=" ", flush=True)
-            result = parse_wrk(run_wrk(url, lua, connections, seconds), spec.name, connections)
+            assert server.proc is not None
+            meter = CpuMeter(server.proc.pid, tag)
+            meter.start()
+            output = run_wrk(url, lua, connections, seconds)
+            cpu = meter.stop()
+            result = parse_wrk(output, spec.name, connections)
+            result.server_cpu, result.wrk_cpu, result.other_cpu = (round(c, 2) for c in cpu)
             results.append(result)
             errors = sum(result.socket_errors.values())
             print(
                 f"{result.requests_per_s:,.0f} req/s, p50 {_fmt(result.p50_ms)} ms, "
-                f"p99 {_fmt(result.p99_ms)} ms, non-2xx {result.non_2xx}"
+                f"p99 {_fmt(result.p99_ms)} ms, non-2xx {result.non_2xx}; CPU cores: "
+                f"server {_fmt(result.server_cpu)}, wrk {_fmt(result.wrk_cpu)}, "
+                f"other {_fmt(result.other_cpu)}"
                 + (f", socket errors {result.socket_errors}" if errors else ""),
                 flush=True,
             )
@@ -528,15 +609,20 @@ def compute_ratios(results: list[WrkResult]) -> list[dict[str, Any]]:
 
 
 def print_table(results: list[WrkResult], ratios: list[dict[str, Any]]) -> None:
-    header = f"{'server':<22} {'conns':>5} {'req/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'non-2xx':>8} {'sock err':>8}"
+    header = (
+        f"{'server':<22} {'conns':>5} {'req/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'non-2xx':>8} "
+        f"{'sock err':>8} {'srv cpu':>8} {'other cpu':>9}"
+    )
     print()
     print(header)
     print("-" * len(header))
     for r in results:
         print(
             f"{r.server:<22} {r.connections:>5} {r.requests_per_s:>10,.1f} {_fmt(r.p50_ms):>8} "
-            f"{_fmt(r.p99_ms):>8} {r.non_2xx:>8} {sum(r.socket_errors.values()):>8}"
+            f"{_fmt(r.p99_ms):>8} {r.non_2xx:>8} {sum(r.socket_errors.values()):>8} "
+            f"{_fmt(r.server_cpu):>8} {_fmt(r.other_cpu):>9}"
         )
+    print("(cpu: cores busy during the measurement; 'other' is everything but server and wrk)")
     print()
     print("ratios (targets are tracked, never enforced):")
     for ratio in ratios:
@@ -544,6 +630,16 @@ def print_table(results: list[WrkResult], ratios: list[dict[str, Any]]) -> None:
         met = {True: "met", False: "MISSED", None: "n/a"}[ratio["met"]]
         detail = f"  [{ratio['detail']}]" if "detail" in ratio else ""
         print(f"  {ratio['name']:<55} {value:>7}  target {ratio['target']:<26} {met}{detail}")
+
+
+def source_fingerprint() -> str:
+    """sha256 over pilothouse's source files: which code a result was measured on."""
+    digest = hashlib.sha256()
+    src = REPO / "src" / "pilothouse"
+    for path in sorted(src.rglob("*.py")):
+        digest.update(str(path.relative_to(src)).encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
 
 
 def environment(with_ray: bool) -> dict[str, Any]:
@@ -561,6 +657,7 @@ def environment(with_ray: bool) -> dict[str, Any]:
         "scikit-learn": sklearn.__version__,
         "starlette": starlette.__version__,
         "uvicorn": uvicorn.__version__,
+        "pilothouse_source_sha256": source_fingerprint(),
     }
     if with_ray:
         done = subprocess.run(
@@ -592,6 +689,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="3 s per measurement")
     parser.add_argument("--no-ray", action="store_true", help="skip Ray Serve even if installed")
     parser.add_argument(
+        "--ray-max-ongoing-requests",
+        dest="ray_max_ongoing",
+        type=int,
+        default=None,
+        help="Ray Serve replica's max_ongoing_requests (default: Ray's default, 5 in Ray 2.60)",
+    )
+    parser.add_argument(
         "--omp-threads",
         type=int,
         default=None,
@@ -618,11 +722,13 @@ def main(argv: list[str] | None = None) -> int:
         with_ray = True
 
     server_env = {} if args.omp_threads is None else {"OMP_NUM_THREADS": str(args.omp_threads)}
-    load = os.getloadavg()
-    if load[0] > 0.5:
+    before = _busy_ticks()
+    time.sleep(1.0)
+    busy_before = (_busy_ticks() - before) / float(os.sysconf("SC_CLK_TCK"))
+    if busy_before > 0.3:
         print(
-            f"warning: load average {load[0]:.2f} before the run: other work on this machine "
-            "will skew the numbers"
+            f"warning: {busy_before:.2f} cores busy before the run: other work on this machine "
+            "will skew the numbers (see 'other cpu' below)"
         )
     signal.signal(signal.SIGTERM, _raise_interrupt)
     tag = uuid.uuid4().hex
@@ -644,7 +750,8 @@ def main(argv: list[str] | None = None) -> int:
             logs.mkdir()
             names = ["bare", "pilothouse-batch-off", "pilothouse-batch-on", "ray"]
             ports = {name: free_port() for name in names}
-            for spec in server_specs(model_dir, ports, with_ray, server_env):
+            specs = server_specs(model_dir, ports, with_ray, server_env, args.ray_max_ongoing)
+            for spec in specs:
                 try:
                     measured, info = measure(spec, ports[spec.name], lua, seconds, logs, tag)
                 except BenchError as exc:
@@ -680,6 +787,8 @@ def main(argv: list[str] | None = None) -> int:
             "warmup_s": WARMUP_SECONDS,
             "train_rows": TRAIN_ROWS,
             "server_env": server_env,
+            "ray_max_ongoing_requests": args.ray_max_ongoing,
+            "cores_busy_before": round(busy_before, 2),
             "inherited_OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
             "path": INFER_PATH,
             "body": BODY,

@@ -5,7 +5,8 @@ Runs with the separate Ray virtualenv (never pilothouse's own)::
     bench/.venv-ray/bin/python bench/ray_server.py --model PATH/model.joblib --port 8003
 
 Starts a local Ray instance, Ray Serve's HTTP proxy on 127.0.0.1:PORT, and one
-replica of one deployment (Ray Serve's defaults otherwise) under route prefix
+replica of one deployment (Ray Serve's defaults otherwise, unless
+``--max-ongoing-requests N`` is given) under route prefix
 ``/``: any path, e.g. ``POST /v1/models/fraud:predict``, takes
 ``{"instances": [[10 floats], ...]}`` and answers ``{"predictions": [...]}``.
 Prints ``READY`` once the application is running; on SIGTERM/SIGINT shuts Serve
@@ -45,7 +46,16 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Serve the fraud model with Ray Serve.")
     parser.add_argument("--model", type=Path, required=True, help="a joblib-saved estimator")
     parser.add_argument("--port", type=int, required=True)
+    parser.add_argument(
+        "--max-ongoing-requests",
+        type=int,
+        default=None,
+        help="per-replica concurrency limit (default: Ray Serve's own default)",
+    )
     args = parser.parse_args(argv)
+    deployment = FraudModel
+    if args.max_ongoing_requests is not None:
+        deployment = FraudModel.options(max_ongoing_requests=args.max_ongoing_requests)
 
     stop = threading.Event()
 
@@ -55,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     ray.init(include_dashboard=False)
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": args.port})
-        serve.run(FraudModel.bind(str(args.model.resolve())), name="fraud", route_prefix="/")
+        serve.run(deployment.bind(str(args.model.resolve())), name="fraud", route_prefix="/")
         # Installed after Ray's own setup so that ours are the handlers in force.
         signal.signal(signal.SIGTERM, on_signal)
         signal.signal(signal.SIGINT, on_signal)

@@ -7,7 +7,6 @@ so the router never sends traffic to a replica that cannot answer.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import socket
@@ -107,9 +106,15 @@ def _error(status: int, message: str) -> JSONResponse:
 def create_app(slot: ModelSlot, options: ServerOptions | None = None) -> Starlette:
     opts = options or ServerOptions()
     metrics = Metrics()
-    # Model calls run one at a time on one thread: no oversubscribed OpenMP pools,
-    # no thread churn, and the event loop stays free for health checks.
-    model_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model")
+    # Batched model calls run one at a time on one thread: no oversubscribed OpenMP
+    # pools, no thread churn, and the event loop stays free for health checks.
+    # OpenMP keeps its thread limit per thread, so the limit is set in that thread.
+    model_thread = ThreadPoolExecutor(
+        max_workers=1,
+        thread_name_prefix="model",
+        initializer=_limit_threads,
+        initargs=(opts.model_threads,),
+    )
 
     def load() -> None:
         started = time.perf_counter()
@@ -207,10 +212,9 @@ def create_app(slot: ModelSlot, options: ServerOptions | None = None) -> Starlet
                 if checked.batcher is not None:
                     scores = await checked.batcher.submit(features)
                 else:
-                    loop = asyncio.get_running_loop()
-                    scores = await loop.run_in_executor(
-                        model_thread, checked.predictor.predict, features
-                    )
+                    # Batching off: call the model inline, as a bare endpoint would; a
+                    # hop to another thread per request costs more than small models do.
+                    scores = checked.predictor.predict(features)
                     metrics.rows.observe(features.shape[0])
             except ValueError as exc:
                 status = 400
@@ -315,6 +319,12 @@ class _TooLarge(Exception):
     pass
 
 
+def _limit_threads(threads: int) -> None:
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(limits=threads)
+
+
 class _DrainingServer(uvicorn.Server):
     """On SIGTERM/SIGINT: readiness turns false at once, the replica keeps serving for
     ``drain_seconds`` (so probes and the router notice), then stops accepting and
@@ -349,9 +359,7 @@ def serve(
 ) -> None:
     """Run the replica until SIGTERM: drain, then finish in-flight requests and exit."""
     opts = options or ServerOptions()
-    from threadpoolctl import threadpool_limits
-
-    threadpool_limits(limits=opts.model_threads)
+    _limit_threads(opts.model_threads)  # the event loop's thread (inline calls)
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
