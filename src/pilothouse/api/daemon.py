@@ -61,6 +61,8 @@ async def run(home: Home, host: str = "127.0.0.1", port: int = 0) -> None:
     if orphans:
         log.warning("stopped %d process(es) left by a previous daemon: %s", len(orphans), orphans)
     manager = Manager(Context(store=store, runtime=runtime, registry=registry, clock=time.time))
+    # a request held at a deployment scaled to zero wakes its controller at once
+    router.on_activate = lambda key: manager.trigger("ModelDeployment", key)
 
     family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
     sock = socket.socket(family, socket.SOCK_STREAM)
@@ -125,4 +127,9 @@ def main(home: Home, host: str, port: int) -> None:
     # one line per readiness probe would grow daemon.log without bound
     logging.getLogger("httpx").setLevel(logging.WARNING)
     logging.getLogger("httpcore").setLevel(logging.WARNING)
-    asyncio.run(run(home, host, port))
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency; keep the daemon usable
+        asyncio.run(run(home, host, port))
+    else:
+        uvloop.run(run(home, host, port))

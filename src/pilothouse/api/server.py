@@ -173,6 +173,14 @@ def create_app(
     async def status(_: Request) -> Response:
         return JSONResponse(info())
 
+    async def prometheus(_: Request) -> Response:
+        from prometheus_client import generate_latest
+        from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+        from pilothouse.router.metrics import REGISTRY
+
+        return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
+
     async def list_objects(request: Request) -> Response:
         cls = _kind(request.path_params["plural"])
         items = store.list_objects(cls.KIND)
@@ -252,6 +260,7 @@ def create_app(
         Route("/version", version),
         Route("/openapi.json", openapi),
         Route("/status", status),
+        Route("/metrics", prometheus),
         Route(f"{PREFIX}/apply", apply_batch, methods=["POST"]),
         Route(f"{PREFIX}/{{plural}}", list_objects),
         Route(f"{PREFIX}/{{plural}}/{{name}}", get_object, methods=["GET"]),

@@ -1,10 +1,16 @@
-"""Reverse proxy with least-outstanding load balancing and retries of failed connections.
+"""Reverse proxy: least-outstanding balancing, weighted revisions, mirroring, outlier
+ejection, bounded queueing with load shedding, and holding requests while a
+deployment scales from zero.
 
-One listener per deployment (its ``status.url``). A request goes to the ready
-replica with fewer requests in flight among two picked at random (power of two
-choices). If the connection to a replica fails, or the replica closes it before
-sending any response byte, the request is retried on another replica: inference
-is idempotent, and the retry budget is bounded.
+One listener per deployment (its ``status.url``). A request goes to a revision
+chosen by the traffic weights, then to the ready replica of that revision with
+fewer requests in flight among two picked at random (power of two choices). If
+the connection to a replica fails, or the replica closes it before any response
+byte, the request is retried on another replica (inference is idempotent; the
+budget is bounded). A replica that fails repeatedly is ejected for a while and
+comes back only after a successful readiness probe. When every replica is at
+its concurrency limit, requests wait in a bounded queue; beyond it the router
+answers 503 with Retry-After instead of queueing without bound.
 """
 
 from __future__ import annotations
@@ -14,8 +20,10 @@ import contextlib
 import logging
 import random
 import time
-from collections import Counter
+from collections import Counter, deque
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
+from typing import Any
 
 from pilothouse.router.http1 import (
     MAX_HEAD_BYTES,
@@ -26,62 +34,84 @@ from pilothouse.router.http1 import (
     serialize,
     simple_response,
 )
+from pilothouse.router.metrics import EJECTIONS, QUEUED, RETRIES, SHED, Bucket, RevisionMeter
+from pilothouse.router.upstream import Backend, Upstream, UpstreamFailed, status_code
+
+__all__ = ["Backend", "MirrorRecord", "Route", "Router", "TrafficPolicy"]
 
 log = logging.getLogger("pilothouse.router")
 MAX_BODY_BYTES = 16 * 2**20
-RETRIES = 2
+RETRIES_PER_REQUEST = 2
 UPSTREAM_TIMEOUT = 60.0
 IDLE_TIMEOUT = 75.0
 BODY_TIMEOUT = 30.0
-MAX_CONNECTIONS = 2048
-POOL_SIZE = 32
+MAX_CONNECTIONS = 4096
+FAILURES_TO_EJECT = 3
+BASE_EJECTION = 2.0
+MAX_EJECTION = 30.0
+MIRROR_CONCURRENCY = 32
+MIRROR_BODY_LIMIT = 64 * 1024
 
 
 @dataclass(frozen=True)
-class Backend:
-    """A ready replica: its id, address and the revision (model version) it serves."""
+class TrafficPolicy:
+    """How a deployment's endpoint spreads and limits traffic."""
 
-    id: str
-    host: str
-    port: int
-    revision: str = ""
-
-
-@dataclass
-class _Upstream:
-    backend: Backend
-    inflight: int = 0
-    idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = field(default_factory=list)
-
-    def close(self) -> None:
-        for _, writer in self.idle:
-            writer.close()
-        self.idle.clear()
+    #: revision -> share (any positive numbers); empty: every ready replica equally
+    weights: dict[str, float] = field(default_factory=dict)
+    #: copy this share (0..100 %) of requests to ``mirror_revision``; responses are recorded
+    mirror_revision: str | None = None
+    mirror_percent: float = 0.0
+    #: requests one replica may have in flight (0: unlimited)
+    max_concurrency: int = 0
+    #: requests that may wait for a replica; more are shed with 503
+    queue_limit: int = 256
+    #: how long a request may wait (for capacity, or for the first replica when scaled to zero)
+    queue_timeout: float = 10.0
+    #: scaled to zero: hold requests (and ask for a replica) instead of answering 503
+    hold_when_empty: bool = False
 
 
-class _UpstreamFailed(Exception):
-    """The replica failed before any response byte: safe to retry elsewhere."""
+@dataclass(frozen=True)
+class MirrorRecord:
+    """One mirrored request: what the serving revision and the mirror answered."""
+
+    time: float
+    path: str
+    request: bytes
+    primary_revision: str
+    primary_status: int
+    primary_body: bytes
+    mirror_revision: str
+    mirror_status: int
+    mirror_body: bytes
 
 
-@dataclass
-class RouteStats:
-    requests: Counter[str] = field(default_factory=Counter)
-    by_backend: Counter[str] = field(default_factory=Counter)
-    retries: int = 0
-    inflight: int = 0
-    latency_sum: float = 0.0
+class _Shed(Exception):
+    def __init__(self, message: str) -> None:
+        self.message = message
+        super().__init__(message)
 
 
 class Route:
-    """One deployment's listener and its backend set."""
+    """One deployment's listener, replicas, traffic policy and measurements."""
 
-    def __init__(self, key: str) -> None:
+    def __init__(self, key: str, on_activate: Callable[[str], None] | None = None) -> None:
         self.key = key
-        self.upstreams: dict[str, _Upstream] = {}
+        self.upstreams: dict[str, Upstream] = {}
+        self.policy = TrafficPolicy()
         self.server: asyncio.Server | None = None
         self.url = ""
-        self.stats = RouteStats()
+        self.meters: dict[str, RevisionMeter] = {}
+        self.codes: Counter[str] = Counter()
+        self.mirrors: deque[MirrorRecord] = deque(maxlen=2000)
+        self._on_activate = on_activate
+        self._waiters: deque[asyncio.Future[None]] = deque()
         self._tasks: set[asyncio.Task[None]] = set()
+        self._background: set[asyncio.Task[None]] = set()
+        self._mirror_slots = asyncio.Semaphore(MIRROR_CONCURRENCY)
+
+    # -- configuration -------------------------------------------------------------------
 
     def set_backends(self, backends: list[Backend]) -> None:
         wanted = {b.id: b for b in backends}
@@ -92,21 +122,151 @@ class Route:
                 del self.upstreams[backend_id]
         for backend_id, backend in wanted.items():
             if backend_id not in self.upstreams:
-                self.upstreams[backend_id] = _Upstream(backend)
+                self.upstreams[backend_id] = Upstream(backend)
+        self._wake_all()
 
-    def pick(self, exclude: set[str]) -> _Upstream | None:
-        candidates = [u for bid, u in self.upstreams.items() if bid not in exclude]
+    def set_policy(self, policy: TrafficPolicy) -> None:
+        self.policy = policy
+        self._wake_all()
+
+    def meter(self, revision: str) -> RevisionMeter:
+        meter = self.meters.get(revision)
+        if meter is None:
+            meter = self.meters[revision] = RevisionMeter(self.key, revision, time.time())
+        return meter
+
+    @property
+    def queued(self) -> int:
+        return len(self._waiters)
+
+    # -- choosing a replica ------------------------------------------------------------------
+
+    def _available(self, exclude: set[str]) -> list[Upstream]:
+        cap = self.policy.max_concurrency
+        return [
+            u
+            for bid, u in self.upstreams.items()
+            if bid not in exclude and not u.ejected() and (cap <= 0 or u.inflight < cap)
+        ]
+
+    def _pick(self, exclude: set[str]) -> Upstream | None:
+        candidates = self._available(exclude)
         if not candidates:
             return None
+        weights = self.policy.weights
+        if weights:
+            revisions = sorted({u.backend.revision for u in candidates})
+            shares = [weights.get(r, 0.0) for r in revisions]
+            if sum(shares) > 0:
+                chosen = random.choices(revisions, weights=shares)[0]
+                candidates = [u for u in candidates if u.backend.revision == chosen]
         if len(candidates) == 1:
             return candidates[0]
         a, b = random.sample(candidates, 2)
         return a if a.inflight <= b.inflight else b
 
+    def _usable_exists(self, exclude: set[str]) -> bool:
+        return any(bid not in exclude and not u.ejected() for bid, u in self.upstreams.items())
+
+    async def _acquire(self, exclude: set[str]) -> Upstream | None:
+        """A replica with capacity; waits (bounded) when all are busy or none exists yet.
+
+        Returns None when every usable replica was already tried; raises _Shed when
+        the request must be refused.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.policy.queue_timeout
+        while True:
+            upstream = self._pick(exclude)
+            if upstream is not None:
+                return upstream
+            if exclude and self.upstreams and not self._usable_exists(exclude):
+                return None
+            empty = not any(not u.ejected() for u in self.upstreams.values())
+            if empty and not self.policy.hold_when_empty:
+                raise _Shed("no ready replica for this deployment")
+            if len(self._waiters) >= self.policy.queue_limit:
+                raise _Shed("every replica is at capacity and the queue is full")
+            if empty and self._on_activate is not None:
+                self._on_activate(self.key)
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                raise _Shed("no replica became available in time")
+            future: asyncio.Future[None] = loop.create_future()
+            self._waiters.append(future)
+            QUEUED.labels(self.key).set(len(self._waiters))
+            try:
+                await asyncio.wait_for(future, remaining)
+            except TimeoutError as exc:
+                raise _Shed("no replica became available in time") from exc
+            finally:
+                with contextlib.suppress(ValueError):
+                    self._waiters.remove(future)
+                QUEUED.labels(self.key).set(len(self._waiters))
+
+    def _wake_one(self) -> None:
+        while self._waiters:
+            future = self._waiters.popleft()
+            if not future.done():
+                future.set_result(None)
+                return
+
+    def _wake_all(self) -> None:
+        while self._waiters:
+            future = self._waiters.popleft()
+            if not future.done():
+                future.set_result(None)
+
+    # -- outliers ------------------------------------------------------------------------------
+
+    def _failed(self, upstream: Upstream) -> None:
+        upstream.consecutive_failures += 1
+        if upstream.consecutive_failures >= FAILURES_TO_EJECT and not upstream.ejected():
+            upstream.ejections += 1
+            duration = min(MAX_EJECTION, BASE_EJECTION * 2 ** (upstream.ejections - 1))
+            upstream.ejected_until = time.monotonic() + duration
+            upstream.close()
+            EJECTIONS.labels(self.key).inc()
+            log.warning(
+                "%s: ejected replica %s for %.0fs after %d consecutive failures",
+                self.key,
+                upstream.backend.id,
+                duration,
+                upstream.consecutive_failures,
+            )
+            self._spawn(self._probe_back(upstream))
+
+    def _succeeded(self, upstream: Upstream) -> None:
+        upstream.consecutive_failures = 0
+
+    async def _probe_back(self, upstream: Upstream) -> None:
+        """After the ejection time, let the replica back in only once a probe succeeds."""
+        while (
+            upstream.backend.id in self.upstreams
+            and self.upstreams[upstream.backend.id] is upstream
+        ):
+            await asyncio.sleep(max(0.0, upstream.ejected_until - time.monotonic()))
+            if await upstream.probe():
+                upstream.ejected_until = 0.0
+                upstream.consecutive_failures = 0
+                log.info(
+                    "%s: replica %s is back after a successful probe", self.key, upstream.backend.id
+                )
+                self._wake_all()
+                return
+            upstream.ejected_until = time.monotonic() + BASE_EJECTION
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    # -- serving -------------------------------------------------------------------------------
+
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         if len(self._tasks) >= MAX_CONNECTIONS:
-            self.stats.requests["503"] += 1
-            await self._reply_error(writer, 503, "too many client connections", keep_alive=False)
+            self.codes["503"] += 1
+            await _reply_error(writer, 503, "too many client connections", keep_alive=False)
             writer.close()
             return
         task = asyncio.current_task()
@@ -121,11 +281,12 @@ class Route:
                 except (TimeoutError, ConnectionError):
                     return
                 except ProtocolError as exc:
-                    await self._reply_error(writer, exc.status, str(exc), keep_alive=False)
+                    self.codes[str(exc.status)] += 1
+                    await _reply_error(writer, exc.status, str(exc), keep_alive=False)
                     return
                 if request is None:
                     return
-                keep_alive = self._client_keep_alive(request)
+                keep_alive = _client_keep_alive(request)
                 try:
                     if (request.header(b"expect") or b"").lower() == b"100-continue":
                         writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
@@ -133,20 +294,18 @@ class Route:
                         read_body(reader, request, MAX_BODY_BYTES), BODY_TIMEOUT
                     )
                 except TimeoutError:
-                    self.stats.requests["408"] += 1
-                    await self._reply_error(
-                        writer, 408, "request body not received in time", keep_alive=False
-                    )
+                    self.codes["408"] += 1
+                    await _reply_error(writer, 408, "request body not received in time", False)
                     return
                 except ProtocolError as exc:
-                    self.stats.requests[str(exc.status)] += 1
-                    await self._reply_error(writer, exc.status, str(exc), keep_alive=False)
+                    self.codes[str(exc.status)] += 1
+                    await _reply_error(writer, exc.status, str(exc), keep_alive=False)
                     return
                 except (asyncio.IncompleteReadError, ConnectionError, ValueError):
                     return
                 request.headers.append((b"x-forwarded-for", client_ip))
                 status, out = await self._forward(request, keep_alive)
-                self.stats.requests[str(status)] += 1
+                self.codes[str(status)] += 1
                 writer.write(out)
                 await writer.drain()
                 if not keep_alive:
@@ -158,164 +317,199 @@ class Route:
             if task is not None:
                 self._tasks.discard(task)
 
-    @staticmethod
-    def _client_keep_alive(request: Message) -> bool:
-        tokens = request.connection_tokens()
-        if request.start.endswith(b"HTTP/1.0"):
-            return b"keep-alive" in tokens
-        return b"close" not in tokens
-
-    async def _reply_error(
-        self, writer: asyncio.StreamWriter, status: int, message: str, keep_alive: bool
-    ) -> None:
-        start, headers, body = simple_response(status, message)
-        with contextlib.suppress(ConnectionError):
-            writer.write(serialize(start, headers, body, keep_alive))
-            await writer.drain()
-
     async def _forward(self, request: Message, keep_alive: bool) -> tuple[int, bytes]:
-        started = time.perf_counter()
         tried: set[str] = set()
-        self.stats.inflight += 1
-        try:
-            for attempt in range(RETRIES + 1):
-                upstream = self.pick(tried)
-                if upstream is None:
-                    break
-                tried.add(upstream.backend.id)
-                if attempt:
-                    self.stats.retries += 1
-                upstream.inflight += 1
-                try:
-                    response = await asyncio.wait_for(
-                        self._exchange(upstream, request), UPSTREAM_TIMEOUT
-                    )
-                except _UpstreamFailed as exc:
-                    log.warning("%s: replica %s failed: %s", self.key, upstream.backend.id, exc)
-                    continue
-                except TimeoutError:
-                    start, headers, body = simple_response(
-                        504, "the replica did not answer in time"
-                    )
-                    return 504, serialize(start, headers, body, keep_alive)
-                finally:
-                    upstream.inflight -= 1
-                self.stats.by_backend[upstream.backend.id] += 1
-                status = _status_code(response.start)
-                if status == 0:
-                    start, headers, body = simple_response(
-                        502, "the replica sent a malformed status line"
-                    )
-                    return 502, serialize(start, headers, body, keep_alive)
-                length = (
-                    response.header(b"content-length")
-                    if request.start.startswith(b"HEAD ") or status in (204, 304)
-                    else None
-                )
-                return status, serialize(
-                    response.start, response.headers, response.body, keep_alive, length
-                )
-            message = (
-                "no ready replica for this deployment"
-                if not tried
-                else f"all {len(tried)} replica(s) tried failed"
-            )
-            status = 503 if not tried else 502
-            start, headers, body = simple_response(status, message, [(b"retry-after", b"1")])
-            return status, serialize(start, headers, body, keep_alive)
-        finally:
-            self.stats.inflight -= 1
-            self.stats.latency_sum += time.perf_counter() - started
-
-    async def _exchange(self, upstream: _Upstream, request: Message) -> Message:
-        """Send one request; a stale pooled connection is replaced by a fresh one once."""
-        head = serialize(request.start, request.headers, request.body, keep_alive=True)
-        while True:
-            pooled = bool(upstream.idle)
-            if pooled:
-                reader, writer = upstream.idle.pop()
+        for attempt in range(RETRIES_PER_REQUEST + 1):
+            try:
+                upstream = await self._acquire(tried)
+            except _Shed as exc:
+                SHED.labels(self.key).inc()
+                start, headers, body = simple_response(503, exc.message, [(b"retry-after", b"1")])
+                return 503, serialize(start, headers, body, keep_alive)
+            if upstream is None:
+                break
+            tried.add(upstream.backend.id)
+            if attempt:
+                RETRIES.labels(self.key).inc()
+            meter = self.meter(upstream.backend.revision)
+            started = time.time()
+            upstream.inflight += 1
+            meter.start(started)
+            status = 0
+            try:
+                response = await asyncio.wait_for(upstream.exchange(request), UPSTREAM_TIMEOUT)
+                status = status_code(response.start) or 502
+            except UpstreamFailed as exc:
+                log.warning("%s: replica %s failed: %s", self.key, upstream.backend.id, exc)
+                self._failed(upstream)
+                continue
+            except TimeoutError:
+                status = 504
+                self._failed(upstream)
+                start, headers, body = simple_response(504, "the replica did not answer in time")
+                return 504, serialize(start, headers, body, keep_alive)
+            finally:
+                upstream.inflight -= 1
+                ended = time.time()
+                meter.end(ended, status or 502, ended - started)
+                self._wake_one()
+            if status >= 500:
+                self._failed(upstream)
             else:
-                try:
-                    reader, writer = await asyncio.open_connection(
-                        upstream.backend.host, upstream.backend.port, limit=MAX_HEAD_BYTES
-                    )
-                except OSError as exc:
-                    raise _UpstreamFailed(f"connect: {exc}") from exc
-            try:
-                writer.write(head)
-                await writer.drain()
-                response = await read_head(reader)
-            except (ConnectionError, ProtocolError, asyncio.IncompleteReadError) as exc:
-                writer.close()
-                if pooled:
-                    continue
-                raise _UpstreamFailed(str(exc)) from exc
-            if response is None:
-                writer.close()
-                if pooled:
-                    continue
-                raise _UpstreamFailed("closed the connection before responding")
-            try:
-                no_body = request.start.startswith(b"HEAD ") or response.start[9:12] in (
-                    b"204",
-                    b"304",
-                )
-                reusable = b"close" not in response.connection_tokens()
-                if not no_body:
-                    delimited = response.header(b"content-length") is not None or b"chunked" in (
-                        response.header(b"transfer-encoding") or b""
-                    )
-                    reusable = reusable and delimited
-                    response.body = await read_body(
-                        reader, response, MAX_BODY_BYTES * 4, until_eof=not delimited
-                    )
-            except (ConnectionError, ProtocolError, asyncio.IncompleteReadError) as exc:
-                writer.close()
-                # Bytes of a response were received: not safe to replay blindly.
+                self._succeeded(upstream)
+            if status_code(response.start) == 0:
                 start, headers, body = simple_response(
-                    502, f"replica broke off its response: {exc}"
+                    502, "the replica sent a malformed status line"
                 )
-                return Message(start, headers, body)
-            if reusable and len(upstream.idle) < POOL_SIZE:
-                upstream.idle.append((reader, writer))
-            else:
-                writer.close()
-            return response
+                return 502, serialize(start, headers, body, keep_alive)
+            self._maybe_mirror(request, upstream.backend.revision, status, response.body)
+            length = (
+                response.header(b"content-length")
+                if request.start.startswith(b"HEAD ") or status in (204, 304)
+                else None
+            )
+            return status, serialize(
+                response.start, response.headers, response.body, keep_alive, length
+            )
+        start, headers, body = simple_response(
+            502, f"all {len(tried)} replica(s) tried failed", [(b"retry-after", b"1")]
+        )
+        return 502, serialize(start, headers, body, keep_alive)
+
+    # -- mirroring -----------------------------------------------------------------------------
+
+    def _maybe_mirror(self, request: Message, primary: str, status: int, body: bytes) -> None:
+        policy = self.policy
+        target = policy.mirror_revision
+        if not target or target == primary or policy.mirror_percent <= 0:
+            return
+        if random.random() * 100.0 >= policy.mirror_percent or self._mirror_slots.locked():
+            return
+        self._spawn(self._mirror(request, primary, status, body, target))
+
+    async def _mirror(
+        self, request: Message, primary: str, status: int, body: bytes, target: str
+    ) -> None:
+        candidates = [
+            u for u in self.upstreams.values() if u.backend.revision == target and not u.ejected()
+        ]
+        if not candidates:
+            return
+        upstream = min(random.sample(candidates, min(2, len(candidates))), key=lambda u: u.inflight)
+        async with self._mirror_slots:
+            meter = self.meter(target)
+            started = time.time()
+            upstream.inflight += 1
+            meter.start(started)
+            mirror_status, mirror_body = 0, b""
+            try:
+                response = await asyncio.wait_for(upstream.exchange(request), UPSTREAM_TIMEOUT)
+                mirror_status, mirror_body = status_code(response.start), response.body
+            except (UpstreamFailed, TimeoutError):
+                mirror_status = 502
+            finally:
+                upstream.inflight -= 1
+                ended = time.time()
+                meter.end(ended, mirror_status or 502, ended - started)
+        path = request.start.split(b" ")[1].decode("latin-1") if b" " in request.start else ""
+        self.mirrors.append(
+            MirrorRecord(
+                time=started,
+                path=path,
+                request=request.body[:MIRROR_BODY_LIMIT],
+                primary_revision=primary,
+                primary_status=status,
+                primary_body=body[:MIRROR_BODY_LIMIT],
+                mirror_revision=target,
+                mirror_status=mirror_status,
+                mirror_body=mirror_body[:MIRROR_BODY_LIMIT],
+            )
+        )
+
+    # -- measurements ----------------------------------------------------------------------------
+
+    def close_buckets(self, now: float) -> None:
+        for meter in self.meters.values():
+            meter.close_bucket(now)
+
+    def buckets(self, since: float = 0.0) -> dict[str, list[Bucket]]:
+        return {rev: [b for b in m.buckets if b.end > since] for rev, m in self.meters.items()}
+
+    async def close(self) -> None:
+        if self.server is not None:
+            self.server.close()
+        self.set_backends([])
+        for task in [*self._tasks, *self._background]:
+            task.cancel()
+        for meter in self.meters.values():
+            meter.forget()
+        if self.server is not None:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self.server.wait_closed()
 
 
-def _status_code(start: bytes) -> int:
-    parts = start.split(b" ", 2)
-    if len(parts) < 2 or not parts[1].isdigit() or len(parts[1]) != 3:
-        return 0
-    return int(parts[1])
+def _client_keep_alive(request: Message) -> bool:
+    tokens = request.connection_tokens()
+    if request.start.endswith(b"HTTP/1.0"):
+        return b"keep-alive" in tokens
+    return b"close" not in tokens
+
+
+async def _reply_error(
+    writer: asyncio.StreamWriter, status: int, message: str, keep_alive: bool
+) -> None:
+    start, headers, body = simple_response(status, message)
+    with contextlib.suppress(ConnectionError):
+        writer.write(serialize(start, headers, body, keep_alive))
+        await writer.drain()
 
 
 class Router:
     """All routes of the embedded control plane, in the daemon's event loop."""
 
-    def __init__(self, host: str = "127.0.0.1") -> None:
+    def __init__(
+        self, host: str = "127.0.0.1", on_activate: Callable[[str], None] | None = None
+    ) -> None:
         self.host = host
         self.routes: dict[str, Route] = {}
+        self.on_activate = on_activate
+        self._ticker: asyncio.Task[None] | None = None
 
     async def ensure_route(self, key: str, port: int = 0) -> str:
         """Start the listener for ``key`` if needed; returns its URL."""
         route = self.routes.get(key)
         if route is not None and route.server is not None:
             return route.url
-        route = route or Route(key)
+        route = route or Route(key, self.on_activate)
         route.server = await asyncio.start_server(
-            route.handle, self.host, port, limit=MAX_HEAD_BYTES, reuse_address=True
+            route.handle, self.host, port, limit=MAX_HEAD_BYTES, reuse_address=True, backlog=1024
         )
         bound = route.server.sockets[0].getsockname()
-        route.url = f"http://{bound[0]}:{bound[1]}"
+        host = f"[{bound[0]}]" if ":" in bound[0] else bound[0]
+        route.url = f"http://{host}:{bound[1]}"
         self.routes[key] = route
+        if self._ticker is None or self._ticker.done():
+            self._ticker = asyncio.create_task(self._tick(), name="router-meters")
         log.info("route %s listening on %s", key, route.url)
         return route.url
+
+    async def _tick(self) -> None:
+        """Close every revision's one-second bucket, once a second."""
+        while self.routes:
+            await asyncio.sleep(1.0)
+            now = time.time()
+            for route in list(self.routes.values()):
+                route.close_buckets(now)
 
     def set_backends(self, key: str, backends: list[Backend]) -> None:
         route = self.routes.get(key)
         if route is not None:
             route.set_backends(backends)
+
+    def set_policy(self, key: str, policy: TrafficPolicy) -> None:
+        route = self.routes.get(key)
+        if route is not None:
+            route.set_policy(policy)
 
     def remove_backend(self, key: str, backend_id: str) -> None:
         """Stop sending new requests to one backend (before it is stopped)."""
@@ -329,21 +523,16 @@ class Router:
         route = self.routes.get(key)
         return route.url if route else None
 
-    def stats(self, key: str) -> RouteStats | None:
-        route = self.routes.get(key)
-        return route.stats if route else None
+    def route(self, key: str) -> Route | None:
+        return self.routes.get(key)
 
     async def remove(self, key: str) -> None:
         route = self.routes.pop(key, None)
-        if route is None or route.server is None:
-            return
-        route.server.close()
-        route.set_backends([])
-        for task in list(route._tasks):
-            task.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await route.server.wait_closed()
+        if route is not None:
+            await route.close()
 
     async def close(self) -> None:
         for key in list(self.routes):
             await self.remove(key)
+        if self._ticker is not None:
+            self._ticker.cancel()

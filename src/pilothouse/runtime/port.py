@@ -65,6 +65,38 @@ class WorkerStatus:
     output_dir: str = ""
 
 
+@dataclass(frozen=True)
+class Traffic:
+    """How a deployment's endpoint spreads and limits traffic (runtime-neutral)."""
+
+    weights: dict[str, float] = field(default_factory=dict)
+    mirror_revision: str | None = None
+    mirror_percent: float = 0.0
+    max_concurrency: int = 0
+    queue_limit: int = 256
+    queue_timeout: float = 10.0
+    hold_when_empty: bool = False
+
+
+@dataclass(frozen=True)
+class LoadSample:
+    """One second of one revision's traffic, as the data plane measured it."""
+
+    time: float
+    seconds: float
+    concurrency: float
+    requests: int
+    errors: int
+    cpu: float | None = None
+
+
+@dataclass(frozen=True)
+class DeploymentLoad:
+    revisions: dict[str, list[LoadSample]]
+    #: requests waiting for a replica (scale from zero, or every replica busy)
+    queued: int = 0
+
+
 class Runtime(Protocol):
     """Everything a controller can do to the world; every call is idempotent or keyed."""
 
@@ -74,8 +106,14 @@ class Runtime(Protocol):
 
     async def list_replicas(self, deployment: str) -> list[ReplicaStatus]: ...
 
-    async def set_traffic(self, deployment: str, ready: list[ReplicaStatus]) -> str:
+    async def set_traffic(
+        self, deployment: str, ready: list[ReplicaStatus], traffic: Traffic | None = None
+    ) -> str:
         """Route the deployment's endpoint to these replicas; returns the endpoint URL."""
+        ...
+
+    async def load(self, deployment: str, since: float) -> DeploymentLoad:
+        """Per-revision load samples newer than ``since`` (wall-clock seconds)."""
         ...
 
     async def remove_traffic(self, deployment: str) -> None: ...

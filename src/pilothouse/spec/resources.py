@@ -175,6 +175,45 @@ class Batching(SpecModel):
         return self
 
 
+class Autoscaling(SpecModel):
+    """Per-revision horizontal autoscaling, Knative style: a calm stable window and a
+    short panic window that meets bursts within seconds."""
+
+    metric: Literal["concurrency", "rps", "cpu"] = Field(
+        default="concurrency", description="concurrency: requests in flight; rps; cpu: cores"
+    )
+    target: float = Field(default=4.0, gt=0, le=100000, description="Metric value per replica")
+    stable_window: Duration = 60.0
+    panic_window: Duration = 6.0
+    panic_threshold: float = Field(default=2.0, gt=1.0, le=100.0)
+    max_scale_up_rate: float = Field(default=1000.0, gt=1.0, le=10000.0)
+    max_scale_down_rate: float = Field(default=2.0, gt=1.0, le=10000.0)
+    scale_to_zero_grace: Duration = 30.0
+
+    @model_validator(mode="after")
+    def _windows(self) -> Autoscaling:
+        if not 6.0 <= self.stable_window <= 3600.0:
+            raise ValueError("stableWindow must be between 6s and 1h")
+        if not 1.0 <= self.panic_window <= self.stable_window:
+            raise ValueError("panicWindow must be at least 1s and at most stableWindow")
+        if self.scale_to_zero_grace > 3600.0:
+            raise ValueError("scaleToZeroGrace must be at most 1h")
+        return self
+
+
+class TrafficLimits(SpecModel):
+    """What the router does when replicas are busy: bounded waiting, then 503."""
+
+    max_concurrency: int = Field(
+        default=0,
+        ge=0,
+        le=100000,
+        description="Requests one replica may have in flight (0: no limit)",
+    )
+    queue_limit: int = Field(default=256, ge=0, le=100000)
+    queue_timeout: Duration = 10.0
+
+
 class ModelDeploymentSpec(SpecModel):
     model: ModelRef = Field(description="'name', 'name:VERSION', 'name:latest' or 'name@STAGE'")
     runtime: Literal["auto", "sklearn", "xgboost", "lightgbm", "onnx", "custom"] = "auto"
@@ -182,6 +221,8 @@ class ModelDeploymentSpec(SpecModel):
     replicas: ReplicasField = Field(default_factory=Replicas)
     probes: Probes = Field(default_factory=Probes)
     batching: Batching = Field(default_factory=Batching)
+    autoscaling: Autoscaling | None = None
+    traffic: TrafficLimits = Field(default_factory=TrafficLimits)
 
 
 class QueueQuota(SpecModel):

@@ -21,9 +21,17 @@ from pathlib import Path
 
 import httpx
 
-from pilothouse.router.proxy import Backend, Router
+from pilothouse.router.proxy import Backend, Router, TrafficPolicy
 from pilothouse.runtime.local.supervisor import Child, Supervisor
-from pilothouse.runtime.port import ReplicaSpec, ReplicaStatus, WorkerSpec, WorkerStatus
+from pilothouse.runtime.port import (
+    DeploymentLoad,
+    LoadSample,
+    ReplicaSpec,
+    ReplicaStatus,
+    Traffic,
+    WorkerSpec,
+    WorkerStatus,
+)
 from pilothouse.store.sqlite import Store
 
 log = logging.getLogger("pilothouse.runtime.local")
@@ -62,6 +70,18 @@ def _child_env(extra: dict[str, str]) -> dict[str, str]:
     return env
 
 
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def _cpu_ticks(pid: int) -> int | None:
+    """utime + stime of a process, in clock ticks."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return int(fields[11]) + int(fields[12])
+
+
 def _start_failure(exc: OSError, program: str, cwd: str | None) -> str:
     """Why a worker could not start, in words a user can act on."""
     if cwd is not None and not Path(cwd).is_dir():
@@ -80,6 +100,7 @@ class LocalRuntime:
         self._replicas: dict[str, _Replica] = {}
         self._workers: dict[str, _Worker] = {}
         self._http = httpx.AsyncClient(timeout=2.0)
+        self._cpu_seen: dict[str, tuple[int, float]] = {}
 
     async def start(self) -> list[str]:
         """Stop what a crashed predecessor left running; returns their ids."""
@@ -198,15 +219,70 @@ class LocalRuntime:
             )
         return sorted(out, key=lambda s: s.started_at)
 
-    async def set_traffic(self, deployment: str, ready: list[ReplicaStatus]) -> str:
+    async def set_traffic(
+        self, deployment: str, ready: list[ReplicaStatus], traffic: Traffic | None = None
+    ) -> str:
         url = await self.router.ensure_route(deployment)
         backends = []
         for status in ready:
             replica = self._replicas.get(status.id)
             if replica is not None:
-                backends.append(Backend(status.id, replica.host, replica.port, status.revision))
+                backends.append(
+                    Backend(
+                        status.id,
+                        replica.host,
+                        replica.port,
+                        status.revision,
+                        replica.spec.readiness_path,
+                    )
+                )
+        t = traffic or Traffic()
+        self.router.set_policy(
+            deployment,
+            TrafficPolicy(
+                weights=dict(t.weights),
+                mirror_revision=t.mirror_revision,
+                mirror_percent=t.mirror_percent,
+                max_concurrency=t.max_concurrency,
+                queue_limit=t.queue_limit,
+                queue_timeout=t.queue_timeout,
+                hold_when_empty=t.hold_when_empty,
+            ),
+        )
         self.router.set_backends(deployment, backends)
         return url
+
+    async def load(self, deployment: str, since: float) -> DeploymentLoad:
+        route = self.router.route(deployment)
+        if route is None:
+            return DeploymentLoad({})
+        cpu = self._cpu_by_revision(deployment)
+        revisions = {
+            revision: [
+                LoadSample(b.end, b.seconds, b.concurrency, b.requests, b.errors, cpu.get(revision))
+                for b in buckets
+            ]
+            for revision, buckets in route.buckets(since).items()
+        }
+        return DeploymentLoad(revisions, queued=route.queued)
+
+    def _cpu_by_revision(self, deployment: str) -> dict[str, float]:
+        """Cores each revision's replicas used since the previous call (from /proc)."""
+        now = time.monotonic()
+        totals: dict[str, float] = {}
+        for replica in self._replicas.values():
+            if replica.spec.deployment != deployment or replica.child.poll() is not None:
+                continue
+            ticks = _cpu_ticks(replica.child.popen.pid)
+            if ticks is None:
+                continue
+            previous = self._cpu_seen.get(replica.child.id)
+            self._cpu_seen[replica.child.id] = (ticks, now)
+            if previous is None or now <= previous[1]:
+                continue
+            cores = (ticks - previous[0]) / _CLOCK_TICKS / (now - previous[1])
+            totals[replica.spec.revision] = totals.get(replica.spec.revision, 0.0) + cores
+        return totals
 
     async def remove_traffic(self, deployment: str) -> None:
         await self.router.remove(deployment)

@@ -1,0 +1,136 @@
+"""What the router measures per revision: in-flight requests (time-averaged), requests/s,
+errors and latency. Buckets of one second feed the autoscaler and rollout analysis;
+Prometheus collectors export the same numbers.
+
+Concurrency is integrated over time (in-flight x seconds), so a one-second bucket holds
+the true average, not a sample that happened to fall between two requests.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections import deque
+from dataclasses import dataclass
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+#: the daemon exports this registry on the control API's /metrics
+REGISTRY = CollectorRegistry()
+REQUESTS = Counter(
+    "pilothouse_router_requests",
+    "Requests answered by the router, by deployment, revision and HTTP status",
+    ["deployment", "revision", "code"],
+    registry=REGISTRY,
+)
+LATENCY = Histogram(
+    "pilothouse_router_request_duration_seconds",
+    "Time from request to response through the router",
+    ["deployment", "revision"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+    registry=REGISTRY,
+)
+INFLIGHT = Gauge(
+    "pilothouse_router_inflight_requests",
+    "Requests in flight to replicas, by deployment and revision",
+    ["deployment", "revision"],
+    registry=REGISTRY,
+)
+RETRIES = Counter(
+    "pilothouse_router_retries",
+    "Requests retried on another replica",
+    ["deployment"],
+    registry=REGISTRY,
+)
+EJECTIONS = Counter(
+    "pilothouse_router_ejections",
+    "Replicas ejected after consecutive failures",
+    ["deployment"],
+    registry=REGISTRY,
+)
+SHED = Counter(
+    "pilothouse_router_shed",
+    "Requests refused with 503 because every replica was at capacity and the queue was full",
+    ["deployment"],
+    registry=REGISTRY,
+)
+QUEUED = Gauge(
+    "pilothouse_router_queued_requests",
+    "Requests waiting for a replica (capacity or scale from zero)",
+    ["deployment"],
+    registry=REGISTRY,
+)
+
+
+@dataclass(frozen=True)
+class Bucket:
+    """One closed second of one revision's traffic."""
+
+    end: float
+    seconds: float
+    concurrency: float
+    requests: int
+    errors: int
+
+    @property
+    def rps(self) -> float:
+        return self.requests / self.seconds if self.seconds > 0 else 0.0
+
+
+class RevisionMeter:
+    """In-flight integral and per-second buckets for one revision of one deployment."""
+
+    HISTORY = 180
+
+    def __init__(self, deployment: str, revision: str, now: float) -> None:
+        self.deployment, self.revision = deployment, revision
+        self.inflight = 0
+        self._integral = 0.0
+        self._last = now
+        self._bucket_start = now
+        self._bucket_integral = 0.0
+        self._requests = 0
+        self._errors = 0
+        self.buckets: deque[Bucket] = deque(maxlen=self.HISTORY)
+        self._gauge = INFLIGHT.labels(deployment, revision)
+        self._latency = LATENCY.labels(deployment, revision)
+        self._codes: dict[int, Counter] = {}
+
+    def _advance(self, now: float) -> None:
+        self._integral += self.inflight * max(0.0, now - self._last)
+        self._last = now
+
+    def start(self, now: float) -> None:
+        self._advance(now)
+        self.inflight += 1
+        self._gauge.inc()
+
+    def end(self, now: float, status: int, seconds: float) -> None:
+        self._advance(now)
+        self.inflight -= 1
+        self._gauge.dec()
+        self._requests += 1
+        if status >= 500:
+            self._errors += 1
+        self._latency.observe(seconds)
+        counter = self._codes.get(status)
+        if counter is None:
+            counter = self._codes[status] = REQUESTS.labels(
+                self.deployment, self.revision, str(status)
+            )
+        counter.inc()
+
+    def close_bucket(self, now: float) -> Bucket:
+        self._advance(now)
+        seconds = now - self._bucket_start
+        concurrency = (self._integral - self._bucket_integral) / seconds if seconds > 0 else 0.0
+        bucket = Bucket(now, seconds, concurrency, self._requests, self._errors)
+        self.buckets.append(bucket)
+        self._bucket_start, self._bucket_integral = now, self._integral
+        self._requests = self._errors = 0
+        return bucket
+
+    def forget(self) -> None:
+        """Drop this revision's series from Prometheus (the revision is gone)."""
+        for registry_metric in (INFLIGHT, LATENCY):
+            with contextlib.suppress(KeyError):
+                registry_metric.remove(self.deployment, self.revision)
