@@ -108,6 +108,7 @@ class Route:
         self._on_activate = on_activate
         self._waiters: deque[asyncio.Future[None]] = deque()
         self._tasks: set[asyncio.Task[None]] = set()
+        self._writers: set[asyncio.StreamWriter] = set()
         self._background: set[asyncio.Task[None]] = set()
         self._mirror_slots = asyncio.Semaphore(MIRROR_CONCURRENCY)
 
@@ -272,6 +273,7 @@ class Route:
         task = asyncio.current_task()
         if task is not None:
             self._tasks.add(task)
+        self._writers.add(writer)
         peer = writer.get_extra_info("peername")
         client_ip = (peer[0] if isinstance(peer, tuple) else "unknown").encode()
         try:
@@ -314,6 +316,7 @@ class Route:
             return
         finally:
             writer.close()
+            self._writers.discard(writer)
             if task is not None:
                 self._tasks.discard(task)
 
@@ -439,6 +442,11 @@ class Route:
         if self.server is not None:
             self.server.close()
         self.set_backends([])
+        # closing client connections lets their handlers return on their own
+        for writer in list(self._writers):
+            writer.close()
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=2.0)
         for task in [*self._tasks, *self._background]:
             task.cancel()
         for meter in self.meters.values():
