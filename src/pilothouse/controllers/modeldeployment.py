@@ -14,9 +14,10 @@ from dataclasses import asdict, replace
 from typing import Any
 
 from pilothouse.controllers.base import Context, Result, set_condition
+from pilothouse.controllers.scaling import desired_replicas
 from pilothouse.policy.replicas import ObservedReplica, ReplicaPolicyState, plan_replicas
 from pilothouse.registry.local import ModelNotFound
-from pilothouse.runtime.port import ReplicaSpec
+from pilothouse.runtime.port import ReplicaSpec, Traffic
 from pilothouse.spec.resources import ModelDeploymentSpec
 from pilothouse.store.sqlite import NotFound
 
@@ -88,6 +89,8 @@ async def reconcile(ctx: Context, name: str) -> Result:
     )
     revision = revision_of(version.version, template)
     observed = await ctx.runtime.list_replicas(name)
+    ready_now = sum(1 for r in observed if r.ready and not r.exited and r.revision == revision)
+    desired = await desired_replicas(ctx, name, spec, ready_now, status, now)
     policy_state = ReplicaPolicyState(**(status.get("replicaPolicy") or {}))
     plan = plan_replicas(
         desired,
@@ -119,7 +122,16 @@ async def reconcile(ctx: Context, name: str) -> Result:
 
     current = [r for r in await ctx.runtime.list_replicas(name) if not r.exited]
     ready = [r for r in current if r.ready]
-    url = await ctx.runtime.set_traffic(name, ready)
+    url = await ctx.runtime.set_traffic(
+        name,
+        ready,
+        Traffic(
+            max_concurrency=spec.traffic.max_concurrency,
+            queue_limit=spec.traffic.queue_limit,
+            queue_timeout=spec.traffic.queue_timeout,
+            hold_when_empty=spec.autoscaling is not None and spec.replicas.min == 0,
+        ),
+    )
     ready_current = [r for r in ready if r.revision == revision]
     is_ready = len(ready_current) >= desired and (desired > 0 or not current)
     was_ready = status.get("readyReplicas") == desired and status.get("model") == version.ref
@@ -165,4 +177,7 @@ async def reconcile(ctx: Context, name: str) -> Result:
     if is_ready and not was_ready:
         ctx.event(KIND, name, "Normal", "Ready", f"{message}; serving at {url}")
     ctx.store.set_status(KIND, name, status)
-    return Result(requeue_after=plan.requeue_after if not is_ready else 2.0)
+    requeue = plan.requeue_after if not is_ready else 2.0
+    if spec.autoscaling is not None:
+        requeue = min(requeue, 1.0)  # autoscaling decisions every second
+    return Result(requeue_after=requeue)

@@ -208,7 +208,11 @@ def decide_scale(
     state: AutoscalerState,
     now: float,
 ) -> Decision:
-    """Decide the replica count for a revision with ``ready`` ready replicas at ``now``."""
+    """Decide the replica count for a revision with ``ready`` ready replicas at ``now``.
+
+    Only samples with ``now - stable_window < at <= now`` count; a non-finite
+    sample is skipped and a negative value counts as 0.
+    """
     if ready < 0:
         raise ValueError(f"ready must be >= 0, got {ready}")
     if not _finite(now):

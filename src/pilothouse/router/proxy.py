@@ -5,8 +5,9 @@ deployment scales from zero.
 One listener per deployment (its ``status.url``). A request goes to a revision
 chosen by the traffic weights, then to the ready replica of that revision with
 fewer requests in flight among two picked at random (power of two choices). If
-the connection to a replica fails, or the replica closes it before any response
-byte, the request is retried on another replica (inference is idempotent; the
+the connection to a replica fails, or the replica dies before its response is complete
+(nothing has reached the client: responses are buffered), the request is retried on
+another replica (inference is idempotent; the
 budget is bounded). A replica that fails repeatedly is ejected for a while and
 comes back only after a successful readiness probe. When every replica is at
 its concurrency limit, requests wait in a bounded queue; beyond it the router

@@ -13,7 +13,6 @@ from pilothouse.router.http1 import (
     read_body,
     read_head,
     serialize,
-    simple_response,
 )
 
 POOL_SIZE = 32
@@ -95,11 +94,9 @@ class Upstream:
                     )
             except (ConnectionError, ProtocolError, asyncio.IncompleteReadError) as exc:
                 writer.close()
-                # Bytes of a response were received: not safe to replay blindly.
-                start, headers, body = simple_response(
-                    502, f"replica broke off its response: {exc}"
-                )
-                return Message(start, headers, body)
+                # The replica died mid-response. Nothing reached the client yet (responses
+                # are buffered) and inference is idempotent, so this is retryable too.
+                raise UpstreamFailed(f"broke off its response: {exc}") from exc
             if reusable and len(self.idle) < POOL_SIZE:
                 self.idle.append((reader, writer))
             else:
