@@ -156,6 +156,17 @@ def test_router_spreads_load_over_both_replicas(shared_platform: Platform) -> No
     served = [a - b for a, b in zip(after, before, strict=True)]
     assert sum(served) == 60
     assert min(served) >= 10, f"load was not balanced: {served}"
+    with p.api() as api:
+        exported = api.get("/metrics").text
+    routed = [
+        line
+        for line in exported.splitlines()
+        if line.startswith("pilothouse_router_requests_total{")
+        and 'deployment="fraud-detector"' in line
+        and 'code="200"' in line
+    ]
+    assert routed, "per-revision router metrics are exported for Prometheus"
+    assert sum(float(line.rsplit(" ", 1)[1]) for line in routed) >= 60
 
 
 def test_killed_replica_is_replaced(shared_platform: Platform) -> None:
