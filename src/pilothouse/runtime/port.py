@@ -67,7 +67,12 @@ class WorkerStatus:
 
 @dataclass(frozen=True)
 class Traffic:
-    """How a deployment's endpoint spreads and limits traffic (runtime-neutral)."""
+    """How a deployment's endpoint spreads and limits traffic (runtime-neutral).
+
+    The embedded router has its own TrafficPolicy with the same fields; this copy
+    keeps controllers independent of the router (runtime.kube maps it to its own
+    objects), which the import-linter contract enforces.
+    """
 
     weights: dict[str, float] = field(default_factory=dict)
     mirror_revision: str | None = None

@@ -13,22 +13,6 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-NUMERIC_DATATYPES = {
-    "BOOL",
-    "UINT8",
-    "UINT16",
-    "UINT32",
-    "UINT64",
-    "INT8",
-    "INT16",
-    "INT32",
-    "INT64",
-    "FP16",
-    "FP32",
-    "FP64",
-}
-
-
 #: OIP datatypes as little-endian numpy dtypes (for the binary tensor extension).
 BINARY_DTYPES = {
     "BOOL": "|b1",
@@ -44,6 +28,9 @@ BINARY_DTYPES = {
     "FP32": "<f4",
     "FP64": "<f8",
 }
+
+
+NUMERIC_DATATYPES = frozenset(BINARY_DTYPES)
 
 
 class BadRequest(ValueError):
