@@ -253,3 +253,31 @@ def test_never_stops_needed_ready_replicas_and_never_starts_negative(
         assert not {r.id for r in ready_target} & set(plan.stop)
     # Exited replicas are always cleaned up.
     assert {r.id for r in observed if r.exited} <= set(plan.stop)
+
+
+def test_a_serving_replica_that_dies_is_replaced_at_once() -> None:
+    # killed from outside after it had served: no crash-loop back-off
+    killed = ObservedReplica(
+        "a", "v1", ready=False, exited=True, started_at=0.0, exited_at=50.0, ever_ready=True
+    )
+    alive = ObservedReplica("b", "v1", ready=True, exited=False, started_at=0.0, ever_ready=True)
+    state = ReplicaPolicyState(failures=5, next_start_at=500.0)
+    plan = plan_replicas(2, "v1", [killed, alive], state, now=60.0)
+    assert plan.stop == ["a"]
+    assert plan.start == 1
+    assert plan.state.failures == 0
+
+
+def test_many_kills_of_serving_replicas_never_build_up_back_off() -> None:
+    state = ReplicaPolicyState()
+    now = 0.0
+    for i in range(20):
+        now += 5.0
+        victim = ObservedReplica(f"r{i}", "v1", False, True, now - 5.0, now, ever_ready=True)
+        others = [
+            ObservedReplica(f"s{j}", "v1", True, False, 0.0, ever_ready=True) for j in range(2)
+        ]
+        plan = plan_replicas(3, "v1", [victim, *others], state, now)
+        assert plan.start == 1, f"kill {i}: replaced at once"
+        state = plan.state
+    assert state.failures == 0

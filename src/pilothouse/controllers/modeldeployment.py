@@ -96,7 +96,9 @@ async def reconcile(ctx: Context, name: str) -> Result:
         desired,
         revision,
         [
-            ObservedReplica(r.id, r.revision, r.ready, r.exited, r.started_at, r.exited_at)
+            ObservedReplica(
+                r.id, r.revision, r.ready, r.exited, r.started_at, r.exited_at, r.ever_ready
+            )
             for r in observed
         ],
         policy_state,

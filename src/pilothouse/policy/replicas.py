@@ -3,7 +3,9 @@
 A deployment converges to ``desired`` ready replicas of ``version``. Replicas of
 another version are kept until enough new ones are ready (surge first, never
 drop below what serves), so changing the model never leaves the endpoint empty.
-Exited replicas are replaced after a backoff that grows with repeated crashes.
+A replica that served and then died is replaced at once; one that exits before
+it ever became ready is a crash loop, replaced after a backoff that grows with
+each such crash.
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ class ObservedReplica:
     exited: bool
     started_at: float
     exited_at: float | None = None
+    #: it passed its readiness probe at least once (it could start and serve)
+    ever_ready: bool = False
 
 
 @dataclass(frozen=True)
@@ -57,6 +61,13 @@ def plan_replicas(
     crashed = [r for r in observed if r.exited]
     for replica in crashed:
         stop.append(replica.id)
+        if replica.ever_ready:
+            # A replica that served and then died (killed, out of memory, machine
+            # trouble) proved the revision can start: replace it at once, as a
+            # ReplicaSet replaces a lost pod. Back-off is for crash loops only.
+            failures = 0
+            next_start_at = min(next_start_at, now)
+            continue
         exited_at = replica.exited_at if replica.exited_at is not None else now
         ran_for = exited_at - replica.started_at
         failures = failures_after_exit(failures, ran_for, params)

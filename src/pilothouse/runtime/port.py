@@ -37,6 +37,7 @@ class ReplicaStatus:
     exit_code: int | None = None
     exited_at: float | None = None
     message: str = ""
+    ever_ready: bool = False
 
 
 @dataclass(frozen=True)

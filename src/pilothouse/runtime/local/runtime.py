@@ -44,6 +44,7 @@ class _Replica:
     host: str
     port: int
     ready: bool = False
+    ever_ready: bool = False
     failures: int = 0
     message: str = "starting"
     probe: asyncio.Task[None] | None = None
@@ -175,6 +176,7 @@ class LocalRuntime:
                 ok, detail = False, type(exc).__name__
             if ok:
                 replica.ready, replica.failures, replica.message = True, 0, "ready"
+                replica.ever_ready = True
             else:
                 replica.failures += 1
                 if replica.ready and replica.failures >= spec.failure_threshold:
@@ -215,6 +217,7 @@ class LocalRuntime:
                     exit_code=code,
                     exited_at=r.child.finished_at,
                     message=r.message,
+                    ever_ready=r.ever_ready,
                 )
             )
         return sorted(out, key=lambda s: s.started_at)
