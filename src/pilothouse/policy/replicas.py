@@ -102,7 +102,8 @@ def plan_replicas(
     )
     if not reason:
         reason = "converged" if converged else f"{len(ready_current)}/{desired} ready"
-    requeue = max(0.2, next_start_at - now) if (missing and start == 0) else 1.0
+    # keep watching during a back-off (another replica may die meanwhile), at most 1 s apart
+    requeue = min(1.0, max(0.2, next_start_at - now)) if (missing and start == 0) else 1.0
     return ReplicaPlan(
         start=start,
         stop=stop,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import socket
 import threading
 import time
@@ -359,7 +360,11 @@ def serve(
 ) -> None:
     """Run the replica until SIGTERM: drain, then finish in-flight requests and exit."""
     opts = options or ServerOptions()
-    _limit_threads(opts.model_threads)  # the event loop's thread (inline calls)
+    # OpenMP/BLAS read these when they load, which happens when the model is
+    # unpickled, after this line: one replica, ``model_threads`` cores (default 1).
+    for variable in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(variable, str(opts.model_threads))
+    _limit_threads(opts.model_threads)  # libraries already loaded, if any
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
