@@ -11,11 +11,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import logging.handlers
 import os
 import signal
 import socket
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import uvicorn
 
@@ -120,9 +122,21 @@ async def run(home: Home, host: str = "127.0.0.1", port: int = 0) -> None:
         log.info("stopped")
 
 
-def main(home: Home, host: str, port: int) -> None:
+LOG_BYTES = 10 * 2**20
+LOG_BACKUPS = 3
+
+
+def main(home: Home, host: str, port: int, log_file: Path | None = None) -> None:
+    """Run the daemon; in the background it logs to ``log_file``, rotated at 10 MiB."""
+    handler: logging.Handler = (
+        logging.handlers.RotatingFileHandler(log_file, maxBytes=LOG_BYTES, backupCount=LOG_BACKUPS)
+        if log_file is not None
+        else logging.StreamHandler()
+    )
     logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+        level=logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        handlers=[handler],
     )
     # one line per readiness probe would grow daemon.log without bound
     logging.getLogger("httpx").setLevel(logging.WARNING)

@@ -49,7 +49,13 @@ class Home:
 
     @property
     def daemon_log(self) -> Path:
+        """The daemon's log, rotated (daemon.log.1, …)."""
         return self.root / "daemon.log"
+
+    @property
+    def daemon_out(self) -> Path:
+        """What the background daemon prints outside logging (a crash before logging starts)."""
+        return self.root / "daemon.out"
 
     def ensure(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True, mode=0o700)

@@ -44,7 +44,7 @@ def start_background(home: Home, host: str, port: int, timeout: float = 30.0) ->
     home.ensure()
     home.ensure_token()
     home.daemon_file.unlink(missing_ok=True)
-    with home.daemon_log.open("ab") as log:
+    with home.daemon_out.open("ab") as log:
         proc = subprocess.Popen(
             [
                 sys.executable,
@@ -56,6 +56,8 @@ def start_background(home: Home, host: str, port: int, timeout: float = 30.0) ->
                 host,
                 "--port",
                 str(port),
+                "--log-file",
+                str(home.daemon_log),
             ],
             stdin=subprocess.DEVNULL,
             stdout=log,
@@ -67,7 +69,9 @@ def start_background(home: Home, host: str, port: int, timeout: float = 30.0) ->
     while time.monotonic() < deadline:
         code = proc.poll()
         if code is not None:
-            raise StartFailed(f"the daemon exited with code {code}; see {home.daemon_log}")
+            raise StartFailed(
+                f"the daemon exited with code {code}; see {home.daemon_log} and {home.daemon_out}"
+            )
         info = home.read_daemon_info()
         if info and info.get("pid") == proc.pid and healthy(home):
             return info

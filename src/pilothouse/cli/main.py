@@ -89,7 +89,13 @@ def cli() -> None:
 @click.option(
     "--port", default=0, show_default=True, help="Port of the control API (0: any free port)."
 )
-def up(foreground: bool, host: str, port: int) -> None:
+@click.option(
+    "--log-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="With --foreground: log here, rotated at 10 MiB, instead of to stderr.",
+)
+def up(foreground: bool, host: str, port: int, log_file: Path | None) -> None:
     """Start the embedded control plane."""
     home = Home.from_env()
     if host not in ("127.0.0.1", "localhost", "::1"):
@@ -100,7 +106,7 @@ def up(foreground: bool, host: str, port: int) -> None:
     if foreground:
         from pilothouse.api.daemon import main as daemon_main
 
-        daemon_main(home, host, port)
+        daemon_main(home, host, port, log_file)
         return
     if daemonctl.healthy(home):
         info = home.read_daemon_info() or {}
