@@ -11,6 +11,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -195,6 +196,19 @@ def test_changing_replica_settings_rolls_the_replicas(shared_platform: Platform,
     spec.write_text(
         (EXAMPLE / "modeldeployment.yaml").read_text() + "  batching:\n    maxBatchSize: 1\n"
     )
+    codes: dict[int, int] = {}
+    stop = threading.Event()
+
+    def traffic() -> None:
+        with httpx.Client(base_url=before["url"], timeout=30) as client:
+            for _ in range(20000):  # bounded; stopped once the roll is done
+                if stop.is_set():
+                    return
+                code = client.post("/v1/models/fraud-detector:predict", json=_sample()).status_code
+                codes[code] = codes.get(code, 0) + 1
+
+    load = threading.Thread(target=traffic)
+    load.start()
     assert p.cli("apply", "-f", str(spec)).returncode == 0
 
     def rolled() -> dict[str, Any] | None:
@@ -207,7 +221,12 @@ def test_changing_replica_settings_rolls_the_replicas(shared_platform: Platform,
         )
         return st if done else None
 
-    after = wait_for("replicas of the new revision", rolled, timeout=90, every=0.3)
+    try:
+        after = wait_for("replicas of the new revision", rolled, timeout=90, every=0.3)
+    finally:
+        stop.set()
+        load.join(timeout=30)
+    assert set(codes) == {200}, f"a roll under load must not fail a request: {codes}"
     for replica in after["replicaStatuses"]:
         argv = Path(f"/proc/{replica['pid']}/cmdline").read_bytes().split(b"\0")
         assert argv[argv.index(b"--max-batch-size") + 1] == b"1"

@@ -104,7 +104,18 @@ async def reconcile(ctx: Context, name: str) -> Result:
         policy_state,
         now,
     )
+    traffic = Traffic(
+        max_concurrency=spec.traffic.max_concurrency,
+        queue_limit=spec.traffic.queue_limit,
+        queue_timeout=spec.traffic.queue_timeout,
+        hold_when_empty=spec.autoscaling is not None and spec.replicas.min == 0,
+    )
     by_id = {r.id: r for r in observed}
+    if plan.stop:
+        # First point the endpoint at every ready replica that stays (new ones
+        # included), then stop: the endpoint is never left without a replica.
+        staying = [r for r in observed if r.ready and not r.exited and r.id not in plan.stop]
+        await ctx.runtime.set_traffic(name, staying, traffic)
     for replica_id in plan.stop:
         replica = by_id.get(replica_id)
         if replica is not None and replica.exited:
@@ -124,16 +135,7 @@ async def reconcile(ctx: Context, name: str) -> Result:
 
     current = [r for r in await ctx.runtime.list_replicas(name) if not r.exited]
     ready = [r for r in current if r.ready]
-    url = await ctx.runtime.set_traffic(
-        name,
-        ready,
-        Traffic(
-            max_concurrency=spec.traffic.max_concurrency,
-            queue_limit=spec.traffic.queue_limit,
-            queue_timeout=spec.traffic.queue_timeout,
-            hold_when_empty=spec.autoscaling is not None and spec.replicas.min == 0,
-        ),
-    )
+    url = await ctx.runtime.set_traffic(name, ready, traffic)
     ready_current = [r for r in ready if r.revision == revision]
     is_ready = len(ready_current) >= desired and (desired > 0 or not current)
     was_ready = status.get("readyReplicas") == desired and status.get("model") == version.ref

@@ -88,6 +88,17 @@ class MirrorRecord:
     mirror_body: bytes
 
 
+@dataclass
+class _Waiter:
+    future: asyncio.Future[None]
+    #: replicas this request already failed on: a slot freed there is no use to it
+    exclude: frozenset[str]
+
+
+class _ClientGone(Exception):
+    """The client closed its connection while its request waited."""
+
+
 class _Shed(Exception):
     def __init__(self, message: str) -> None:
         self.message = message
@@ -107,7 +118,7 @@ class Route:
         self.codes: Counter[str] = Counter()
         self.mirrors: deque[MirrorRecord] = deque(maxlen=2000)
         self._on_activate = on_activate
-        self._waiters: deque[asyncio.Future[None]] = deque()
+        self._waiters: deque[_Waiter] = deque()
         self._tasks: set[asyncio.Task[None]] = set()
         self._writers: set[asyncio.StreamWriter] = set()
         self._background: set[asyncio.Task[None]] = set()
@@ -157,11 +168,15 @@ class Route:
             return None
         weights = self.policy.weights
         if weights:
-            revisions = sorted({u.backend.revision for u in candidates})
-            shares = [weights.get(r, 0.0) for r in revisions]
-            if sum(shares) > 0:
-                chosen = random.choices(revisions, weights=shares)[0]
-                candidates = [u for u in candidates if u.backend.revision == chosen]
+            # a revision without a positive weight gets no live traffic (mirrors aside)
+            revisions = sorted(
+                {u.backend.revision for u in candidates if weights.get(u.backend.revision, 0.0) > 0}
+            )
+            if not revisions:
+                return None
+            shares = [weights[r] for r in revisions]
+            chosen = random.choices(revisions, weights=shares)[0]
+            candidates = [u for u in candidates if u.backend.revision == chosen]
         if len(candidates) == 1:
             return candidates[0]
         a, b = random.sample(candidates, 2)
@@ -170,11 +185,13 @@ class Route:
     def _usable_exists(self, exclude: set[str]) -> bool:
         return any(bid not in exclude and not u.ejected() for bid, u in self.upstreams.items())
 
-    async def _acquire(self, exclude: set[str]) -> Upstream | None:
+    async def _acquire(
+        self, exclude: set[str], client_gone: Callable[[], bool] | None = None
+    ) -> Upstream | None:
         """A replica with capacity; waits (bounded) when all are busy or none exists yet.
 
         Returns None when every usable replica was already tried; raises _Shed when
-        the request must be refused.
+        the request must be refused, _ClientGone when its client left meanwhile.
         """
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.policy.queue_timeout
@@ -191,33 +208,36 @@ class Route:
                 raise _Shed("every replica is at capacity and the queue is full")
             if empty and self._on_activate is not None:
                 self._on_activate(self.key)
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                raise _Shed("no replica became available in time")
-            future: asyncio.Future[None] = loop.create_future()
-            self._waiters.append(future)
+            waiter = _Waiter(loop.create_future(), frozenset(exclude))
+            self._waiters.append(waiter)
             QUEUED.labels(self.key).set(len(self._waiters))
             try:
-                await asyncio.wait_for(future, remaining)
-            except TimeoutError as exc:
-                raise _Shed("no replica became available in time") from exc
+                while not waiter.future.done():
+                    remaining = deadline - loop.time()
+                    if remaining <= 0:
+                        raise _Shed("no replica became available in time")
+                    # short waits, so a client that hangs up frees its place promptly
+                    await asyncio.wait({waiter.future}, timeout=min(remaining, 0.25))
+                    if client_gone is not None and client_gone():
+                        raise _ClientGone()
             finally:
                 with contextlib.suppress(ValueError):
-                    self._waiters.remove(future)
+                    self._waiters.remove(waiter)
                 QUEUED.labels(self.key).set(len(self._waiters))
 
-    def _wake_one(self) -> None:
-        while self._waiters:
-            future = self._waiters.popleft()
-            if not future.done():
-                future.set_result(None)
+    def _release(self, upstream: Upstream) -> None:
+        """A slot on ``upstream`` is free: wake the first waiter that can use it."""
+        for waiter in self._waiters:
+            if upstream.backend.id not in waiter.exclude and not waiter.future.done():
+                waiter.future.set_result(None)
+                self._waiters.remove(waiter)
                 return
 
     def _wake_all(self) -> None:
         while self._waiters:
-            future = self._waiters.popleft()
-            if not future.done():
-                future.set_result(None)
+            waiter = self._waiters.popleft()
+            if not waiter.future.done():
+                waiter.future.set_result(None)
 
     # -- outliers ------------------------------------------------------------------------------
 
@@ -307,7 +327,15 @@ class Route:
                 except (asyncio.IncompleteReadError, ConnectionError, ValueError):
                     return
                 request.headers.append((b"x-forwarded-for", client_ip))
-                status, out = await self._forward(request, keep_alive)
+
+                def client_gone() -> bool:
+                    return reader.at_eof() or writer.transport.is_closing()
+
+                try:
+                    status, out = await self._forward(request, keep_alive, client_gone)
+                except _ClientGone:
+                    self.codes["499"] += 1  # nginx's "client closed request"
+                    return
                 self.codes[str(status)] += 1
                 writer.write(out)
                 await writer.drain()
@@ -321,11 +349,13 @@ class Route:
             if task is not None:
                 self._tasks.discard(task)
 
-    async def _forward(self, request: Message, keep_alive: bool) -> tuple[int, bytes]:
+    async def _forward(
+        self, request: Message, keep_alive: bool, client_gone: Callable[[], bool] | None = None
+    ) -> tuple[int, bytes]:
         tried: set[str] = set()
         for attempt in range(RETRIES_PER_REQUEST + 1):
             try:
-                upstream = await self._acquire(tried)
+                upstream = await self._acquire(tried, client_gone)
             except _Shed as exc:
                 SHED.labels(self.key).inc()
                 start, headers, body = simple_response(503, exc.message, [(b"retry-after", b"1")])
@@ -356,7 +386,7 @@ class Route:
                 upstream.inflight -= 1
                 ended = time.time()
                 meter.end(ended, status or 502, ended - started)
-                self._wake_one()
+                self._release(upstream)
             if status >= 500:
                 self._failed(upstream)
             else:
@@ -394,8 +424,11 @@ class Route:
     async def _mirror(
         self, request: Message, primary: str, status: int, body: bytes, target: str
     ) -> None:
+        cap = self.policy.max_concurrency
         candidates = [
-            u for u in self.upstreams.values() if u.backend.revision == target and not u.ejected()
+            u
+            for u in self.upstreams.values()
+            if u.backend.revision == target and not u.ejected() and (cap <= 0 or u.inflight < cap)
         ]
         if not candidates:
             return
@@ -415,6 +448,7 @@ class Route:
                 upstream.inflight -= 1
                 ended = time.time()
                 meter.end(ended, mirror_status or 502, ended - started)
+                self._release(upstream)
         path = request.start.split(b" ")[1].decode("latin-1") if b" " in request.start else ""
         self.mirrors.append(
             MirrorRecord(

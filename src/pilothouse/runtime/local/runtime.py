@@ -16,6 +16,7 @@ import socket
 import sys
 import time
 import uuid
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -102,13 +103,18 @@ class LocalRuntime:
         self._workers: dict[str, _Worker] = {}
         self._http = httpx.AsyncClient(timeout=2.0)
         self._cpu_seen: dict[str, tuple[int, float]] = {}
+        self._cpu_history: dict[str, deque[tuple[float, dict[str, float]]]] = {}
+        self._cpu_task: asyncio.Task[None] | None = None
 
     async def start(self) -> list[str]:
         """Stop what a crashed predecessor left running; returns their ids."""
         stopped = await asyncio.to_thread(self.supervisor.reap_orphans)
+        self._cpu_task = asyncio.create_task(self._sample_cpu(), name="cpu-sampler")
         return [r["id"] for r in stopped]
 
     async def close(self) -> None:
+        if self._cpu_task is not None:
+            self._cpu_task.cancel()
         for replica in self._replicas.values():
             if replica.probe:
                 replica.probe.cancel()
@@ -259,15 +265,34 @@ class LocalRuntime:
         route = self.router.route(deployment)
         if route is None:
             return DeploymentLoad({})
-        cpu = self._cpu_by_revision(deployment)
+        history = list(self._cpu_history.get(deployment, ()))
+
+        def cpu_at(when: float, revision: str) -> float | None:
+            """The CPU sample taken closest to a bucket's end (each covers its own second)."""
+            best = min(history, key=lambda h: abs(h[0] - when), default=None)
+            if best is None or abs(best[0] - when) > 1.5:
+                return None
+            return best[1].get(revision, 0.0)
+
         revisions = {
             revision: [
-                LoadSample(b.end, b.seconds, b.concurrency, b.requests, b.errors, cpu.get(revision))
+                LoadSample(
+                    b.end, b.seconds, b.concurrency, b.requests, b.errors, cpu_at(b.end, revision)
+                )
                 for b in buckets
             ]
             for revision, buckets in route.buckets(since).items()
         }
         return DeploymentLoad(revisions, queued=route.queued)
+
+    async def _sample_cpu(self) -> None:
+        """Once a second: cores used by each revision's replicas during that second."""
+        while True:
+            await asyncio.sleep(1.0)
+            now = time.time()
+            for deployment in {r.spec.deployment for r in self._replicas.values()}:
+                history = self._cpu_history.setdefault(deployment, deque(maxlen=180))
+                history.append((now, self._cpu_by_revision(deployment)))
 
     def _cpu_by_revision(self, deployment: str) -> dict[str, float]:
         """Cores each revision's replicas used since the previous call (from /proc)."""
