@@ -7,6 +7,7 @@ or libraries must be reported as UnsupportedFramework.
 
 from __future__ import annotations
 
+import importlib
 import json
 import subprocess
 import sys
@@ -124,7 +125,7 @@ def test_sklearn_regressor(tmp_path: Path, registry: LocalRegistry, data: Any) -
 def test_xgboost_classifier(
     tmp_path: Path, registry: LocalRegistry, data: Any, filename: str
 ) -> None:
-    xgb = pytest.importorskip("xgboost")
+    xgb = importlib.import_module("xgboost")
     x, y = data
     model = xgb.XGBClassifier(n_estimators=12, max_depth=3, n_jobs=1).fit(x, y)
     folder = out_dir(tmp_path)
@@ -137,7 +138,7 @@ def test_xgboost_classifier(
 def test_xgboost_raw_booster_and_early_stopping(
     tmp_path: Path, registry: LocalRegistry, data: Any
 ) -> None:
-    xgb = pytest.importorskip("xgboost")
+    xgb = importlib.import_module("xgboost")
     x, y = data
     model = xgb.XGBClassifier(
         n_estimators=200, learning_rate=0.5, max_depth=4, early_stopping_rounds=3, n_jobs=1
@@ -152,7 +153,7 @@ def test_xgboost_raw_booster_and_early_stopping(
 def test_xgboost_regressor_and_multiclass(
     tmp_path: Path, registry: LocalRegistry, multiclass: Any
 ) -> None:
-    xgb = pytest.importorskip("xgboost")
+    xgb = importlib.import_module("xgboost")
     x, y = multiclass
     regressor = xgb.XGBRegressor(n_estimators=8, max_depth=3, n_jobs=1).fit(x, x[:, 0] * 2)
     folder = out_dir(tmp_path, "reg")
@@ -174,7 +175,7 @@ def test_xgboost_regressor_and_multiclass(
 def test_lightgbm_classifier(
     tmp_path: Path, registry: LocalRegistry, data: Any, filename: str
 ) -> None:
-    lgb = pytest.importorskip("lightgbm")
+    lgb = importlib.import_module("lightgbm")
     x, y = data
     model = lgb.LGBMClassifier(n_estimators=12, num_leaves=7, verbose=-1, n_jobs=1).fit(x, y)
     folder = out_dir(tmp_path)
@@ -184,7 +185,7 @@ def test_lightgbm_classifier(
 
 
 def test_lightgbm_multiclass(tmp_path: Path, registry: LocalRegistry, multiclass: Any) -> None:
-    lgb = pytest.importorskip("lightgbm")
+    lgb = importlib.import_module("lightgbm")
     x, y = multiclass
     model = lgb.LGBMClassifier(n_estimators=8, num_leaves=7, verbose=-1, n_jobs=1).fit(x, y)
     folder = out_dir(tmp_path)
@@ -197,8 +198,8 @@ def test_lightgbm_multiclass(tmp_path: Path, registry: LocalRegistry, multiclass
 
 
 def _onnx(model: Any, double: bool = False, zipmap: bool = True) -> bytes:
-    pytest.importorskip("onnxruntime")
-    skl2onnx = pytest.importorskip("skl2onnx")
+    importlib.import_module("onnxruntime")
+    skl2onnx = importlib.import_module("skl2onnx")
     from skl2onnx.common.data_types import DoubleTensorType, FloatTensorType
 
     tensor = DoubleTensorType if double else FloatTensorType
@@ -465,7 +466,7 @@ def test_unknown_framework(tmp_path: Path, registry: LocalRegistry) -> None:
 def test_missing_library_names_the_pip_package(
     tmp_path: Path, registry: LocalRegistry, data: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    lgb = pytest.importorskip("lightgbm")
+    lgb = importlib.import_module("lightgbm")
     x, y = data
     model = lgb.LGBMClassifier(n_estimators=2, verbose=-1, n_jobs=1).fit(x, y)
     folder = out_dir(tmp_path)
@@ -477,7 +478,7 @@ def test_missing_library_names_the_pip_package(
 
 
 def test_unreadable_artifact_is_a_load_error(tmp_path: Path, registry: LocalRegistry) -> None:
-    pytest.importorskip("onnxruntime")
+    importlib.import_module("onnxruntime")
     (tmp_path / "model.onnx").write_bytes(b"this is not a protobuf")
     version = registry.register("m", tmp_path / "model.onnx", framework="onnx")
     with pytest.raises(ModelLoadError, match=r"could not load model\.onnx"):
@@ -516,10 +517,10 @@ def test_wrong_number_of_features_is_a_bad_request(
     if framework == "sklearn":
         joblib.dump(LogisticRegression().fit(x, y), folder / "model.joblib")
     elif framework == "xgboost":
-        xgb = pytest.importorskip("xgboost")
+        xgb = importlib.import_module("xgboost")
         xgb.XGBClassifier(n_estimators=2, n_jobs=1).fit(x, y).save_model(folder / "m.ubj")
     elif framework == "lightgbm":
-        lgb = pytest.importorskip("lightgbm")
+        lgb = importlib.import_module("lightgbm")
         lgb.LGBMClassifier(n_estimators=2, verbose=-1, n_jobs=1).fit(x, y).booster_.save_model(
             folder / "model.txt"
         )

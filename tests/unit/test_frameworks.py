@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 from pathlib import Path
 from typing import Any
@@ -51,7 +52,7 @@ def test_sklearn_joblib_file_and_folder(tmp_path: Path, data: Any) -> None:
 
 
 def test_xgboost_json_and_ubj(tmp_path: Path, data: Any) -> None:
-    xgb = pytest.importorskip("xgboost")
+    xgb = importlib.import_module("xgboost")
     model = xgb.XGBClassifier(n_estimators=3, max_depth=2, n_jobs=1).fit(*data)
     model.save_model(tmp_path / "xgb.json")
     model.save_model(tmp_path / "xgb.ubj")
@@ -76,7 +77,7 @@ def test_xgboost_model_named_like_the_manifest_is_refused(tmp_path: Path) -> Non
 
 
 def test_lightgbm_text_model(tmp_path: Path, data: Any) -> None:
-    lgb = pytest.importorskip("lightgbm")
+    lgb = importlib.import_module("lightgbm")
     model = lgb.LGBMClassifier(n_estimators=3, num_leaves=4, verbose=-1, n_jobs=1).fit(*data)
     model.booster_.save_model(tmp_path / "model.txt")
     (tmp_path / "model.lgb").write_bytes((tmp_path / "model.txt").read_bytes())
@@ -92,8 +93,8 @@ def test_lightgbm_header_without_leading_tree_line(tmp_path: Path) -> None:
 
 
 def test_onnx(tmp_path: Path, data: Any) -> None:
-    pytest.importorskip("onnx")
-    skl2onnx = pytest.importorskip("skl2onnx")
+    importlib.import_module("onnx")
+    skl2onnx = importlib.import_module("skl2onnx")
     from skl2onnx.common.data_types import FloatTensorType
     from sklearn.linear_model import LogisticRegression
 

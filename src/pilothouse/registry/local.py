@@ -14,6 +14,7 @@ import json
 import os
 import shutil
 import uuid
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -176,21 +177,26 @@ def reserved_clash(name: str, source: Path) -> None:
         )
 
 
-class BaseRegistry:
+class BaseRegistry(ABC):
     """What every registry shares: resolving references and moving stages."""
 
+    @abstractmethod
     def versions(self, name: str) -> list[ModelVersion]:
-        raise NotImplementedError
+        """Implemented by each storage."""
 
+    @abstractmethod
     def get(self, name: str, version: int) -> ModelVersion:
-        raise NotImplementedError
+        """Implemented by each storage."""
 
+    @abstractmethod
     def _set_stage(self, version: ModelVersion, stage: str | None) -> ModelVersion:
-        raise NotImplementedError
+        """Implemented by each storage."""
 
+    @abstractmethod
     def models(self) -> list[str]:
-        raise NotImplementedError
+        """Implemented by each storage."""
 
+    @abstractmethod
     def register(
         self,
         name: str,
@@ -201,10 +207,11 @@ class BaseRegistry:
         signature: dict[str, Any] | None = None,
         lineage: dict[str, Any] | None = None,
     ) -> ModelVersion:
-        raise NotImplementedError
+        """Implemented by each storage."""
 
+    @abstractmethod
     def delete(self, name: str, version: int) -> ModelVersion:
-        raise NotImplementedError
+        """Implemented by each storage."""
 
     def fetch(self, version: ModelVersion) -> ModelVersion:
         """A local copy a replica can load (local registries are already local)."""
