@@ -42,7 +42,7 @@ from model_server import (
     RUN_TAG_VAR,
     TRAIN_ROWS,
     BenchError,
-    ours,
+    kill_leftovers,
 )
 
 PYTHON = sys.executable
@@ -181,16 +181,7 @@ class ControlPlane:
         if self.daemon_pid is not None:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(self.daemon_pid, signal.SIGKILL)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            left = ours(session, self.tag)
-            if not left:
-                break
-            for pid in left:
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.kill(pid, signal.SIGKILL)
-            time.sleep(0.2)
-        left = ours(session, self.tag)
+        left = kill_leftovers(session, self.tag)
         if left:
             print(f"warning: processes of the control plane still alive: {left}")
 

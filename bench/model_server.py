@@ -286,6 +286,20 @@ def ours(session: int, tag: str) -> list[int]:
     return found
 
 
+def kill_leftovers(session: int, tag: str, seconds: float = 10.0) -> list[int]:
+    """SIGKILL what is left of a run (its session or its tag) until none is; returns survivors."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        left = ours(session, tag)
+        if not left:
+            return []
+        for pid in left:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
+        time.sleep(0.2)
+    return ours(session, tag)
+
+
 class Server:
     """One server process in its own session; ``stop`` ends it and everything it started."""
 
@@ -370,15 +384,7 @@ class Server:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(session, signal.SIGKILL)
         # Ray's workers run in process groups of their own but stay in our session.
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            left = ours(session, self.tag)
-            if not left:
-                break
-            for pid in left:
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.kill(pid, signal.SIGKILL)
-            time.sleep(0.2)
+        kill_leftovers(session, self.tag)
         with contextlib.suppress(subprocess.TimeoutExpired):
             self.proc.wait(timeout=5)
         left = ours(session, self.tag)
