@@ -79,6 +79,7 @@ async def run(home: Home, host: str = "127.0.0.1", port: int = 0) -> None:
         token=token,
         on_change=manager.trigger,
         log_files=runtime.log_files,
+        registry=registry,
         info=lambda: daemon_info(
             started,
             url,

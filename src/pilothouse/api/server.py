@@ -35,12 +35,22 @@ from pilothouse.api.errors import (
     status_body,
 )
 from pilothouse.api.openapi import openapi_document
+from pilothouse.registry.local import BaseRegistry, ModelNotFound
 from pilothouse.spec.loader import validate_document
-from pilothouse.spec.resources import API_VERSION, KINDS, Resource, kind_for_plural
+from pilothouse.spec.resources import (
+    API_VERSION,
+    KINDS,
+    TEMPLATE_FIELDS,
+    ModelDeployment,
+    Resource,
+    kind_for_plural,
+)
 from pilothouse.store.sqlite import Conflict, NotFound, Store
 
 PREFIX = f"/apis/{API_VERSION}"
 MAX_BODY = 4 * 2**20
+ROLLOUT_ACTIONS = ("promote", "abort", "pause", "resume", "retry", "undo")
+USER_HEADER = "x-pilothouse-user"
 
 
 class TokenAuth(BaseHTTPMiddleware):
@@ -144,6 +154,11 @@ def _validate(items: list[Any], source: str) -> list[Resource]:
     return resources
 
 
+def _user(request: Request) -> str:
+    user = request.headers.get(USER_HEADER, "").strip()
+    return user[:120] if user and user.isprintable() else "api"
+
+
 def create_app(
     store: Store,
     *,
@@ -151,9 +166,52 @@ def create_app(
     on_change: Callable[[str, str], None],
     log_files: Callable[[str, str], list[Path]],
     info: Callable[[], dict[str, Any]],
+    registry: BaseRegistry | None = None,
 ) -> Starlette:
-    def apply(resources: list[Resource]) -> list[dict[str, Any]]:
+    def check_models(resources: list[Resource]) -> None:
+        """A deployment that already serves must not be moved to a model that does not exist:
+        reject the change at apply (a new deployment may wait for its model to be trained)."""
+        if registry is None:
+            return
+        errors: list[dict[str, Any]] = []
+        for number, resource in enumerate(resources, start=1):
+            if not isinstance(resource, ModelDeployment):
+                continue
+            try:
+                current = store.get(resource.KIND, resource.metadata.name)
+            except NotFound:
+                continue
+            if not (current.get("status") or {}).get("revision"):
+                continue
+            try:
+                registry.resolve(resource.spec.model)
+            except ModelNotFound as exc:
+                errors.append(
+                    {
+                        "source": "request",
+                        "document": number,
+                        "field": "spec.model",
+                        "message": f"{exc.args[0] if exc.args else exc}; the running revision "
+                        "is left as it is",
+                    }
+                )
+        if errors:
+            lines = "; ".join(
+                f"document {e['document']}: {e['field']}: {e['message']}" for e in errors[:5]
+            )
+            raise ApiError(
+                422,
+                "Invalid",
+                f"{len(errors)} invalid field(s), nothing applied: {lines}",
+                {"causes": errors},
+            )
+
+    def apply(resources: list[Resource], user: str = "api") -> list[dict[str, Any]]:
+        check_models(resources)
         outcomes = store.apply([resource_doc(r) for r in resources])
+        for resource, outcome in zip(resources, outcomes, strict=True):
+            if isinstance(resource, ModelDeployment) and outcome.value != "unchanged":
+                store.set_requests(resource.KIND, resource.metadata.name, {"appliedBy": user})
         for resource in resources:
             on_change(resource.KIND, resource.metadata.name)
         return [
@@ -206,7 +264,7 @@ def create_app(
                 f"body is {resource.KIND} '{resource.metadata.name}' but the path names "
                 f"{cls.KIND} '{name}'",
             )
-        [result] = apply([resource])
+        [result] = apply([resource], _user(request))
         code = 201 if result["result"] == "created" else 200
         return JSONResponse(
             store.get(cls.KIND, name), code, headers={"X-Apply-Result": result["result"]}
@@ -223,7 +281,102 @@ def create_app(
                 400, "BadRequest", 'expected {"items": [resource, ...]} with at least one item'
             )
         resources = _validate(body["items"], "request")
-        return JSONResponse({"results": apply(resources)})
+        return JSONResponse({"results": apply(resources, _user(request))})
+
+    async def rollout_action(request: Request) -> Response:
+        cls = _kind(request.path_params["plural"])
+        name = request.path_params["name"]
+        if cls is not ModelDeployment:
+            raise ApiError(404, "NotFound", f"{cls.PLURAL} have no rollouts")
+        body = await _json(request)
+        if not isinstance(body, dict) or body.get("action") not in ROLLOUT_ACTIONS:
+            raise ApiError(
+                400,
+                "BadRequest",
+                f"action: expected one of {', '.join(ROLLOUT_ACTIONS)}, got "
+                f"{body.get('action') if isinstance(body, dict) else body!r}",
+            )
+        action = str(body["action"])
+        obj = store.get(cls.KIND, name)
+        status = obj.get("status") or {}
+        rollout = status.get("rollout") or {}
+        canary = rollout.get("canaryRevision")
+        nonce = str(time.time_ns())
+        if action == "undo":
+            return JSONResponse(undo(obj, body.get("toRevision"), _user(request)))
+        if action in ("promote", "abort") and not canary:
+            raise ApiError(
+                409, "Conflict", f"modeldeployment '{name}' has no rollout in progress to {action}"
+            )
+        if action == "promote":
+            full = body.get("full", False)
+            if not isinstance(full, bool):
+                raise ApiError(400, "BadRequest", f"full: expected true or false, got {full!r}")
+            step = "full" if full else f"step{rollout.get('step')}"
+            store.set_requests(cls.KIND, name, {"promote": f"{canary}|{step}|{nonce}"})
+        elif action == "abort":
+            store.set_requests(cls.KIND, name, {"abort": str(canary)})
+        elif action == "pause":
+            store.set_requests(cls.KIND, name, {"pause": "true"})
+        elif action == "resume":
+            store.set_requests(cls.KIND, name, {"pause": "false", "resume": nonce})
+        elif action == "retry":
+            aborted = rollout.get("abortedRevision")
+            if not aborted:
+                raise ApiError(
+                    409,
+                    "Conflict",
+                    f"modeldeployment '{name}' has no aborted or rolled back rollout to retry",
+                )
+            store.set_requests(cls.KIND, name, {"retry": f"{aborted}|{nonce}"})
+        on_change(cls.KIND, name)
+        return JSONResponse(store.get(cls.KIND, name))
+
+    def undo(obj: dict[str, Any], to_revision: Any, user: str) -> dict[str, Any]:
+        name = obj["metadata"]["name"]
+        history = list((obj.get("status") or {}).get("history") or [])
+        if to_revision is not None and (
+            not isinstance(to_revision, int) or isinstance(to_revision, bool)
+        ):
+            raise ApiError(
+                400, "BadRequest", f"toRevision: expected a revision number, got {to_revision!r}"
+            )
+        current = (obj.get("status") or {}).get("rollout", {}).get("desiredRevision")
+        if to_revision is None:
+            earlier = [h for h in history if h.get("revision") != current]
+            if not earlier:
+                raise ApiError(
+                    409, "Conflict", f"modeldeployment '{name}' has no earlier revision to undo to"
+                )
+            target = earlier[-1]
+        else:
+            found = [h for h in history if h.get("number") == to_revision]
+            if not found:
+                known = ", ".join(str(h.get("number")) for h in history) or "none"
+                raise ApiError(
+                    409,
+                    "Conflict",
+                    f"toRevision: modeldeployment '{name}' has no revision {to_revision} "
+                    f"(known: {known})",
+                )
+            target = found[0]
+        spec = dict(obj["spec"])
+        for key in TEMPLATE_FIELDS:
+            spec.pop(key, None)
+        spec.update(target.get("template") or {})
+        document = {
+            "apiVersion": API_VERSION,
+            "kind": ModelDeployment.KIND,
+            "metadata": {
+                "name": name,
+                "labels": obj["metadata"].get("labels") or {},
+                "annotations": obj["metadata"].get("annotations") or {},
+            },
+            "spec": spec,
+        }
+        [resource] = _validate([document], "undo")
+        apply([resource], f"{user} (undo to revision {target.get('number')})")
+        return store.get(ModelDeployment.KIND, name)
 
     async def delete_object(request: Request) -> Response:
         cls = _kind(request.path_params["plural"])
@@ -268,6 +421,7 @@ def create_app(
         Route(f"{PREFIX}/{{plural}}/{{name}}", delete_object, methods=["DELETE"]),
         Route(f"{PREFIX}/{{plural}}/{{name}}/events", events),
         Route(f"{PREFIX}/{{plural}}/{{name}}/log", logs),
+        Route(f"{PREFIX}/{{plural}}/{{name}}/rollout", rollout_action, methods=["POST"]),
     ]
     exception_handlers: dict[Any, Callable[[Request, Exception], Awaitable[Response]]] = {
         ApiError: handle_api_error,

@@ -1,8 +1,11 @@
-"""ModelDeployment controller: resolve the model, converge replicas, route ready ones.
+"""ModelDeployment controller: resolve the model, roll revisions out, converge replicas,
+route ready ones.
 
-Level-based: every pass reads the spec and what runs, asks the replica policy
-what to start and stop, applies that, points the deployment's endpoint at the
-ready replicas, and writes status. Running it twice in a row changes nothing.
+Level-based: every pass reads the spec and what runs, asks the rollout policy which
+revisions should run and who gets traffic (judging the new revision with the
+analysis policy every interval), asks the replica policy what to start and stop,
+applies that, points the deployment's endpoint at the ready replicas, and writes
+status. Running it twice in a row changes nothing.
 """
 
 from __future__ import annotations
@@ -13,11 +16,15 @@ import json
 from dataclasses import asdict, replace
 from typing import Any
 
-from pilothouse.controllers.base import Context, Result, set_condition
+from pilothouse.controllers.analysis import run_analysis
+from pilothouse.controllers.base import Context, Result, set_condition, timestamp
+from pilothouse.controllers.history import History
 from pilothouse.controllers.scaling import desired_replicas
-from pilothouse.policy.replicas import ObservedReplica, ReplicaPolicyState, plan_replicas
+from pilothouse.policy.analysis import AnalysisState, verdict_of
+from pilothouse.policy.replicas import ObservedReplica, ReplicaPolicyState, plan_revisions
+from pilothouse.policy.rollout import Gate, Requests, RevisionCounts, RolloutState, plan_rollout
 from pilothouse.registry.local import ModelNotFound
-from pilothouse.runtime.port import ReplicaSpec, Traffic
+from pilothouse.runtime.port import ReplicaSpec, ReplicaStatus, Traffic
 from pilothouse.spec.resources import ModelDeploymentSpec
 from pilothouse.store.sqlite import NotFound
 
@@ -55,7 +62,6 @@ async def reconcile(ctx: Context, name: str) -> Result:
     status: dict[str, Any] = dict(obj.get("status") or {})
     conditions: list[dict[str, Any]] = list(status.get("conditions") or [])
     status["observedGeneration"] = obj["metadata"]["generation"]
-    desired = spec.replicas.min
 
     try:
         version = await asyncio.to_thread(ctx.registry.resolve, spec.model)
@@ -71,7 +77,7 @@ async def reconcile(ctx: Context, name: str) -> Result:
         )
         status.setdefault("replicas", 0)
         status.setdefault("readyReplicas", 0)
-        status["desiredReplicas"] = desired
+        status["desiredReplicas"] = spec.replicas.min
         ctx.store.set_status(KIND, name, status)
         return Result(requeue_after=5.0)
 
@@ -88,13 +94,109 @@ async def reconcile(ctx: Context, name: str) -> Result:
         max_batch_delay=spec.batching.max_delay,
     )
     revision = revision_of(version.version, template)
-    observed = await ctx.runtime.list_replicas(name)
-    ready_now = sum(1 for r in observed if r.ready and not r.exited and r.revision == revision)
-    desired = await desired_replicas(ctx, name, spec, ready_now, status, now)
-    policy_state = ReplicaPolicyState(**(status.get("replicaPolicy") or {}))
-    plan = plan_replicas(
-        desired,
+    requests = ctx.store.requests(KIND, name)
+    history = History(status.get("history") or [])
+    history.record(
         revision,
+        model=version.ref,
+        spec=obj["spec"],
+        replica_spec=asdict(replace(template, revision=revision)),
+        applied_by=requests.get("appliedBy", "unknown"),
+        now=now,
+    )
+
+    observed = await ctx.runtime.list_replicas(name)
+    counts = _counts(observed)
+    state = RolloutState.from_dict(status.get("rolloutState"))
+    rollout = spec.rollout
+    separate = state.canary is not None and rollout.strategy in ("canary", "blueGreen")
+    if separate and state.stable is not None and state.canary is not None:
+        # each revision scales on its own traffic share during a canary or blue-green
+        desired = await desired_replicas(
+            ctx,
+            name,
+            spec,
+            counts.get(state.stable, RevisionCounts()).ready,
+            status,
+            now,
+            revisions={state.stable},
+        )
+        canary_desired: int | None = None
+        if spec.autoscaling is not None:
+            canary_desired = await desired_replicas(
+                ctx,
+                name,
+                spec,
+                counts.get(state.canary, RevisionCounts()).ready,
+                status,
+                now,
+                revisions={state.canary},
+                key="canaryAutoscaler",
+                min_replicas=1,
+            )
+    else:
+        serving = sum(c.ready for c in counts.values())
+        desired = await desired_replicas(ctx, name, spec, serving, status, now)
+        canary_desired = None
+        status.pop("canaryAutoscaler", None)
+
+    # Judge the new revision every interval while it takes (live or mirrored) traffic.
+    analysis_state = AnalysisState.from_dict(status.get("analysisState") or {})
+    analysis_meta: dict[str, Any] = dict(status.get("analysisRun") or {})
+    gate: Gate | None = None
+    canary_ready = counts.get(state.canary or "", RevisionCounts()).ready
+    if state.canary is not None and rollout.analysis.checks:
+        if analysis_meta.get("revision") != state.canary:
+            analysis_meta = {"revision": state.canary, "since": None}
+            analysis_state = AnalysisState()
+        if canary_ready and analysis_meta.get("since") is None:
+            analysis_meta["since"] = now  # the first window starts when the canary serves
+        since = analysis_meta.get("since")
+        if since is not None and now >= since + rollout.analysis.interval:
+            assert state.stable is not None
+            analysis_state, verdict = await run_analysis(
+                ctx, name, rollout.analysis, analysis_state, state.stable, state.canary,
+                since, now, analysis_meta,
+            )  # fmt: skip
+            analysis_meta["since"] = now
+            analysis_meta["lastRun"] = timestamp(now)
+        else:
+            verdict = verdict_of(rollout.analysis, analysis_state)
+        gate = Gate(verdict.phase, verdict.message)
+        status["analysisVerdict"] = {"phase": verdict.phase, "message": verdict.message}
+
+    decision = plan_rollout(
+        rollout,
+        state,
+        revision,
+        desired,
+        counts,
+        gate,
+        Requests.from_store(requests),
+        now,
+        canary_desired,
+    )
+    if decision.reset_analysis:
+        analysis_state = AnalysisState()
+        analysis_meta = {"revision": decision.state.canary, "since": None}
+        status.pop("analysisVerdict", None)
+    if decision.reset_inconclusive:
+        analysis_state = AnalysisState(
+            checks={k: replace(c, inconclusive=0) for k, c in analysis_state.checks.items()}
+        )
+    for type_, reason, message in decision.events:
+        ctx.event(KIND, name, type_, reason, message)
+    for rev, outcome in decision.outcomes.items():
+        history.set_outcome(rev, outcome)
+    state = decision.state
+    if state.canary is None and "canaryAutoscaler" in status:
+        if decision.outcomes.get(revision) == "Stable" and spec.autoscaling is not None:
+            status["autoscaler"] = status["canaryAutoscaler"]  # the promoted revision's state
+        status.pop("canaryAutoscaler", None)
+
+    policy_state = ReplicaPolicyState(**(status.get("replicaPolicy") or {}))
+    plan = plan_revisions(
+        decision.targets,
         [
             ObservedReplica(
                 r.id, r.revision, r.ready, r.exited, r.started_at, r.exited_at, r.ever_ready
@@ -105,17 +207,19 @@ async def reconcile(ctx: Context, name: str) -> Result:
         now,
     )
     traffic = Traffic(
+        weights=decision.weights,
+        mirror_revision=decision.mirror_revision,
+        mirror_percent=decision.mirror_percent,
         max_concurrency=spec.traffic.max_concurrency,
         queue_limit=spec.traffic.queue_limit,
         queue_timeout=spec.traffic.queue_timeout,
         hold_when_empty=spec.autoscaling is not None and spec.replicas.min == 0,
     )
     by_id = {r.id: r for r in observed}
-    if plan.stop:
-        # First point the endpoint at every ready replica that stays (new ones
-        # included), then stop: the endpoint is never left without a replica.
-        staying = [r for r in observed if r.ready and not r.exited and r.id not in plan.stop]
-        await ctx.runtime.set_traffic(name, staying, traffic)
+    # First point the endpoint at every ready replica that stays (and at the traffic
+    # split), then stop: the endpoint is never left without a replica.
+    staying = [r for r in observed if r.ready and not r.exited and r.id not in plan.stop]
+    await ctx.runtime.set_traffic(name, staying, traffic)
     for replica_id in plan.stop:
         replica = by_id.get(replica_id)
         if replica is not None and replica.exited:
@@ -127,18 +231,37 @@ async def reconcile(ctx: Context, name: str) -> Result:
                 f"replica {replica_id} exited with code {replica.exit_code}; replacing it",
             )
         await ctx.runtime.stop_replica(replica_id)
-    for _ in range(plan.start):
-        replica_id = await ctx.runtime.start_replica(replace(template, revision=revision))
-        ctx.event(
-            KIND, name, "Normal", "ReplicaStarted", f"started replica {replica_id} of {version.ref}"
-        )
+    for rev, count in plan.starts.items():
+        replica_spec = history.replica_spec(rev)
+        if replica_spec is None:
+            ctx.event(KIND, name, "Warning", "RevisionUnknown", f"no template for revision {rev}")
+            continue
+        for _ in range(count):
+            replica_id = await ctx.runtime.start_replica(replica_spec)
+            ctx.event(
+                KIND,
+                name,
+                "Normal",
+                "ReplicaStarted",
+                f"started replica {replica_id} of revision {rev} ({history.model(rev)})",
+            )
 
     current = [r for r in await ctx.runtime.list_replicas(name) if not r.exited]
     ready = [r for r in current if r.ready]
     url = await ctx.runtime.set_traffic(name, ready, traffic)
-    ready_current = [r for r in ready if r.revision == revision]
-    is_ready = len(ready_current) >= desired and (desired > 0 or not current)
-    was_ready = status.get("readyReplicas") == desired and status.get("model") == version.ref
+    counts = _counts(current)
+    stable = state.stable or revision
+    serving_revision = revision if state.phase == "Healthy" else stable
+    ready_desired = counts.get(revision, RevisionCounts()).ready
+    ready_serving = counts.get(serving_revision, RevisionCounts()).ready
+    wanted = decision.targets.get(serving_revision, desired)
+    rolled_out = state.phase == "Healthy" and stable == revision
+    is_ready = rolled_out and ready_serving >= wanted and (wanted > 0 or not current)
+    was_ready = (
+        any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
+        and status.get("model") == version.ref
+    )
+    history.trim(rollout.revision_history_limit, keep={stable, revision})
     status.update(
         {
             "url": url,
@@ -148,7 +271,7 @@ async def reconcile(ctx: Context, name: str) -> Result:
             "framework": version.framework,
             "desiredReplicas": desired,
             "replicas": len(current),
-            "readyReplicas": len(ready_current),
+            "readyReplicas": ready_desired,
             "replicaPolicy": {
                 "failures": plan.state.failures,
                 "next_start_at": plan.state.next_start_at,
@@ -164,11 +287,24 @@ async def reconcile(ctx: Context, name: str) -> Result:
                 }
                 for r in current
             ],
-            "message": plan.reason,
+            "message": state.message or plan.reason,
+            "rolloutState": state.to_dict(),
+            "analysisState": analysis_state.to_dict(),
+            "analysisRun": analysis_meta,
+            "history": history.entries,
+            "rollout": _public_rollout(
+                spec, state, revision, decision, counts, history, analysis_state, status
+            ),
         }
     )
-    reason = "ReplicasReady" if is_ready else "ReplicasNotReady"
-    message = f"{len(ready_current)}/{desired} replicas of {version.ref} ready"
+    if state.phase == "Degraded":
+        reason, message = "RolledBack", state.message
+    elif not rolled_out:
+        reason = "RolloutInProgress"
+        message = f"rolling out revision {revision}: {state.message or plan.reason}"
+    else:
+        reason = "ReplicasReady" if is_ready else "ReplicasNotReady"
+        message = f"{ready_serving}/{wanted} replicas of {version.ref} ready"
     status["conditions"] = set_condition(conditions, "Ready", is_ready, reason, message, now)
     status["conditions"] = set_condition(
         status["conditions"],
@@ -181,7 +317,87 @@ async def reconcile(ctx: Context, name: str) -> Result:
     if is_ready and not was_ready:
         ctx.event(KIND, name, "Normal", "Ready", f"{message}; serving at {url}")
     ctx.store.set_status(KIND, name, status)
-    requeue = plan.requeue_after if not is_ready else 2.0
+    requeue = min(plan.requeue_after, decision.requeue_after) if not is_ready else 2.0
+    if state.canary is not None:
+        requeue = min(requeue, 1.0)
     if spec.autoscaling is not None:
         requeue = min(requeue, 1.0)  # autoscaling decisions every second
     return Result(requeue_after=requeue)
+
+
+def _counts(replicas: list[ReplicaStatus]) -> dict[str, RevisionCounts]:
+    out: dict[str, RevisionCounts] = {}
+    for r in replicas:
+        if r.exited:
+            continue
+        c = out.get(r.revision, RevisionCounts())
+        out[r.revision] = RevisionCounts(ready=c.ready + r.ready, alive=c.alive + 1)
+    return out
+
+
+def _public_rollout(
+    spec: ModelDeploymentSpec,
+    state: RolloutState,
+    revision: str,
+    decision: Any,
+    counts: dict[str, RevisionCounts],
+    history: History,
+    analysis_state: AnalysisState,
+    status: dict[str, Any],
+) -> dict[str, Any]:
+    """``status.rollout``: what `pilothouse rollout status` shows."""
+    rollout = spec.rollout
+    steps = rollout.canary.steps if rollout.canary is not None else None
+    checks = []
+    for check in rollout.analysis.checks:
+        kept = analysis_state.checks.get(check.name)
+        last = kept.history[-1] if kept is not None and kept.history else None
+        checks.append(
+            {
+                "name": check.name,
+                "metric": check.metric,
+                "min": check.min,
+                "max": check.max,
+                "phase": last.phase if last else None,
+                "value": last.value if last else None,
+                "samples": last.samples if last else 0,
+                "message": last.message if last else "",
+                "successful": kept.successful if kept else 0,
+                "failed": kept.failed if kept else 0,
+                "consecutiveErrors": kept.consecutive_errors if kept else 0,
+                "inconclusive": kept.inconclusive if kept else 0,
+            }
+        )
+    verdict = status.get("analysisVerdict") or {}
+    run = status.get("analysisRun") or {}
+    return {
+        "strategy": rollout.strategy,
+        "phase": state.phase,
+        "desiredRevision": revision,
+        "stableRevision": state.stable,
+        "canaryRevision": state.canary,
+        "stableRevisionNumber": history.number(state.stable),
+        "canaryRevisionNumber": history.number(state.canary),
+        "step": state.step if steps is not None and state.canary is not None else None,
+        "steps": len(steps) if steps is not None else None,
+        "weight": round(state.weight, 1) if state.canary is not None else 0.0,
+        "mirrorPercent": decision.mirror_percent if decision.mirror_revision else 0.0,
+        "pauseUntil": timestamp(state.pause_until) if state.pause_until else None,
+        "pausedReason": state.paused_reason,
+        "startedAt": timestamp(state.started_at) if state.started_at else None,
+        "message": state.message,
+        "replicas": {
+            rev: {
+                "desired": decision.targets.get(rev, 0),
+                "ready": counts.get(rev, RevisionCounts()).ready,
+            }
+            for rev in sorted(set(decision.targets) | set(counts))
+        },
+        "analysis": {
+            "verdict": verdict.get("phase") if state.canary is not None else None,
+            "message": verdict.get("message", "") if state.canary is not None else "",
+            "lastRun": run.get("lastRun"),
+            "checks": checks,
+        },
+        "abortedRevision": state.aborted,
+    }

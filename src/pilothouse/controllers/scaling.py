@@ -35,28 +35,38 @@ async def desired_replicas(
     ready: int,
     status: dict[str, Any],
     now: float,
+    *,
+    revisions: set[str] | None = None,
+    key: str = "autoscaler",
+    min_replicas: int | None = None,
 ) -> int:
-    """The replica count to converge on; updates ``status["autoscaler"]`` when autoscaling."""
+    """The replica count to converge on; updates ``status[key]`` when autoscaling.
+
+    ``revisions``: scale on the traffic of these revisions only (during a canary or
+    blue-green rollout each revision scales on its own share); None: all of them.
+    """
     scaling = spec.autoscaling
     if scaling is None:
-        status.pop("autoscaler", None)
+        status.pop(key, None)
         return spec.replicas.min
     load = await ctx.runtime.load(name, since=now - scaling.stable_window)
     # the deployment's traffic, whichever revision served it, one value per second
     per_second: dict[float, float] = defaultdict(float)
-    for revision_samples in load.revisions.values():
+    for revision, revision_samples in load.revisions.items():
+        if revisions is not None and revision not in revisions:
+            continue
         for sample in revision_samples:
             per_second[round(sample.time, 1)] += _value(sample, scaling.metric)
     samples: list[tuple[float, float]] = sorted(per_second.items())
-    if load.queued:
+    if load.queued and key == "autoscaler":
         # requests held at the router (scale from zero, or every replica busy) are demand too
         samples.append((now, float(load.queued) + (samples[-1][1] if samples else 0.0)))
-    previous: dict[str, Any] = dict(status.get("autoscaler") or {})
+    previous: dict[str, Any] = dict(status.get(key) or {})
     state = AutoscalerState(**(previous.get("state") or {}))
     decision = decide_scale(
         AutoscalerSpec(
             target=scaling.target,
-            min_replicas=spec.replicas.min,
+            min_replicas=spec.replicas.min if min_replicas is None else min_replicas,
             max_replicas=spec.replicas.max,
             metric=Metric(scaling.metric),
             stable_window=scaling.stable_window,
@@ -88,9 +98,10 @@ async def desired_replicas(
                 name,
                 "Normal",
                 "Scaled",
-                f"{last_desired} -> {decision.desired_replicas}: {decision.reason}",
+                (f"{', '.join(sorted(revisions))}: " if revisions else "")
+                + f"{last_desired} -> {decision.desired_replicas}: {decision.reason}",
             )
-    status["autoscaler"] = {
+    status[key] = {
         "metric": scaling.metric,
         "target": scaling.target,
         "stableWindow": scaling.stable_window,

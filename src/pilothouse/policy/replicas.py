@@ -10,7 +10,7 @@ each such crash.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from pilothouse.policy.backoff import BackoffParams, failures_after_exit, restart_delay
 
@@ -43,6 +43,8 @@ class ReplicaPlan:
     reason: str = ""
     converged: bool = False
     requeue_after: float = 1.0
+    #: revision -> replicas to start
+    starts: dict[str, int] = field(default_factory=dict)
 
 
 def plan_replicas(
@@ -53,13 +55,45 @@ def plan_replicas(
     now: float,
     backoff: BackoffParams | None = None,
 ) -> ReplicaPlan:
-    """Decide which replicas to start and stop to converge on ``desired`` of ``version``."""
+    """Converge on ``desired`` of ``version``, keeping other versions until it serves."""
+    alive = [r for r in observed if not r.exited]
+    ready_current = sum(1 for r in alive if r.version == version and r.ready)
+    old = [r for r in alive if r.version != version]
+    keep_old = bool(old) and ready_current < desired and any(r.ready for r in old)
+    targets = {version: desired}
+    if keep_old:
+        for replica in old:
+            targets[replica.version] = targets.get(replica.version, 0) + 1
+    plan = plan_revisions(targets, observed, state, now, backoff)
+    start = plan.starts.get(version, 0)
+    converged = plan.converged and not old
+    return replace(
+        plan,
+        start=start,
+        converged=converged,
+        reason="converged" if converged else plan.reason,
+        requeue_after=5.0 if converged else plan.requeue_after,
+    )
+
+
+def plan_revisions(
+    targets: dict[str, int],
+    observed: list[ObservedReplica],
+    state: ReplicaPolicyState,
+    now: float,
+    backoff: BackoffParams | None = None,
+) -> ReplicaPlan:
+    """Converge each revision on its own replica count; revisions not named are stopped.
+
+    Which revisions run and how many is the rollout's decision (policy.rollout); this
+    only starts and stops replicas, and backs off restarting replicas that crash before
+    they ever became ready.
+    """
     params = backoff or BackoffParams()
     stop: list[str] = []
     failures = state.failures
     next_start_at = state.next_start_at
-    crashed = [r for r in observed if r.exited]
-    for replica in crashed:
+    for replica in (r for r in observed if r.exited):
         stop.append(replica.id)
         if replica.ever_ready:
             # A replica that served and then died (killed, out of memory, machine
@@ -69,46 +103,45 @@ def plan_replicas(
             next_start_at = min(next_start_at, now)
             continue
         exited_at = replica.exited_at if replica.exited_at is not None else now
-        ran_for = exited_at - replica.started_at
-        failures = failures_after_exit(failures, ran_for, params)
+        failures = failures_after_exit(failures, exited_at - replica.started_at, params)
         next_start_at = max(next_start_at, now + restart_delay(failures, params))
+    # The crash count is not reset by readiness: a replica that crashes soon after
+    # becoming ready must keep backing off. Only a run longer than ``reset_after``
+    # resets it (failures_after_exit), as kubelet does.
     alive = [r for r in observed if not r.exited]
-    current = [r for r in alive if r.version == version]
-    old = [r for r in alive if r.version != version]
-    ready_current = [r for r in current if r.ready]
-    # The crash count is not reset by readiness: a replica that crashes soon
-    # after becoming ready must keep backing off. Only a run longer than
-    # ``reset_after`` resets it (failures_after_exit), as kubelet does.
-
-    # Too many of the current version: stop the not-ready ones first, then the newest.
-    surplus = len(current) - desired
-    if surplus > 0:
-        ranked = sorted(current, key=lambda r: (r.ready, -r.started_at))
-        stop.extend(r.id for r in ranked[:surplus])
-
-    # Old versions go only once the new version alone serves the desired count
-    # (or when nothing of the old version is ready anyway).
-    if old and (len(ready_current) >= desired or not any(r.ready for r in old)):
-        stop.extend(r.id for r in old)
-
-    missing = max(0, desired - len(current))
-    start = missing
+    starts: dict[str, int] = {}
+    missing_total = 0
+    ready_total = wanted_total = 0
+    for revision, wanted in targets.items():
+        current = [r for r in alive if r.version == revision]
+        surplus = len(current) - wanted
+        if surplus > 0:
+            # too many: the not-ready ones first, then the newest
+            ranked = sorted(current, key=lambda r: (r.ready, -r.started_at))
+            stop.extend(r.id for r in ranked[:surplus])
+        missing = max(0, wanted - len(current))
+        if missing:
+            starts[revision] = missing
+            missing_total += missing
+        ready_total += min(wanted, sum(1 for r in current if r.ready))
+        wanted_total += wanted
+    stop.extend(r.id for r in alive if targets.get(r.version, 0) == 0 and r.id not in stop)
     reason = ""
-    if missing and now < next_start_at:
-        start = 0
+    if missing_total and now < next_start_at:
+        starts = {}
         reason = f"back-off restarting crashed replicas ({next_start_at - now:.1f}s left)"
-    converged = (
-        not stop and start == 0 and not missing and len(ready_current) == desired and not old
-    )
+    converged = not stop and not missing_total and ready_total == wanted_total
     if not reason:
-        reason = "converged" if converged else f"{len(ready_current)}/{desired} ready"
+        reason = "converged" if converged else f"{ready_total}/{wanted_total} ready"
     # keep watching during a back-off (another replica may die meanwhile), at most 1 s apart
-    requeue = min(1.0, max(0.2, next_start_at - now)) if (missing and start == 0) else 1.0
+    waiting = missing_total and not starts
+    requeue = min(1.0, max(0.2, next_start_at - now)) if waiting else 1.0
     return ReplicaPlan(
-        start=start,
+        start=sum(starts.values()),
         stop=stop,
         state=ReplicaPolicyState(failures=failures, next_start_at=next_start_at),
         reason=reason,
         converged=converged,
         requeue_after=5.0 if converged else requeue,
+        starts=starts,
     )

@@ -8,7 +8,9 @@ the true average, not a sample that happened to fall between two requests.
 
 from __future__ import annotations
 
+import bisect
 import contextlib
+import math
 from collections import deque
 from dataclasses import dataclass
 
@@ -22,11 +24,16 @@ REQUESTS = Counter(
     ["deployment", "revision", "code"],
     registry=REGISTRY,
 )
+#: latency histogram bounds (seconds), shared by Prometheus and the per-second buckets
+LATENCY_BOUNDS: tuple[float, ...] = (
+    0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075, 0.1,
+    0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.5, 5.0, 10.0, math.inf,
+)  # fmt: skip
 LATENCY = Histogram(
     "pilothouse_router_request_duration_seconds",
     "Time from request to response through the router",
     ["deployment", "revision"],
-    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+    buckets=LATENCY_BOUNDS,
     registry=REGISTRY,
 )
 INFLIGHT = Gauge(
@@ -70,6 +77,8 @@ class Bucket:
     concurrency: float
     requests: int
     errors: int
+    #: requests per latency bound (LATENCY_BOUNDS), not cumulative
+    latency_counts: tuple[int, ...] = ()
 
     @property
     def rps(self) -> float:
@@ -90,6 +99,7 @@ class RevisionMeter:
         self._bucket_integral = 0.0
         self._requests = 0
         self._errors = 0
+        self._latency_counts = [0] * len(LATENCY_BOUNDS)
         self.buckets: deque[Bucket] = deque(maxlen=self.HISTORY)
         self._gauge = INFLIGHT.labels(deployment, revision)
         self._latency = LATENCY.labels(deployment, revision)
@@ -112,6 +122,7 @@ class RevisionMeter:
         if status >= 500:
             self._errors += 1
         self._latency.observe(seconds)
+        self._latency_counts[bisect.bisect_left(LATENCY_BOUNDS, seconds)] += 1
         counter = self._codes.get(status)
         if counter is None:
             counter = self._codes[status] = REQUESTS.labels(
@@ -123,10 +134,18 @@ class RevisionMeter:
         self._advance(now)
         seconds = now - self._bucket_start
         concurrency = (self._integral - self._bucket_integral) / seconds if seconds > 0 else 0.0
-        bucket = Bucket(now, seconds, concurrency, self._requests, self._errors)
+        bucket = Bucket(
+            now,
+            seconds,
+            concurrency,
+            self._requests,
+            self._errors,
+            tuple(self._latency_counts),
+        )
         self.buckets.append(bucket)
         self._bucket_start, self._bucket_integral = now, self._integral
         self._requests = self._errors = 0
+        self._latency_counts = [0] * len(LATENCY_BOUNDS)
         return bucket
 
     def forget(self) -> None:

@@ -52,6 +52,9 @@ BASE_EJECTION = 2.0
 MAX_EJECTION = 30.0
 MIRROR_CONCURRENCY = 32
 MIRROR_BODY_LIMIT = 64 * 1024
+#: recent successful responses kept per revision, for rollout analysis of predictions
+SAMPLES_KEPT = 1000
+SAMPLE_BODY_LIMIT = 16 * 1024
 
 
 @dataclass(frozen=True)
@@ -117,6 +120,8 @@ class Route:
         self.meters: dict[str, RevisionMeter] = {}
         self.codes: Counter[str] = Counter()
         self.mirrors: deque[MirrorRecord] = deque(maxlen=2000)
+        #: revision -> recent (time, body) of live 2xx responses (mirrored ones excluded)
+        self.samples: dict[str, deque[tuple[float, bytes]]] = {}
         self._on_activate = on_activate
         self._waiters: deque[_Waiter] = deque()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -396,6 +401,11 @@ class Route:
                     502, "the replica sent a malformed status line"
                 )
                 return 502, serialize(start, headers, body, keep_alive)
+            if 200 <= status < 300 and len(response.body) <= SAMPLE_BODY_LIMIT:
+                samples = self.samples.get(upstream.backend.revision)
+                if samples is None:
+                    samples = self.samples[upstream.backend.revision] = deque(maxlen=SAMPLES_KEPT)
+                samples.append((ended, response.body))
             self._maybe_mirror(request, upstream.backend.revision, status, response.body)
             length = (
                 response.header(b"content-length")

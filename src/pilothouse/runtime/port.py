@@ -94,6 +94,9 @@ class LoadSample:
     requests: int
     errors: int
     cpu: float | None = None
+    #: latency histogram of the second: upper bounds (seconds) and requests per bound
+    latency_bounds: tuple[float, ...] = ()
+    latency_counts: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -101,6 +104,34 @@ class DeploymentLoad:
     revisions: dict[str, list[LoadSample]]
     #: requests waiting for a replica (scale from zero, or every replica busy)
     queued: int = 0
+
+
+@dataclass(frozen=True)
+class ResponseSample:
+    """A recent successful live response of one revision (for prediction analysis)."""
+
+    time: float
+    revision: str
+    body: bytes
+
+
+@dataclass(frozen=True)
+class MirrorPair:
+    """One mirrored request: the serving revision's answer and the mirror's, same input."""
+
+    time: float
+    primary_revision: str
+    primary_status: int
+    primary_body: bytes
+    mirror_revision: str
+    mirror_status: int
+    mirror_body: bytes
+
+
+@dataclass(frozen=True)
+class Responses:
+    samples: list[ResponseSample] = field(default_factory=list)
+    mirrors: list[MirrorPair] = field(default_factory=list)
 
 
 class Runtime(Protocol):
@@ -120,6 +151,14 @@ class Runtime(Protocol):
 
     async def load(self, deployment: str, since: float) -> DeploymentLoad:
         """Per-revision load samples newer than ``since`` (wall-clock seconds)."""
+        ...
+
+    async def responses(self, deployment: str, since: float) -> Responses:
+        """Recent live responses and mirrored pairs newer than ``since``."""
+        ...
+
+    async def scrape(self, deployment: str, revision: str) -> list[str]:
+        """The Prometheus text of each ready replica of a revision (unreadable ones left out)."""
         ...
 
     async def remove_traffic(self, deployment: str) -> None: ...

@@ -214,6 +214,289 @@ class TrafficLimits(SpecModel):
     queue_timeout: Duration = 10.0
 
 
+#: the spec fields a revision is made of (a change to any of them rolls out a new revision;
+#: ``rollout undo`` puts them back)
+TEMPLATE_FIELDS = ("model", "runtime", "resources", "probes", "batching")
+
+#: metrics the rollout analysis computes itself, per revision, every interval
+ANALYSIS_METRICS: dict[str, str] = {
+    "errorRate": "share of the new revision's requests answered with a 5xx (0..1)",
+    "latencyP50": "median request latency of the new revision, seconds",
+    "latencyP99": "99th percentile request latency of the new revision, seconds",
+    "agreement": "share of mirrored requests where the new revision predicts the same label "
+    "as the stable one (scores are labelled at 0.5; vectors by argmax)",
+    "scoreDifference": "mean absolute difference between the new and the stable revision's "
+    "scores on the same mirrored requests",
+    "psi": "population stability index of the new revision's scores against the stable's",
+    "ks": "Kolmogorov-Smirnov statistic of the new revision's scores against the stable's",
+}
+#: a check may also name ``server:METRIC``, one of the model server's own Prometheus metrics
+SERVER_METRIC_PREFIX = "server:"
+#: the metrics every pilothouse model server exports (``server:NAME`` must be one of them)
+SERVER_METRICS = (
+    "pilothouse_model_requests_total",
+    "pilothouse_model_request_duration_seconds_sum",
+    "pilothouse_model_request_duration_seconds_count",
+    "pilothouse_model_inflight_requests",
+    "pilothouse_model_load_seconds",
+    "pilothouse_model_batch_rows_sum",
+    "pilothouse_model_batch_rows_count",
+)
+#: model checks compare predictions on the same requests: they need mirrored traffic
+MIRROR_METRICS = frozenset({"agreement", "scoreDifference"})
+
+
+class AnalysisCheck(SpecModel):
+    """One measurement taken every analysis interval, with its pass band and limits."""
+
+    name: Name
+    metric: str = Field(
+        description="errorRate, latencyP50, latencyP99, agreement, scoreDifference, psi, ks, "
+        "or server:METRIC (a metric the model server exports)"
+    )
+    min: float | None = Field(default=None, description="Fail when the value is below this")
+    max: float | None = Field(default=None, description="Fail when the value is above this")
+    failure_limit: int = Field(
+        default=0, ge=0, le=100, description="Failed measurements tolerated before rollback"
+    )
+    consecutive_error_limit: int = Field(
+        default=4,
+        ge=0,
+        le=100,
+        description="Measurements in a row that could not be taken before rollback",
+    )
+    inconclusive_limit: int = Field(
+        default=3,
+        ge=0,
+        le=100,
+        description="Measurements in a row without enough data before the rollout pauses",
+    )
+
+    @model_validator(mode="after")
+    def _known_metric_and_bounds(self) -> AnalysisCheck:
+        if self.metric.startswith(SERVER_METRIC_PREFIX):
+            server_metric = self.metric[len(SERVER_METRIC_PREFIX) :]
+            if server_metric not in SERVER_METRICS:
+                raise ValueError(
+                    f"metric: unknown model server metric {server_metric!r}; expected one of: "
+                    + ", ".join(SERVER_METRICS)
+                )
+        elif self.metric not in ANALYSIS_METRICS:
+            raise ValueError(
+                f"metric: unknown metric {self.metric!r}; expected one of: "
+                + ", ".join(ANALYSIS_METRICS)
+                + f", or {SERVER_METRIC_PREFIX}METRIC"
+            )
+        if self.min is None and self.max is None:
+            raise ValueError("a check needs min, max or both")
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError(f"min ({self.min}) must not be greater than max ({self.max})")
+        for bound in (self.min, self.max):
+            if bound is not None and not -1e12 <= bound <= 1e12:
+                raise ValueError("min and max must be finite numbers within ±1e12")
+        return self
+
+
+class Analysis(SpecModel):
+    """How the new revision is judged while it takes traffic."""
+
+    interval: Duration = Field(default=10.0, description="Time between measurements")
+    min_samples: int = Field(
+        default=20,
+        ge=1,
+        le=1_000_000,
+        description="Requests (or mirrored pairs) a measurement needs; fewer is inconclusive",
+    )
+    mirror_percent: float = Field(
+        default=0.0,
+        ge=0.0,
+        le=100.0,
+        description="Share of the stable revision's requests copied to the new revision "
+        "(responses discarded) so model checks compare both on the same inputs",
+    )
+    checks: list[AnalysisCheck] = Field(default_factory=list, max_length=32)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Analysis:
+        if not 1.0 <= self.interval <= 3600.0:
+            raise ValueError("interval must be between 1s and 1h")
+        names = [c.name for c in self.checks]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"check names must be unique; repeated: {', '.join(duplicates)}")
+        return self
+
+
+class Pause(SpecModel):
+    duration: Duration | None = Field(
+        default=None, description="How long to hold this weight; empty: until promoted"
+    )
+
+    @model_validator(mode="after")
+    def _bounded(self) -> Pause:
+        if self.duration is not None and self.duration > 86400.0:
+            raise ValueError("duration must be at most 24h")
+        return self
+
+
+class CanaryStep(SpecModel):
+    """Exactly one of: ``setWeight: N`` (percent of live traffic to the new revision) or
+    ``pause: {duration: 30s}`` (``pause: {}`` waits for ``pilothouse rollout promote``)."""
+
+    set_weight: int | None = Field(default=None, ge=0, le=100)
+    pause: Pause | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> CanaryStep:
+        if (self.set_weight is None) == (self.pause is None):
+            raise ValueError("a step is exactly one of setWeight or pause")
+        return self
+
+
+def _default_canary_steps() -> list[CanaryStep]:
+    return [
+        CanaryStep(set_weight=10),
+        CanaryStep(pause=Pause(duration=30.0)),
+        CanaryStep(set_weight=50),
+        CanaryStep(pause=Pause(duration=30.0)),
+        CanaryStep(set_weight=100),
+    ]
+
+
+class CanaryStrategy(SpecModel):
+    steps: list[CanaryStep] = Field(
+        default_factory=_default_canary_steps, min_length=1, max_length=100
+    )
+
+    @model_validator(mode="after")
+    def _ends_at_100(self) -> CanaryStrategy:
+        weights = [s.set_weight for s in self.steps if s.set_weight is not None]
+        if not weights or weights[-1] != 100:
+            raise ValueError(
+                "steps must end at setWeight: 100 (the last setWeight is "
+                f"{weights[-1] if weights else 'missing'})"
+            )
+        return self
+
+
+class BlueGreenStrategy(SpecModel):
+    preview_mirror_percent: float = Field(
+        default=100.0,
+        ge=0.0,
+        le=100.0,
+        description="Share of live requests mirrored to the new revision before the switch",
+    )
+    auto_promotion_delay: Duration | None = Field(
+        default=30.0,
+        description="How long the new revision runs beside the old (with passing analysis) "
+        "before all traffic switches; empty: wait for `pilothouse rollout promote`",
+    )
+    scale_down_delay: Duration = Field(
+        default=30.0,
+        description="How long the old revision stays up after the switch, for instant rollback",
+    )
+
+    @model_validator(mode="after")
+    def _bounded(self) -> BlueGreenStrategy:
+        for field_name in ("auto_promotion_delay", "scale_down_delay"):
+            value = getattr(self, field_name)
+            if value is not None and value > 86400.0:
+                raise ValueError(f"{to_camel(field_name)} must be at most 24h")
+        return self
+
+
+#: ``1`` replica or ``25%`` of the desired count
+SurgeValue = Annotated[
+    int | str,
+    WithJsonSchema({"anyOf": [{"type": "integer", "minimum": 0}, {"type": "string"}]}),
+]
+
+
+def _surge(value: int | str, field_name: str) -> None:
+    if isinstance(value, int):
+        if value < 0 or value > 1000:
+            raise ValueError(f"{field_name} must be between 0 and 1000, got {value}")
+        return
+    text = value.strip()
+    if not text.endswith("%") or not text[:-1].isdigit() or int(text[:-1]) > 100:
+        raise ValueError(
+            f"{field_name}: expected a count or a percentage like '25%', got {value!r}"
+        )
+
+
+class RollingStrategy(SpecModel):
+    max_surge: SurgeValue = Field(
+        default="25%", description="Replicas above the desired count during the roll"
+    )
+    max_unavailable: SurgeValue = Field(
+        default=0, description="Replicas below the desired count during the roll"
+    )
+
+    @model_validator(mode="after")
+    def _valid(self) -> RollingStrategy:
+        _surge(self.max_surge, "maxSurge")
+        _surge(self.max_unavailable, "maxUnavailable")
+        if self.max_surge in (0, "0%") and self.max_unavailable in (0, "0%"):
+            raise ValueError("maxSurge and maxUnavailable cannot both be 0")
+        return self
+
+
+def resolve_surge(value: int | str, desired: int, *, round_up: bool) -> int:
+    """A count or a percentage of ``desired`` (surge rounds up, unavailable down, as Kubernetes)."""
+    if isinstance(value, int):
+        return value
+    percent = int(value.strip()[:-1])
+    whole, rest = divmod(percent * desired, 100)
+    return whole + (1 if round_up and rest else 0)
+
+
+class Rollout(SpecModel):
+    """How a change to the deployment's model or settings reaches traffic."""
+
+    strategy: Literal["rolling", "canary", "blueGreen"] = "rolling"
+    rolling: RollingStrategy | None = None
+    canary: CanaryStrategy | None = None
+    blue_green: BlueGreenStrategy | None = None
+    analysis: Analysis = Field(default_factory=Analysis)
+    revision_history_limit: int = Field(default=10, ge=1, le=100)
+
+    @model_validator(mode="after")
+    def _one_strategy(self) -> Rollout:
+        for name, block in (
+            ("rolling", self.rolling),
+            ("canary", self.canary),
+            ("blueGreen", self.blue_green),
+        ):
+            if block is not None and name != self.strategy:
+                raise ValueError(
+                    f"{name} settings given but strategy is {self.strategy!r}; "
+                    f"set strategy: {name} or remove the {name} block"
+                )
+        if self.rolling is None and self.strategy == "rolling":
+            self.rolling = RollingStrategy()
+        if self.canary is None and self.strategy == "canary":
+            self.canary = CanaryStrategy()
+        if self.blue_green is None and self.strategy == "blueGreen":
+            self.blue_green = BlueGreenStrategy()
+        mirrored = [c.name for c in self.analysis.checks if c.metric in MIRROR_METRICS]
+        mirror = (
+            self.blue_green.preview_mirror_percent
+            if self.blue_green is not None
+            else self.analysis.mirror_percent
+        )
+        if mirrored and mirror <= 0:
+            where = (
+                "blueGreen.previewMirrorPercent"
+                if self.blue_green is not None
+                else "analysis.mirrorPercent"
+            )
+            raise ValueError(
+                f"check(s) {', '.join(mirrored)} compare predictions on mirrored requests: "
+                f"set {where} above 0"
+            )
+        return self
+
+
 class ModelDeploymentSpec(SpecModel):
     model: ModelRef = Field(description="'name', 'name:VERSION', 'name:latest' or 'name@STAGE'")
     runtime: Literal["auto", "sklearn", "xgboost", "lightgbm", "onnx", "custom"] = "auto"
@@ -223,6 +506,7 @@ class ModelDeploymentSpec(SpecModel):
     batching: Batching = Field(default_factory=Batching)
     autoscaling: Autoscaling | None = None
     traffic: TrafficLimits = Field(default_factory=TrafficLimits)
+    rollout: Rollout = Field(default_factory=Rollout)
 
 
 class QueueQuota(SpecModel):

@@ -57,6 +57,14 @@ CREATE TABLE IF NOT EXISTS processes (
     record TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS requests (
+    kind TEXT NOT NULL,
+    name TEXT NOT NULL,
+    key TEXT NOT NULL,
+    value TEXT NOT NULL,
+    updated TEXT NOT NULL,
+    PRIMARY KEY (kind, name, key)
+);
 """
 
 
@@ -251,6 +259,32 @@ class Store:
         with self._tx() as db:
             db.execute("DELETE FROM resources WHERE kind=? AND name=?", (kind, name))
             db.execute("DELETE FROM events WHERE kind=? AND name=?", (kind, name))
+            db.execute("DELETE FROM requests WHERE kind=? AND name=?", (kind, name))
+
+    # -- requests: what users ask of a controller (promote, abort, pause, ...) -------------
+
+    def set_requests(self, kind: str, name: str, values: dict[str, str]) -> None:
+        """Record user requests to an object's controller (written only by the API, read by
+        the controller, so they never race with its status writes); one transaction."""
+        with self._tx() as db:
+            row = db.execute(
+                "SELECT deleting FROM resources WHERE kind=? AND name=?", (kind, name)
+            ).fetchone()
+            if row is None:
+                raise NotFound(f"{kind} '{name}' not found")
+            if row["deleting"]:
+                raise Conflict(f"{kind} '{name}' is being deleted")
+            for key, value in values.items():
+                db.execute(
+                    "INSERT INTO requests(kind, name, key, value, updated) VALUES (?,?,?,?,?) "
+                    "ON CONFLICT(kind, name, key) DO UPDATE SET value=excluded.value, "
+                    "updated=excluded.updated",
+                    (kind, name, key, value, utcnow()),
+                )
+
+    def requests(self, kind: str, name: str) -> dict[str, str]:
+        rows = self._query("SELECT key, value FROM requests WHERE kind=? AND name=?", (kind, name))
+        return {row["key"]: row["value"] for row in rows}
 
     def set_status(self, kind: str, name: str, status: dict[str, Any]) -> bool:
         """Replace the status; returns False if it was unchanged (no new resourceVersion)."""

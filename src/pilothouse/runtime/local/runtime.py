@@ -22,13 +22,17 @@ from pathlib import Path
 
 import httpx
 
+from pilothouse.router.metrics import LATENCY_BOUNDS
 from pilothouse.router.proxy import Backend, Router, TrafficPolicy
 from pilothouse.runtime.local.supervisor import Child, Supervisor
 from pilothouse.runtime.port import (
     DeploymentLoad,
     LoadSample,
+    MirrorPair,
     ReplicaSpec,
     ReplicaStatus,
+    Responses,
+    ResponseSample,
     Traffic,
     WorkerSpec,
     WorkerStatus,
@@ -277,7 +281,14 @@ class LocalRuntime:
         revisions = {
             revision: [
                 LoadSample(
-                    b.end, b.seconds, b.concurrency, b.requests, b.errors, cpu_at(b.end, revision)
+                    b.end,
+                    b.seconds,
+                    b.concurrency,
+                    b.requests,
+                    b.errors,
+                    cpu_at(b.end, revision),
+                    LATENCY_BOUNDS,
+                    b.latency_counts,
                 )
                 for b in buckets
             ]
@@ -311,6 +322,53 @@ class LocalRuntime:
             cores = (ticks - previous[0]) / _CLOCK_TICKS / (now - previous[1])
             totals[replica.spec.revision] = totals.get(replica.spec.revision, 0.0) + cores
         return totals
+
+    async def responses(self, deployment: str, since: float) -> Responses:
+        route = self.router.route(deployment)
+        if route is None:
+            return Responses()
+        samples = [
+            ResponseSample(when, revision, body)
+            for revision, kept in route.samples.items()
+            for when, body in kept
+            if when > since
+        ]
+        mirrors = [
+            MirrorPair(
+                m.time,
+                m.primary_revision,
+                m.primary_status,
+                m.primary_body,
+                m.mirror_revision,
+                m.mirror_status,
+                m.mirror_body,
+            )
+            for m in route.mirrors
+            if m.time > since
+        ]
+        return Responses(samples, mirrors)
+
+    async def scrape(self, deployment: str, revision: str) -> list[str]:
+        targets = [
+            (r.host, r.port)
+            for r in self._replicas.values()
+            if r.spec.deployment == deployment
+            and r.spec.revision == revision
+            and r.ready
+            and r.child.poll() is None
+        ]
+        if not targets:
+            return []
+        texts: list[str] = []
+        async with httpx.AsyncClient(timeout=2.0) as http:
+            for host, port in targets:
+                try:
+                    response = await http.get(f"http://{host}:{port}/metrics")
+                except httpx.HTTPError:
+                    continue
+                if response.status_code == 200:
+                    texts.append(response.text)
+        return texts
 
     async def remove_traffic(self, deployment: str) -> None:
         await self.router.remove(deployment)
