@@ -1,0 +1,131 @@
+#!/usr/bin/env bash
+# Builds the Kubernetes test environment used by tests/k8s from the Go module proxy:
+#   kube-apiserver, kube-controller-manager, kube-scheduler, kubectl  (k8s.io/kubernetes)
+#   etcd                                                              (go.etcd.io/etcd/server/v3)
+#   kwok                                                              (sigs.k8s.io/kwok, simulated nodes)
+# at the versions pinned in versions.env, into a cache directory keyed by those versions.
+# When the cache already holds them it does nothing (a warm machine skips the build).
+#
+# Usage: hack/k8s-testenv/build.sh                  build what is missing; last line: the bin dir
+#        hack/k8s-testenv/build.sh --print-bin-dir  print the bin dir, build nothing
+#        hack/k8s-testenv/build.sh --update-modules regenerate kube/ and etcd/ go.mod + go.sum
+#                                                   from versions.env (after changing a version)
+# Environment: PILOTHOUSE_K8S_CACHE   cache root (default ${XDG_CACHE_HOME:-~/.cache}/pilothouse/k8s-testenv)
+#              the usual Go variables (GOPROXY, GOMODCACHE, GOCACHE, GOFLAGS)
+set -euo pipefail
+HERE="$(cd "$(dirname "$0")" && pwd)"
+# shellcheck source=versions.env
+. "$HERE/versions.env"
+
+CACHE_ROOT="${PILOTHOUSE_K8S_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/pilothouse/k8s-testenv}"
+KEY="kube-${KUBE_VERSION}_etcd-${ETCD_VERSION}_kwok-${KWOK_VERSION}"
+BIN="$CACHE_ROOT/$KEY/bin"
+BINARIES=(kube-apiserver kube-controller-manager kube-scheduler kubectl etcd kwok)
+
+log() { echo "==> [k8s-testenv] $*" >&2; }
+
+complete() {
+  [ -f "$BIN/.complete" ] || return 1
+  local b
+  for b in "${BINARIES[@]}"; do [ -x "$BIN/$b" ] || return 1; done
+}
+
+need_go() {
+  if ! command -v go >/dev/null; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+      # Debian's Go may be older than the modules need; GOTOOLCHAIN=auto then fetches the
+      # required toolchain from the module proxy (golang.org/toolchain).
+      log "installing Go (apt-get install golang-go)"
+      apt-get update -qq && apt-get install -y -qq golang-go >/dev/null
+    else
+      echo "k8s-testenv: Go is required to build the Kubernetes binaries (https://go.dev/dl/)" >&2
+      exit 1
+    fi
+  fi
+  export GOFLAGS="${GOFLAGS:-} -buildvcs=false"
+  export CGO_ENABLED=0
+}
+
+update_modules() {
+  need_go
+  local minor_patch="${KUBE_VERSION#v1.}" staging
+  log "regenerating kube/go.mod for k8s.io/kubernetes $KUBE_VERSION (staging modules at v0.$minor_patch)"
+  (
+    cd "$HERE/kube"
+    rm -f go.mod go.sum
+    go mod init pilothouse.dev/hack/k8s-testenv/kube >/dev/null 2>&1
+    go mod edit -go=1.26.0 -require="k8s.io/kubernetes@$KUBE_VERSION"
+    # k8s.io/kubernetes requires its staging modules at v0.0.0 and replaces them with
+    # ./staging/src/...; a module that depends on it replaces each with its published v0.Y.Z.
+    staging="$(go mod download -json "k8s.io/kubernetes@$KUBE_VERSION" |
+      sed -n 's/.*"GoMod": "\(.*\)",*/\1/p' | xargs cat |
+      sed -n 's#^[[:space:]]*\(k8s\.io/[a-z0-9-]*\) => \./staging/.*#\1#p')"
+    [ -n "$staging" ] || { echo "no staging modules found in k8s.io/kubernetes go.mod" >&2; exit 1; }
+    for m in $staging; do go mod edit -replace="$m=$m@v0.$minor_patch"; done
+    go mod tidy
+  )
+  log "regenerating etcd/go.mod for go.etcd.io/etcd/server/v3 $ETCD_VERSION"
+  (
+    cd "$HERE/etcd"
+    rm -f go.mod go.sum
+    go mod init pilothouse.dev/hack/k8s-testenv/etcd >/dev/null 2>&1
+    go mod edit -go=1.26.0 -require="go.etcd.io/etcd/server/v3@$ETCD_VERSION"
+    go mod tidy
+  )
+}
+
+check_module_versions() {
+  grep -q "k8s.io/kubernetes $KUBE_VERSION\$" "$HERE/kube/go.mod" &&
+    grep -q "go.etcd.io/etcd/server/v3 $ETCD_VERSION\$" "$HERE/etcd/go.mod" || {
+    echo "k8s-testenv: kube/go.mod or etcd/go.mod do not match versions.env;" \
+      "run hack/k8s-testenv/build.sh --update-modules" >&2
+    exit 1
+  }
+}
+
+build() {
+  need_go
+  check_module_versions
+  local out="$CACHE_ROOT/$KEY/.build.$$" start=$SECONDS
+  rm -rf "$out" && mkdir -p "$out"
+  trap 'rm -rf "$out"' EXIT
+
+  local minor_patch="${KUBE_VERSION#v1.}" date ldflags p
+  date="$(date -u +%Y-%m-%dT%H:%M:%SZ)"
+  ldflags="-s -w"
+  # What kubernetes' hack/lib/version.sh sets, so `kubectl version` reports the release.
+  for p in k8s.io/client-go/pkg/version k8s.io/component-base/version; do
+    ldflags+=" -X $p.gitVersion=$KUBE_VERSION -X $p.gitMajor=1 -X $p.gitMinor=${minor_patch%%.*}"
+    ldflags+=" -X $p.gitTreeState=clean -X $p.buildDate=$date"
+  done
+
+  log "building kube-apiserver kube-controller-manager kube-scheduler kubectl $KUBE_VERSION"
+  (cd "$HERE/kube" && go build -trimpath -ldflags "$ldflags" -o "$out/" \
+    k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager \
+    k8s.io/kubernetes/cmd/kube-scheduler k8s.io/kubernetes/cmd/kubectl)
+  log "building etcd $ETCD_VERSION"
+  (cd "$HERE/etcd" && go build -trimpath -ldflags "-s -w" -o "$out/etcd" .)
+  log "building kwok $KWOK_VERSION"
+  GOBIN="$out" go install -trimpath \
+    -ldflags "-s -w -X sigs.k8s.io/kwok/pkg/consts.Version=$KWOK_VERSION" \
+    "sigs.k8s.io/kwok/cmd/kwok@$KWOK_VERSION"
+
+  touch "$out/.complete"
+  rm -rf "$BIN" && mv "$out" "$BIN"
+  trap - EXIT
+  log "built into $BIN in $((SECONDS - start)) s"
+}
+
+case "${1:-}" in
+  --print-bin-dir) echo "$BIN" ;;
+  --update-modules) update_modules ;;
+  "")
+    if complete; then
+      log "cached: $BIN"
+    else
+      build
+    fi
+    echo "$BIN"
+    ;;
+  *) echo "usage: $0 [--print-bin-dir|--update-modules]" >&2; exit 2 ;;
+esac

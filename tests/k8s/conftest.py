@@ -1,0 +1,333 @@
+"""Fixtures for tests against a real Kubernetes control plane (tests marked ``k8s``).
+
+``k8s_cluster`` (session) starts etcd, kube-apiserver, kube-controller-manager,
+kube-scheduler and the kwok controller from the binaries hack/k8s-testenv/build.sh built
+(missing binaries fail the tests with the command that builds them; they never skip).
+``kwok_node`` makes simulated nodes; ``process_node`` (session) runs the process node agent,
+on which pods are real local processes with their own IPs.
+
+Teardown stops exactly the processes the fixtures started, by PID. When a k8s test failed,
+the work directory (component logs, pod logs, kubeconfig) is kept and its path printed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from kubernetes import client
+from kubernetes import config as kube_config
+from kubernetes.client.exceptions import ApiException
+
+from tests.k8s.testenv import (
+    BinariesMissing,
+    ControlPlane,
+    require_binaries,
+    start_control_plane,
+    start_kwok,
+    wait_for,
+)
+
+NODE_AGENT = Path(__file__).resolve().parent / "node_agent.py"
+#: pod IPs on the process node. Not 127.0.1.N: EndpointSlice validation rejects loopback
+#: addresses (ValidateEndpointIP), so the pods get addresses of a documentation range
+#: (TEST-NET-2) made local with one route on the loopback interface ("AnyIP").
+PROCESS_POD_CIDR = "198.51.100.0/24"
+_FAILED = pytest.StashKey[bool]()
+_WORK = pytest.StashKey[Path]()
+_SUMMARY = pytest.StashKey[list[str]]()
+
+__all__ = ["wait_for"]
+
+
+@dataclass
+class Cluster:
+    plane: ControlPlane
+    api: client.ApiClient
+    started_in: float
+
+    @property
+    def kubeconfig(self) -> Path:
+        return self.plane.kubeconfig
+
+    @property
+    def core(self) -> client.CoreV1Api:
+        return client.CoreV1Api(self.api)
+
+    @property
+    def apps(self) -> client.AppsV1Api:
+        return client.AppsV1Api(self.api)
+
+    @property
+    def discovery(self) -> client.DiscoveryV1Api:
+        return client.DiscoveryV1Api(self.api)
+
+    def kubectl(self, *args: str, timeout: float = 60) -> str:
+        return self.plane.kubectl(*args, timeout=timeout).stdout
+
+
+# --- reporting: keep logs when a k8s test failed -------------------------------------------
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    report = yield
+    if report.failed and item.get_closest_marker("k8s") is not None:
+        item.config.stash[_FAILED] = True
+        work = item.config.stash.get(_WORK, None)
+        if work is not None:
+            report.sections.append(
+                ("k8s testenv", f"component logs in {work}/logs, process-node pod logs in {work}")
+            )
+    return report
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    for line in terminalreporter.config.stash.get(_SUMMARY, []):
+        terminalreporter.write_line(line)
+
+
+def _summary(config: pytest.Config, line: str) -> None:
+    config.stash.setdefault(_SUMMARY, []).append(line)
+
+
+@pytest.fixture(autouse=True)
+def _k8s_marker_required(request: pytest.FixtureRequest) -> None:
+    """Every test here opts in with the k8s marker (so ``-m 'not k8s'`` leaves them all out)."""
+    if request.node.get_closest_marker("k8s") is None:
+        pytest.fail("tests under tests/k8s must be marked with @pytest.mark.k8s", pytrace=False)
+
+
+# --- the control plane ----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def k8s_cluster(request: pytest.FixtureRequest) -> Iterator[Cluster]:
+    try:
+        binaries = require_binaries()
+    except BinariesMissing as error:
+        pytest.fail(str(error), pytrace=False)
+    work = Path(tempfile.mkdtemp(prefix="pilothouse-k8s-"))
+    request.config.stash[_WORK] = work
+    started = time.monotonic()
+    plane = start_control_plane(work, binaries)
+    try:
+        start_kwok(plane)
+        api = kube_config.new_client_from_config(config_file=str(plane.kubeconfig))
+        cluster = Cluster(plane, api, time.monotonic() - started)
+        _summary(
+            request.config,
+            f"k8s testenv: control plane and kwok ready in {cluster.started_in:.1f}s",
+        )
+        yield cluster
+        api.close()
+    finally:
+        plane.stop()
+        left = [p for p in plane.processes if p.alive()]
+        assert not left, f"still running after teardown: {left}"
+        if request.config.stash.get(_FAILED, False):
+            _summary(request.config, f"k8s testenv: a k8s test failed; logs kept in {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+@pytest.fixture
+def namespace(k8s_cluster: Cluster) -> Iterator[str]:
+    """A fresh namespace, deleted afterwards (its pods with it)."""
+    name = f"t-{uuid.uuid4().hex[:8]}"
+    k8s_cluster.core.create_namespace({"metadata": {"name": name}})
+    wait_for(
+        f"ServiceAccount default in {name}",
+        lambda: _exists(lambda: k8s_cluster.core.read_namespaced_service_account("default", name)),
+        timeout=30,
+    )
+    yield name
+    with contextlib.suppress(ApiException):
+        k8s_cluster.core.delete_namespace(name)
+
+
+def _exists(read: Callable[[], Any]) -> bool:
+    try:
+        read()
+    except ApiException as error:
+        if error.status == 404:
+            return False
+        raise
+    return True
+
+
+# --- kwok nodes -----------------------------------------------------------------------------
+
+
+def kwok_node_manifest(
+    name: str,
+    *,
+    cpu: str = "8",
+    memory: str = "32Gi",
+    gpus: int = 0,
+    pods: int = 110,
+    labels: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    capacity = {"cpu": cpu, "memory": memory, "pods": str(pods)}
+    if gpus:
+        capacity["nvidia.com/gpu"] = str(gpus)
+    return {
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": {
+            "name": name,
+            "annotations": {"kwok.x-k8s.io/node": "fake"},
+            "labels": {
+                "kubernetes.io/hostname": name,
+                "kubernetes.io/os": "linux",
+                "kubernetes.io/arch": "amd64",
+                "type": "kwok",
+                "pilothouse.dev/node-kind": "kwok",
+                **(labels or {}),
+            },
+        },
+        "status": {"capacity": capacity, "allocatable": capacity},
+    }
+
+
+def node_ready(node: client.V1Node) -> bool:
+    return any(
+        c.type == "Ready" and c.status == "True" for c in (node.status.conditions or [])
+    ) and not any(t.effect == "NoSchedule" for t in (node.spec.taints or []))
+
+
+@pytest.fixture
+def kwok_node(k8s_cluster: Cluster) -> Iterator[Callable[..., list[str]]]:
+    """``kwok_node(count, prefix=..., cpu=..., memory=..., gpus=..., labels=...)`` creates
+    simulated nodes, waits until they are Ready and schedulable, and deletes them after."""
+    created: list[str] = []
+
+    def make(count: int, prefix: str = "kwok", **kwargs: Any) -> list[str]:
+        suffix = uuid.uuid4().hex[:5]
+        names = [f"{prefix}-{suffix}-{i}" for i in range(count)]
+        for name in names:
+            k8s_cluster.core.create_node(kwok_node_manifest(name, **kwargs))
+            created.append(name)
+        for name in names:
+            wait_for(
+                f"kwok node {name} Ready",
+                lambda n=name: node_ready(k8s_cluster.core.read_node(n)),
+                timeout=60,
+            )
+        return names
+
+    yield make
+    for name in created:
+        with contextlib.suppress(ApiException):
+            k8s_cluster.core.delete_node(name)
+
+
+# --- the process node -----------------------------------------------------------------------
+
+
+def _local_route(cidr: str) -> bool:
+    result = subprocess.run(
+        ["ip", "route", "show", "table", "local", cidr], capture_output=True, text=True
+    )
+    return result.returncode == 0 and bool(result.stdout.strip())
+
+
+@pytest.fixture(scope="session")
+def pod_network() -> Iterator[str]:
+    """PROCESS_POD_CIDR routed to the loopback interface, so that its addresses are
+    local and bindable. Added (needs root) unless present; removed if added here."""
+    if shutil.which("ip") is None:
+        pytest.fail("the process node needs the `ip` command (apt-get install iproute2)")
+    added = False
+    if not _local_route(PROCESS_POD_CIDR):
+        if os.geteuid() != 0:
+            pytest.fail(
+                f"the process node's pod addresses ({PROCESS_POD_CIDR}) are not local; as root,"
+                f" once: ip route add local {PROCESS_POD_CIDR} dev lo",
+                pytrace=False,
+            )
+        subprocess.run(
+            ["ip", "route", "add", "local", PROCESS_POD_CIDR, "dev", "lo"],
+            check=True,
+            capture_output=True,
+        )
+        added = True
+    yield PROCESS_POD_CIDR
+    if added:
+        subprocess.run(
+            ["ip", "route", "del", "local", PROCESS_POD_CIDR, "dev", "lo"],
+            check=False,
+            capture_output=True,
+        )
+
+
+@dataclass
+class ProcessNode:
+    name: str
+    work: Path
+
+    def pod_pids(self) -> list[int]:
+        try:
+            text = (self.work / "pids").read_text()
+        except FileNotFoundError:
+            return []
+        return [int(p) for p in text.split()]
+
+
+@pytest.fixture(scope="session")
+def process_node(k8s_cluster: Cluster, pod_network: str) -> Iterator[ProcessNode]:
+    """One node whose pods run as local processes (tests/k8s/node_agent.py). Pods reach it
+    with a nodeSelector pilothouse.dev/node-kind=process and a toleration for the taint
+    pilothouse.dev/process-node=true:NoSchedule."""
+    plane = k8s_cluster.plane
+    node = ProcessNode("process-0", plane.work / "process-0")
+    agent = plane.start(
+        "node-agent-process-0",
+        [
+            sys.executable,
+            str(NODE_AGENT),
+            f"--kubeconfig={plane.kubeconfig}",
+            f"--node={node.name}",
+            f"--pod-cidr={pod_network}",
+            f"--work={node.work}",
+        ],
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+
+    def ready() -> bool:
+        plane.check_alive()
+        try:
+            found = k8s_cluster.core.read_node(node.name)
+        except ApiException:
+            return False
+        return any(c.type == "Ready" and c.status == "True" for c in found.status.conditions or [])
+
+    wait_for("the process node Ready", ready, timeout=60)
+    yield node
+    agent.stop()
+    # the agent stops its pods' processes on SIGTERM (and they die with it anyway): check
+    left = [pid for pid in node.pod_pids() if _alive(pid)]
+    for pid in left:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, signal.SIGKILL)
+    assert not left, f"pod processes outlived the node agent: {left}"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
