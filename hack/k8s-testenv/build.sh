@@ -8,8 +8,9 @@
 #
 # Usage: hack/k8s-testenv/build.sh                  build what is missing; last line: the bin dir
 #        hack/k8s-testenv/build.sh --print-bin-dir  print the bin dir, build nothing
-#        hack/k8s-testenv/build.sh --update-modules regenerate kube/ and etcd/ go.mod + go.sum
+#        hack/k8s-testenv/build.sh --update-modules regenerate kube/, etcd/, kwok/ go.mod + go.sum
 #                                                   from versions.env (after changing a version)
+#        hack/k8s-testenv/build.sh --go-version     the Go it builds with (fetched if missing)
 # Environment: PILOTHOUSE_K8S_CACHE   cache root (default ${XDG_CACHE_HOME:-~/.cache}/pilothouse/k8s-testenv)
 #              the usual Go variables (GOPROXY, GOMODCACHE, GOCACHE, GOFLAGS)
 set -euo pipefail
@@ -30,20 +31,55 @@ complete() {
   for b in "${BINARIES[@]}"; do [ -x "$BIN/$b" ] || return 1; done
 }
 
+go_new_enough() {  # the wrapper modules say `go 1.26.0`
+  command -v go >/dev/null || return 1
+  local have
+  have="$(go env GOVERSION 2>/dev/null)" || return 1
+  [ "$(printf '%s\n' go1.26 "$have" | sort -V | head -1)" = go1.26 ]
+}
+
 need_go() {
-  if ! command -v go >/dev/null; then
-    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-      # Debian's Go may be older than the modules need; GOTOOLCHAIN=auto then fetches the
-      # required toolchain from the module proxy (golang.org/toolchain).
-      log "installing Go (apt-get install golang-go)"
-      apt-get update -qq && apt-get install -y -qq golang-go >/dev/null
-    else
-      echo "k8s-testenv: Go is required to build the Kubernetes binaries (https://go.dev/dl/)" >&2
-      exit 1
-    fi
+  if ! go_new_enough; then
+    [ -x "$CACHE_ROOT/go$GO_VERSION/bin/go" ] || install_go
+    export PATH="$CACHE_ROOT/go$GO_VERSION/bin:$PATH"
   fi
-  export GOFLAGS="${GOFLAGS:-} -buildvcs=false"
-  export CGO_ENABLED=0
+  export GOTOOLCHAIN=local GOFLAGS="${GOFLAGS:-} -buildvcs=false" CGO_ENABLED=0
+}
+
+# No Go here (Debian's is too old for these modules): fetch the Go distribution from the
+# module proxy, where it is the module golang.org/toolchain, and check its pinned hash.
+install_go() {
+  if [ "$(uname -s)-$(uname -m)" != Linux-x86_64 ]; then
+    echo "k8s-testenv: Go $GO_VERSION or newer is needed (https://go.dev/dl/)" >&2
+    exit 1
+  fi
+  local proxy="${GOPROXY:-https://proxy.golang.org}"
+  proxy="${proxy%%,*}"
+  log "no Go found: fetching go$GO_VERSION from $proxy (golang.org/toolchain)"
+  python3 - "$proxy/golang.org/toolchain/@v/v0.0.1-go$GO_VERSION.linux-amd64.zip" \
+    "$CACHE_ROOT/go$GO_VERSION" "$GO_TOOLCHAIN_H1_LINUX_AMD64" <<'PY'
+import base64, hashlib, io, os, shutil, sys, urllib.request, zipfile
+
+url, dest, want = sys.argv[1:]
+with urllib.request.urlopen(url, timeout=600) as response:
+    archive = zipfile.ZipFile(io.BytesIO(response.read()))
+files = sorted(i.filename for i in archive.infolist() if not i.is_dir())
+summary = "".join(f"{hashlib.sha256(archive.read(n)).hexdigest()}  {n}\n" for n in files)
+got = "h1:" + base64.b64encode(hashlib.sha256(summary.encode()).digest()).decode()
+if got != want:
+    sys.exit(f"k8s-testenv: {url}: hash {got}, expected {want}")
+tmp = dest + ".tmp"
+shutil.rmtree(tmp, ignore_errors=True)
+for name in files:
+    path = os.path.join(tmp, name.split("/", 2)[2])  # golang.org/toolchain@VERSION/...
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "wb") as out:
+        out.write(archive.read(name))
+    if "/bin/" in name or "/pkg/tool/" in name:
+        os.chmod(path, 0o755)
+shutil.rmtree(dest, ignore_errors=True)
+os.rename(tmp, dest)
+PY
 }
 
 update_modules() {
@@ -72,12 +108,21 @@ update_modules() {
     go mod edit -go=1.26.0 -require="go.etcd.io/etcd/server/v3@$ETCD_VERSION"
     go mod tidy
   )
+  log "regenerating kwok/go.mod for sigs.k8s.io/kwok $KWOK_VERSION"
+  (
+    cd "$HERE/kwok"
+    rm -f go.mod go.sum
+    go mod init pilothouse.dev/hack/k8s-testenv/kwok >/dev/null 2>&1
+    go mod edit -go=1.26.0 -require="sigs.k8s.io/kwok@$KWOK_VERSION"
+    go mod tidy
+  )
 }
 
 check_module_versions() {
   grep -q "k8s.io/kubernetes $KUBE_VERSION\$" "$HERE/kube/go.mod" &&
-    grep -q "go.etcd.io/etcd/server/v3 $ETCD_VERSION\$" "$HERE/etcd/go.mod" || {
-    echo "k8s-testenv: kube/go.mod or etcd/go.mod do not match versions.env;" \
+    grep -q "go.etcd.io/etcd/server/v3 $ETCD_VERSION\$" "$HERE/etcd/go.mod" &&
+    grep -q "sigs.k8s.io/kwok $KWOK_VERSION\$" "$HERE/kwok/go.mod" || {
+    echo "k8s-testenv: kube/, etcd/ or kwok/go.mod do not match versions.env;" \
       "run hack/k8s-testenv/build.sh --update-modules" >&2
     exit 1
   }
@@ -106,9 +151,8 @@ build() {
   log "building etcd $ETCD_VERSION"
   (cd "$HERE/etcd" && go build -trimpath -ldflags "-s -w" -o "$out/etcd" .)
   log "building kwok $KWOK_VERSION"
-  GOBIN="$out" go install -trimpath \
-    -ldflags "-s -w -X sigs.k8s.io/kwok/pkg/consts.Version=$KWOK_VERSION" \
-    "sigs.k8s.io/kwok/cmd/kwok@$KWOK_VERSION"
+  (cd "$HERE/kwok" && go build -trimpath -o "$out/kwok" \
+    -ldflags "-s -w -X sigs.k8s.io/kwok/pkg/consts.Version=$KWOK_VERSION" sigs.k8s.io/kwok/cmd/kwok)
 
   touch "$out/.complete"
   rm -rf "$BIN" && mv "$out" "$BIN"
@@ -116,16 +160,28 @@ build() {
   log "built into $BIN in $((SECONDS - start)) s"
 }
 
-case "${1:-}" in
-  --print-bin-dir) echo "$BIN" ;;
-  --update-modules) update_modules ;;
-  "")
-    if complete; then
-      log "cached: $BIN"
-    else
-      build
-    fi
-    echo "$BIN"
-    ;;
-  *) echo "usage: $0 [--print-bin-dir|--update-modules]" >&2; exit 2 ;;
-esac
+main() {
+  case "${1:-}" in
+    --print-bin-dir) echo "$BIN" ;;
+    --go-version) need_go && go version ;;
+    --update-modules) update_modules ;;
+    "")
+      if complete; then
+        log "cached: $BIN"
+      else
+        mkdir -p "$CACHE_ROOT"
+        # one build at a time per cache; whoever waited finds it built
+        if command -v flock >/dev/null; then
+          exec 9>"$CACHE_ROOT/.lock"
+          flock 9
+        fi
+        complete || build
+      fi
+      echo "$BIN"
+      ;;
+    *) echo "usage: $0 [--print-bin-dir|--update-modules|--go-version]" >&2; exit 2 ;;
+  esac
+}
+
+# parsed whole before it runs: editing this file during a build cannot derail it
+main "$@"; exit $?

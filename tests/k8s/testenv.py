@@ -408,19 +408,35 @@ class ControlPlane:
 
 def start_control_plane(work: Path, bin: Path, *, timeout: float = 120) -> ControlPlane:
     """etcd, kube-apiserver, kube-controller-manager, kube-scheduler; returns once the
-    apiserver is ready, both controllers are healthy and the default ServiceAccount exists."""
-    (work / "logs").mkdir(parents=True, exist_ok=True)
+    apiserver is ready, both controllers are healthy and the default ServiceAccount exists.
+
+    Ports are picked free just before each component binds them; if another process takes
+    one in between, the start is retried once on fresh ports."""
     pki = Pki.create(work / "pki")
-    api_port = free_port()
-    server = f"https://127.0.0.1:{api_port}"
-    kubeconfig = write_kubeconfig(work / "kubeconfig", server, pki)
-    plane = ControlPlane(bin, work, pki, kubeconfig, server)
-    try:
-        _start(plane, api_port, timeout)
-    except BaseException:
-        plane.stop()
-        raise
-    return plane
+    for attempt in (1, 2):
+        (work / "logs").mkdir(parents=True, exist_ok=True)
+        api_port = free_port()
+        server = f"https://127.0.0.1:{api_port}"
+        kubeconfig = write_kubeconfig(work / "kubeconfig", server, pki)
+        plane = ControlPlane(bin, work, pki, kubeconfig, server)
+        try:
+            _start(plane, api_port, timeout)
+        except AssertionError:
+            plane.stop()
+            if attempt == 2 or not _port_taken(work / "logs"):
+                raise
+            (work / "logs").rename(work / "logs.port-taken")
+            shutil.rmtree(work / "etcd", ignore_errors=True)
+            continue
+        except BaseException:
+            plane.stop()
+            raise
+        return plane
+    raise AssertionError("unreachable")
+
+
+def _port_taken(logs: Path) -> bool:
+    return any("address already in use" in f.read_text(errors="replace") for f in logs.iterdir())
 
 
 def _start(plane: ControlPlane, api_port: int, timeout: float) -> None:
