@@ -315,7 +315,7 @@ def create_app(
             step = "full" if full else f"step{rollout.get('step')}"
             store.set_requests(cls.KIND, name, {"promote": f"{canary}|{step}|{nonce}"})
         elif action == "abort":
-            store.set_requests(cls.KIND, name, {"abort": str(canary)})
+            store.set_requests(cls.KIND, name, {"abort": f"{canary}|{nonce}"})
         elif action == "pause":
             store.set_requests(cls.KIND, name, {"pause": "true"})
         elif action == "resume":

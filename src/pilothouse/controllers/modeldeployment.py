@@ -55,6 +55,7 @@ async def reconcile(ctx: Context, name: str) -> Result:
     if obj["metadata"].get("deletionTimestamp"):
         await _teardown(ctx, name)
         ctx.store.remove(KIND, name)
+        ctx.runtime.remove_logs(KIND, name)
         return Result()
 
     now = ctx.clock()
@@ -145,6 +146,12 @@ async def reconcile(ctx: Context, name: str) -> Result:
     analysis_meta: dict[str, Any] = dict(status.get("analysisRun") or {})
     gate: Gate | None = None
     canary_ready = counts.get(state.canary or "", RevisionCounts()).ready
+    resume = requests.get("resume", "")
+    if resume and resume != state.seen_resume:
+        # resumed: measure again from here (the policy marks the request seen)
+        analysis_state = AnalysisState(
+            checks={k: replace(c, inconclusive=0) for k, c in analysis_state.checks.items()}
+        )
     if state.canary is not None and rollout.analysis.checks:
         if analysis_meta.get("revision") != state.canary:
             analysis_meta = {"revision": state.canary, "since": None}
@@ -368,6 +375,8 @@ def _public_rollout(
                 "inconclusive": kept.inconclusive if kept else 0,
             }
         )
+    if state.canary is None and state.phase == "Healthy":
+        checks = []  # the last rollout's measurements no longer describe anything running
     verdict = status.get("analysisVerdict") or {}
     run = status.get("analysisRun") or {}
     return {
@@ -378,7 +387,9 @@ def _public_rollout(
         "canaryRevision": state.canary,
         "stableRevisionNumber": history.number(state.stable),
         "canaryRevisionNumber": history.number(state.canary),
-        "step": state.step if steps is not None and state.canary is not None else None,
+        "step": min(state.step, len(steps) - 1)
+        if steps is not None and state.canary is not None
+        else None,
         "steps": len(steps) if steps is not None else None,
         "weight": round(state.weight, 1) if state.canary is not None else 0.0,
         "mirrorPercent": decision.mirror_percent if decision.mirror_revision else 0.0,

@@ -61,6 +61,7 @@ async def reconcile(ctx: Context, name: str) -> Result:
     if obj["metadata"].get("deletionTimestamp"):
         await ctx.runtime.stop_workers(name)
         ctx.store.remove(KIND, name)
+        ctx.runtime.remove_logs(KIND, name)
         return Result()
 
     now = ctx.clock()

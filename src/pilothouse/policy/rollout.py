@@ -18,7 +18,8 @@ own state, which the controller persists in ``status.rollout``.
   the replicas); with analysis checks the last old replica waits for a pass.
 - A failed analysis or an abort rolls back; the failed revision is remembered and
   not retried until the spec changes or the user asks to retry. An inconclusive
-  analysis pauses the rollout until ``resume``.
+  analysis (too little data) pauses the rollout until measurements are conclusive
+  again or the user resumes (measure again) or promotes.
 """
 
 from __future__ import annotations
@@ -54,7 +55,7 @@ class Requests:
     pause: bool = False
     resume: str = ""
     promote: str = ""  # "REVISION|stepN|nonce" or "REVISION|full|nonce"
-    abort: str = ""  # REVISION
+    abort: str = ""  # "REVISION|nonce"
     retry: str = ""  # "REVISION|nonce"
 
     @classmethod
@@ -89,6 +90,9 @@ class RolloutState:
     seen_promote: str = ""
     seen_resume: str = ""
     seen_retry: str = ""
+    seen_abort: str = ""
+    #: the user promoted fully: promote as soon as the canary has its replicas
+    promote_full: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -121,6 +125,17 @@ class RolloutDecision:
     #: revision -> history outcome to record (Stable, Superseded, RolledBack, Aborted)
     outcomes: dict[str, str] = field(default_factory=dict)
     requeue_after: float = 1.0
+
+
+def _fresh(state: RolloutState, **fields: Any) -> RolloutState:
+    """A new state that remembers which user requests were already handled."""
+    return RolloutState(
+        seen_promote=state.seen_promote,
+        seen_resume=state.seen_resume,
+        seen_retry=state.seen_retry,
+        seen_abort=state.seen_abort,
+        **fields,
+    )
 
 
 def _canary_size(desired: int, weight: float) -> int:
@@ -186,13 +201,7 @@ def plan_rollout(
                 )
             )
             outcomes[state.canary] = "Superseded"
-        state = RolloutState(
-            stable=stable,
-            phase="Healthy",
-            seen_promote=state.seen_promote,
-            seen_resume=state.seen_resume,
-            seen_retry=state.seen_retry,
-        )
+        state = _fresh(state, stable=stable, phase="Healthy")
         return done(RolloutDecision(state, {stable: desired}))
 
     # The spec asks for a revision that failed: stay on the stable one until told otherwise.
@@ -219,26 +228,29 @@ def plan_rollout(
                 f"stable revision {stable} keeps serving",
             )
         )
-        state = RolloutState(
+        state = _fresh(
+            state,
             stable=stable,
             canary=desired_revision,
             phase="Progressing",
             step=0,
             step_started_at=now,
             started_at=now,
-            old_target=None,
-            seen_promote=state.seen_promote,
-            seen_resume=state.seen_resume,
-            seen_retry=state.seen_retry,
         )
         decision = _progress(spec, state, desired, observed, gate, requests, now, canary_desired)
         return done(
-            replace(decision, reset_analysis=True, outcomes={desired_revision: "Progressing"})
+            replace(
+                decision,
+                reset_analysis=True,
+                outcomes={desired_revision: "Progressing", **decision.outcomes},
+            )
         )
 
     canary = state.canary
-    if requests.abort == canary:
-        return done(_rollback(state, desired, "aborted by the user", "Aborted"))
+    if requests.abort and requests.abort != state.seen_abort:
+        state = replace(state, seen_abort=requests.abort)
+        if requests.abort.split("|")[0] == canary:
+            return done(_rollback(state, desired, "aborted by the user", "Aborted"))
     if gate is not None and gate.verdict == "Failed":
         return done(_rollback(state, desired, f"analysis failed: {gate.message}", "RolledBack"))
     return done(_progress(spec, state, desired, observed, gate, requests, now, canary_desired))
@@ -273,14 +285,7 @@ def _promote(state: RolloutState, desired: int, canary_desired: int | None) -> R
     assert state.canary is not None
     size = canary_desired if canary_desired is not None else desired
     message = f"revision {state.canary} promoted; it is now the stable revision"
-    new_state = RolloutState(
-        stable=state.canary,
-        phase="Healthy",
-        message=message,
-        seen_promote=state.seen_promote,
-        seen_resume=state.seen_resume,
-        seen_retry=state.seen_retry,
-    )
+    new_state = _fresh(state, stable=state.canary, phase="Healthy", message=message)
     return RolloutDecision(
         new_state,
         {state.canary: max(size, desired)},
@@ -328,15 +333,30 @@ def _progress(
     assert state.canary is not None
     step_promote, full_promote, seen = _promote_request(requests, state)
     state = replace(state, seen_promote=seen)
-    if full_promote:
-        decision = _promote(state, desired, canary_desired)
-        return replace(
-            decision,
-            events=[
-                ("Normal", "RolloutPromotedByUser", "promoted fully by the user"),
-                *decision.events,
-            ],
-        )
+    events: list[tuple[str, str, str]] = []
+    if full_promote and not state.promote_full:
+        state = replace(state, promote_full=True)
+        events.append(("Normal", "RolloutPromotedByUser", "promoted fully by the user"))
+    if state.promote_full:
+        # skip the remaining steps and the analysis, but never drop the stable revision
+        # before the canary can carry the traffic
+        stable, canary = state.stable, state.canary
+        assert stable is not None
+        assert canary is not None
+        size = max(canary_desired if canary_desired is not None else desired, 1)
+        ready = observed.get(canary, RevisionCounts()).ready
+        if ready >= size or desired == 0:
+            decision = _promote(state, desired, canary_desired)
+        else:
+            message = f"promoting fully: waiting for revision {canary} ({ready}/{size})"
+            decision = RolloutDecision(
+                replace(state, message=message),
+                {stable: desired, canary: size},
+                weights={stable: 100.0 - state.weight, canary: state.weight}
+                if ready
+                else {stable: 100.0},
+            )
+        return replace(decision, events=events + decision.events)
     inconclusive = gate is not None and gate.verdict == "Inconclusive"
     if requests.pause:
         state = replace(state, phase="Paused", paused_reason="paused by the user")
@@ -377,17 +397,20 @@ def _canary(
     canary_ready = observed.get(canary, RevisionCounts()).ready
     message = ""
     # Walk as many steps as are complete now (setWeight completes once the canary is up).
+    sizing_weight = state.weight
     while not held and state.step < len(steps):
         step = steps[state.step]
         if step.set_weight is not None:
             weight = float(step.set_weight)
             needed = _sized(desired, weight, canary_desired)
             required = 1 if canary_desired is not None else needed
-            state = replace(state, weight=weight)
+            sizing_weight = max(state.weight, weight)
             if weight > 0 and canary_ready < required:
+                # the canary gets its new share only once it has the replicas for it
                 message = f"waiting for revision {canary} to be ready ({canary_ready}/{needed})"
                 break
-            state = _next_step(state, now)
+            state = _next_step(replace(state, weight=weight), now)
+            sizing_weight = weight
             continue
         assert step.pause is not None
         if step_promote:
@@ -412,15 +435,19 @@ def _canary(
     if held:
         message = state.paused_reason or "paused"
     weight = state.weight
-    targets = {stable: desired, canary: _sized(desired, weight, canary_desired)}
+    targets = {stable: desired, canary: _sized(desired, sizing_weight, canary_desired)}
     weights = {stable: 100.0 - weight, canary: weight} if canary_ready else {stable: 100.0}
-    mirror = spec.analysis.mirror_percent if weight < 100.0 else 0.0
+    # Mirror the stable revision's requests to the canary; once the canary takes all live
+    # traffic, mirror its requests to the stable revision instead, so model checks keep
+    # comparing both on the same inputs until promotion.
+    mirror = spec.analysis.mirror_percent
+    mirror_to = canary if weight < 100.0 else stable
     state = replace(state, message=message)
     return RolloutDecision(
         state,
         targets,
         weights=weights,
-        mirror_revision=canary if mirror > 0 else None,
+        mirror_revision=mirror_to if mirror > 0 else None,
         mirror_percent=mirror,
         analyse=canary_ready > 0,
     )
@@ -464,7 +491,7 @@ def _blue_green(
             if state.preview_ready_at is None:
                 state = replace(state, preview_ready_at=now)
             ready_at = state.preview_ready_at if state.preview_ready_at is not None else now
-            delay = settings.auto_promotion_delay
+            delay = settings.auto_promotion_delay if settings.auto_promote else None
             due = delay is not None and now >= ready_at + delay
             if held:
                 state = replace(state, message=state.paused_reason or "paused")
@@ -503,9 +530,20 @@ def _blue_green(
             analyse=canary_ready > 0,
         )
     # switched: the old revision waits scaleDownDelay, ready to take traffic back
-    if now >= state.switched_at + settings.scale_down_delay and _gate_open(gate):
+    switched_at = state.switched_at
+    if not held and now >= switched_at + settings.scale_down_delay and _gate_open(gate):
         return _promote(state, desired, None)
-    left = max(0.0, state.switched_at + settings.scale_down_delay - now)
+    if held:
+        state = replace(state, message=state.paused_reason or "paused")
+        return RolloutDecision(
+            state,
+            targets,
+            weights={canary: 100.0},
+            mirror_revision=stable if mirror > 0 else None,
+            mirror_percent=mirror,
+            analyse=True,
+        )
+    left = max(0.0, switched_at + settings.scale_down_delay - now)
     state = replace(state, message=f"switched; revision {stable} scales down in {left:.0f}s")
     return RolloutDecision(
         state,

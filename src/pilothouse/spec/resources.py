@@ -386,10 +386,15 @@ class BlueGreenStrategy(SpecModel):
         le=100.0,
         description="Share of live requests mirrored to the new revision before the switch",
     )
-    auto_promotion_delay: Duration | None = Field(
+    auto_promote: bool = Field(
+        default=True,
+        description="Switch by itself after autoPromotionDelay; false: wait for "
+        "`pilothouse rollout promote`",
+    )
+    auto_promotion_delay: Duration = Field(
         default=30.0,
         description="How long the new revision runs beside the old (with passing analysis) "
-        "before all traffic switches; empty: wait for `pilothouse rollout promote`",
+        "before all traffic switches",
     )
     scale_down_delay: Duration = Field(
         default=30.0,
@@ -413,6 +418,8 @@ SurgeValue = Annotated[
 
 
 def _surge(value: int | str, field_name: str) -> None:
+    if isinstance(value, bool):
+        raise ValueError(f"{field_name}: expected a count or a percentage like '25%', got {value}")
     if isinstance(value, int):
         if value < 0 or value > 1000:
             raise ValueError(f"{field_name} must be between 0 and 1000, got {value}")

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import shutil
 import socket
 import sys
 import time
@@ -472,6 +473,11 @@ class LocalRuntime:
         if not folder.is_dir():
             return []
         return sorted(folder.glob("*.log"), key=lambda p: p.stat().st_mtime)
+
+    def remove_logs(self, kind: str, name: str) -> None:
+        folder = self.supervisor.log_dir / f"{kind.lower()}s" / name
+        if folder.is_dir():
+            shutil.rmtree(folder, ignore_errors=True)
 
     async def stop_everything(self) -> None:
         with contextlib.suppress(Exception):
