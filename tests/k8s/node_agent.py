@@ -147,6 +147,7 @@ class Agent:
         self.stopping = threading.Event()
         self.node_uid = ""
         self.pid_file = self.work / "pids"
+        self.started = now()
 
     # --- node and lease ---------------------------------------------------------------------
 
@@ -171,7 +172,6 @@ class Agent:
         ]
 
     def register(self) -> None:
-        self.started = now()
         body = {
             "apiVersion": "v1",
             "kind": "Node",

@@ -86,22 +86,22 @@ def test_kubectl_reports_the_pinned_release(k8s_cluster: Cluster) -> None:
 def test_deployment_pods_are_scheduled_onto_kwok_nodes_by_gpus_and_run(
     k8s_cluster: Cluster, namespace: str, kwok_node: Callable[..., list[str]]
 ) -> None:
-    nodes = kwok_node(8, prefix="gpu", cpu="16", memory="64Gi", gpus=4, labels={"pool": namespace})
+    nodes = kwok_node(20, prefix="gpu", cpu="16", memory="64Gi", gpus=4, labels={"pool": namespace})
     spec = deployment(
         "trainer",
-        30,
+        76,
         node_selector={"pool": namespace},
         requests={"cpu": "1", "memory": "2Gi", "nvidia.com/gpu": "1"},
     )
     k8s_cluster.apps.create_namespaced_deployment(namespace, spec)
 
     wait_for(
-        "30 trainer pods available",
-        deployment_available(k8s_cluster, namespace, "trainer", 30),
+        "76 trainer pods available",
+        deployment_available(k8s_cluster, namespace, "trainer", 76),
         timeout=120,
     )
     pods = running(pods_of(k8s_cluster, namespace, "trainer"))
-    assert len(pods) == 30
+    assert len(pods) == 76
     per_node = Counter(p.spec.node_name for p in pods)
     assert set(per_node) <= set(nodes)
     assert max(per_node.values()) <= 4, per_node  # never more GPUs than a node has

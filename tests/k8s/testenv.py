@@ -95,7 +95,7 @@ def require_binaries() -> Path:
         v = versions()
         raise BinariesMissing(
             f"the Kubernetes test binaries are not built: missing {', '.join(missing) or '.complete'}"
-            f" in {where}.\nBuild them (Go needed; about 12 min and 3.5 GiB the first time on"
+            f" in {where}.\nBuild them (6 to 12 min and 5 GiB of Go caches the first time on"
             f" 2 cores, a no-op afterwards) with:\n    hack/k8s-testenv/build.sh\n"
             f"(kubernetes {v.get('KUBE_VERSION')}, etcd {v.get('ETCD_VERSION')},"
             f" kwok {v.get('KWOK_VERSION')}; scripts/check runs it for you)"
