@@ -13,7 +13,9 @@ the work directory (component logs, pod logs, kubeconfig) is kept and its path p
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import os
+import random
 import shutil
 import signal
 import subprocess
@@ -42,9 +44,12 @@ from tests.k8s.testenv import (
 
 NODE_AGENT = Path(__file__).resolve().parent / "node_agent.py"
 #: pod IPs on the process node. Not 127.0.1.N: EndpointSlice validation rejects loopback
-#: addresses (ValidateEndpointIP), so the pods get addresses of a documentation range
-#: (TEST-NET-2) made local with one route on the loopback interface ("AnyIP").
+#: addresses (ValidateEndpointIP), so the pods get addresses of a range made local with one
+#: route on the loopback interface ("AnyIP"). As root, each session adds its own /24 of the
+#: benchmarking range 198.18.0.0/15 and removes it afterwards; as another user, add this
+#: one once: ip route add local 198.51.100.0/24 dev lo
 PROCESS_POD_CIDR = "198.51.100.0/24"
+SESSION_POD_RANGE = "198.18.0.0/15"
 _FAILED = pytest.StashKey[bool]()
 _WORK = pytest.StashKey[Path]()
 _SUMMARY = pytest.StashKey[list[str]]()
@@ -249,37 +254,35 @@ def _local_route(cidr: str) -> bool:
 
 @pytest.fixture(scope="session")
 def pod_network() -> Iterator[str]:
-    """PROCESS_POD_CIDR routed to the loopback interface, so that its addresses are
-    local and bindable. Added (needs root) unless present; removed if added here."""
+    """A /24 routed to the loopback interface, so that its addresses are local and bindable:
+    as root, a free one of SESSION_POD_RANGE added here and removed after; otherwise
+    PROCESS_POD_CIDR, which must already be routed so."""
     if shutil.which("ip") is None:
         pytest.fail("the process node needs the `ip` command (apt-get install iproute2)")
-    added = False
-    if not _local_route(PROCESS_POD_CIDR):
-        if os.geteuid() != 0:
+    if os.geteuid() != 0:
+        if not _local_route(PROCESS_POD_CIDR):
             pytest.fail(
                 f"the process node's pod addresses ({PROCESS_POD_CIDR}) are not local; as root,"
                 f" once: ip route add local {PROCESS_POD_CIDR} dev lo",
                 pytrace=False,
             )
-        subprocess.run(
-            ["ip", "route", "add", "local", PROCESS_POD_CIDR, "dev", "lo"],
-            check=True,
-            capture_output=True,
-        )
-        added = True
-    yield PROCESS_POD_CIDR
-    if added:
-        subprocess.run(
-            ["ip", "route", "del", "local", PROCESS_POD_CIDR, "dev", "lo"],
-            check=False,
-            capture_output=True,
-        )
+        yield PROCESS_POD_CIDR
+        return
+    subnets = list(ipaddress.ip_network(SESSION_POD_RANGE).subnets(new_prefix=24))
+    random.shuffle(subnets)
+    cidr = next(str(net) for net in subnets if not _local_route(str(net)))
+    subprocess.run(["ip", "route", "add", "local", cidr, "dev", "lo"], check=True)
+    try:
+        yield cidr
+    finally:
+        subprocess.run(["ip", "route", "del", "local", cidr, "dev", "lo"], check=True)
 
 
 @dataclass
 class ProcessNode:
     name: str
     work: Path
+    pod_cidr: str
 
     def pod_pids(self) -> list[int]:
         try:
@@ -295,7 +298,7 @@ def process_node(k8s_cluster: Cluster, pod_network: str) -> Iterator[ProcessNode
     with a nodeSelector pilothouse.dev/node-kind=process and a toleration for the taint
     pilothouse.dev/process-node=true:NoSchedule."""
     plane = k8s_cluster.plane
-    node = ProcessNode("process-0", plane.work / "process-0")
+    node = ProcessNode("process-0", plane.work / "process-0", pod_network)
     agent = plane.start(
         "node-agent-process-0",
         [

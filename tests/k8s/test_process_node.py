@@ -20,7 +20,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from pilothouse.registry.local import LocalRegistry, ModelVersion
-from tests.k8s.conftest import PROCESS_POD_CIDR, Cluster, ProcessNode, _alive
+from tests.k8s.conftest import Cluster, ProcessNode, _alive
 from tests.k8s.testenv import wait_for
 
 pytestmark = pytest.mark.k8s
@@ -166,7 +166,8 @@ def test_model_servers_on_the_process_node_serve_on_their_pod_ips(
     )
     ips = {p.status.pod_ip for p in pods}
     assert len(ips) == 2
-    assert all(ipaddress.ip_address(ip) in ipaddress.ip_network(PROCESS_POD_CIDR) for ip in ips)
+    pod_network = ipaddress.ip_network(process_node.pod_cidr)
+    assert all(ipaddress.ip_address(ip) in pod_network for ip in ips)
     assert {p.spec.node_name for p in pods} == {process_node.name}
 
     rows = np.random.default_rng(3).normal(size=(5, len(FEATURES)))
