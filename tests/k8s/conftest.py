@@ -130,8 +130,10 @@ def k8s_cluster(request: pytest.FixtureRequest) -> Iterator[Cluster]:
     work = Path(tempfile.mkdtemp(prefix="pilothouse-k8s-"))
     request.config.stash[_WORK] = work
     started = time.monotonic()
-    plane = start_control_plane(work, binaries)
+    plane: ControlPlane | None = None
+    keep = False
     try:
+        plane = start_control_plane(work, binaries)  # stops what it started if it fails
         start_kwok(plane)
         api = kube_config.new_client_from_config(config_file=str(plane.kubeconfig))
         cluster = Cluster(plane, api, time.monotonic() - started)
@@ -141,12 +143,16 @@ def k8s_cluster(request: pytest.FixtureRequest) -> Iterator[Cluster]:
         )
         yield cluster
         api.close()
+    except BaseException:  # the start failed: keep its logs
+        keep = True
+        raise
     finally:
-        plane.stop()
-        left = [p for p in plane.processes if p.alive()]
-        assert not left, f"still running after teardown: {left}"
-        if request.config.stash.get(_FAILED, False):
-            _summary(request.config, f"k8s testenv: a k8s test failed; logs kept in {work}")
+        if plane is not None:
+            plane.stop()
+            left = [p for p in plane.processes if p.alive()]
+            assert not left, f"still running after teardown: {left}"
+        if keep or request.config.stash.get(_FAILED, False):
+            _summary(request.config, f"k8s testenv: logs kept in {work} (a k8s test failed)")
         else:
             shutil.rmtree(work, ignore_errors=True)
 
