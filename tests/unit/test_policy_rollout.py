@@ -744,6 +744,21 @@ def test_a_resume_with_a_fresh_gate_continues_at_once() -> None:
     assert resumed.state.step == 2
 
 
+def test_promote_ends_an_inconclusive_pause_and_skips_the_step() -> None:
+    """The control API sends promote with resume (and pause=false): the user takes the
+    decision the analysis could not, as `kubectl argo rollouts promote` does."""
+    sim = Sim.serving(canary(analysis=CHECKS), desired=4, gate=PASSING)
+    sim.revision = R2
+    sim.run_until(lambda d: d.state.step == 1)
+    sim.gate = INCONCLUSIVE
+    assert sim.run(5)[-1].state.phase == "Paused"
+    sim.requests = Requests(promote=f"{R2}|step1|9", resume="9")
+    promoted = sim.tick()
+    assert promoted.state.phase == "Progressing"
+    assert promoted.state.step == 2
+    assert promoted.reset_inconclusive
+
+
 def test_a_failed_gate_rolls_back_an_inconclusive_pause() -> None:
     sim = Sim.serving(canary(analysis=CHECKS), desired=4, gate=PASSING)
     sim.revision = R2

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import getpass
+import socket
 from collections.abc import Iterator
 from typing import Any
 
@@ -25,7 +27,9 @@ class Client:
     def __init__(self, url: str, token: str, timeout: float = 30.0) -> None:
         self.url = url
         self._http = httpx.Client(
-            base_url=url, headers={"Authorization": f"Bearer {token}"}, timeout=timeout
+            base_url=url,
+            headers={"Authorization": f"Bearer {token}", "X-Pilothouse-User": self._user()},
+            timeout=timeout,
         )
 
     @classmethod
@@ -86,6 +90,26 @@ class Client:
     def delete(self, plural: str, name: str) -> dict[str, Any]:
         obj: dict[str, Any] = self._check(self._http.delete(self.path(plural, name)))
         return obj
+
+    def rollout_action(self, name: str, action: str, **fields: Any) -> dict[str, Any]:
+        """Act on a ModelDeployment's rollout (promote, abort, pause, resume, retry, undo).
+
+        ``fields`` go into the body beside the action (``full=True``, ``toRevision=3``);
+        the answer is the updated ModelDeployment.
+        """
+        body = {"action": action, **fields}
+        response = self._http.post(self.path("modeldeployments", name, "rollout"), json=body)
+        obj: dict[str, Any] = self._check(response)
+        return obj
+
+    @staticmethod
+    def _user() -> str:
+        """``user@host``: who the server records as having asked (``appliedBy``)."""
+        try:
+            user = getpass.getuser()
+        except (KeyError, OSError):
+            user = "unknown"
+        return f"{user}@{socket.gethostname()}"
 
     def events(self, plural: str, name: str) -> list[dict[str, Any]]:
         items: list[dict[str, Any]] = self._check(

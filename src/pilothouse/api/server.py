@@ -312,8 +312,14 @@ def create_app(
             full = body.get("full", False)
             if not isinstance(full, bool):
                 raise ApiError(400, "BadRequest", f"full: expected true or false, got {full!r}")
-            step = "full" if full else f"step{rollout.get('step')}"
-            store.set_requests(cls.KIND, name, {"promote": f"{canary}|{step}|{nonce}"})
+            raw_step = (status.get("rolloutState") or {}).get("step", rollout.get("step"))
+            step = "full" if full else f"step{raw_step}"
+            # promoting also ends a pause (as `kubectl argo rollouts promote` does)
+            store.set_requests(
+                cls.KIND,
+                name,
+                {"promote": f"{canary}|{step}|{nonce}", "pause": "false", "resume": nonce},
+            )
         elif action == "abort":
             store.set_requests(cls.KIND, name, {"abort": f"{canary}|{nonce}"})
         elif action == "pause":

@@ -481,8 +481,10 @@ def demo(rows: int, timeout: str) -> None:
 
 def main() -> None:
     from pilothouse.cli.models import models
+    from pilothouse.cli.rollout import rollout
 
     cli.add_command(models)
+    cli.add_command(rollout)
     cli(prog_name="pilothouse")
 
 

@@ -7,11 +7,15 @@ from datetime import UTC, datetime
 from typing import Any
 
 import yaml
-from rich.console import Console
+from rich.console import Console, Group
+from rich.padding import Padding
 from rich.table import Table
+from rich.text import Text
 
 console = Console()
 err_console = Console(stderr=True)
+#: revisions ``describe`` lists; ``rollout history`` lists them all
+DESCRIBE_HISTORY = 5
 
 
 def age(timestamp: str | None) -> str:
@@ -109,15 +113,39 @@ def describe(obj: dict[str, Any], events: list[dict[str, Any]]) -> None:
         "  " + yaml.safe_dump(obj.get("spec"), sort_keys=False).rstrip().replace("\n", "\n  "),
         highlight=False,
     )
-    shown = {
-        k: v for k, v in status.items() if k not in ("conditions", "replicaPolicy", "nextStartAt")
-    }
+    # the rollout and its history get their own sections below, from status.rollout;
+    # rolloutState and analysis* are the controller's bookkeeping behind it
+    hidden = (
+        "conditions",
+        "replicaPolicy",
+        "nextStartAt",
+        "rollout",
+        "history",
+        "rolloutState",
+        "analysisState",
+        "analysisRun",
+        "analysisVerdict",
+    )
+    shown = {k: v for k, v in status.items() if k not in hidden}
     if shown:
         console.print("[bold]Status:[/]")
         console.print(
             "  " + yaml.safe_dump(shown, sort_keys=False).rstrip().replace("\n", "\n  "),
             highlight=False,
         )
+    if status.get("rollout"):
+        console.print("[bold]Rollout:[/]")
+        console.print(Padding(rollout_view(status["rollout"], datetime.now(UTC)), (0, 0, 0, 2)))
+    history = status.get("history") or []
+    if history:
+        more = (
+            f" (last {DESCRIBE_HISTORY} of {len(history)})"
+            if len(history) > DESCRIBE_HISTORY
+            else ""
+        )
+        console.print(f"[bold]History:[/]{more}")
+        table = history_table(history[-DESCRIBE_HISTORY:], current_revision(status))
+        console.print(Padding(table, (0, 0, 0, 2)))
     conditions = status.get("conditions") or []
     if conditions:
         table = Table(title=None, box=None, header_style="bold", pad_edge=False)
@@ -149,3 +177,249 @@ def describe(obj: dict[str, Any], events: list[dict[str, Any]]) -> None:
                 style=style,
             )
         console.print(table)
+
+
+# -- rollouts ----------------------------------------------------------------------------
+#
+# Pure functions of a ModelDeployment's ``status.rollout`` / ``status.history`` (and, where
+# a countdown is shown, of ``now``): ``rollout status``, ``rollout history`` and
+# ``describe`` all draw from them, so the three views never disagree.
+
+PHASE_STYLES = {"Healthy": "green", "Progressing": "yellow", "Paused": "cyan", "Degraded": "red"}
+CHECK_STYLES = {"Successful": "green", "Failed": "red", "Error": "red", "Inconclusive": "yellow"}
+VERDICT_STYLES = {"Passing": "green", "Failed": "red", "Inconclusive": "yellow"}
+OUTCOME_STYLES = {"Stable": "green", "Progressing": "yellow", "RolledBack": "red", "Aborted": "red"}
+HISTORY_COLUMNS = ("NUMBER", "REVISION", "MODEL", "OUTCOME", "CREATED", "APPLIED-BY", "CAUSE")
+
+
+def parse_time(timestamp: str | None) -> datetime | None:
+    if not timestamp:
+        return None
+    try:
+        then = datetime.fromisoformat(timestamp)
+    except ValueError:
+        return None
+    return then if then.tzinfo else then.replace(tzinfo=UTC)
+
+
+def span(seconds: float) -> str:
+    """A short duration for humans: ``45s``, ``2m05s``, ``1h30m``."""
+    whole = max(0, round(seconds))
+    if whole < 60:
+        return f"{whole}s"
+    if whole < 3600:
+        return f"{whole // 60}m{whole % 60:02d}s"
+    return f"{whole // 3600}h{whole % 3600 // 60:02d}m"
+
+
+def number(value: float | int | None) -> str:
+    """A measured value: ``-`` when absent, else at most four significant digits."""
+    if value is None:
+        return "-"
+    return f"{value:.4g}"
+
+
+def percent(value: float | int | None) -> str:
+    return "-" if value is None else f"{value:g}%"
+
+
+def check_bound(check: dict[str, Any]) -> str:
+    """The pass band of an analysis check: ``≤ 0.05``, ``≥ 0.95`` or ``≥ 0.9, ≤ 1.1``."""
+    low, high = check.get("min"), check.get("max")
+    parts = ([f"≥ {number(low)}"] if low is not None else []) + (
+        [f"≤ {number(high)}"] if high is not None else []
+    )
+    return ", ".join(parts) or "-"
+
+
+def step_text(rollout: dict[str, Any]) -> str:
+    """``2/5``: the current step counted from 1 (``status.rollout.step`` is its 0-based
+    index), as the controller's messages count; ``-`` when no canary walks its steps."""
+    steps, step = rollout.get("steps"), rollout.get("step")
+    return "-" if steps is None or step is None else f"{step + 1}/{steps}"
+
+
+def revision_text(rollout: dict[str, Any], revision: str | None) -> str:
+    """``3-ab12cd (2/2 ready)``; ``-`` when there is no such revision."""
+    if not revision:
+        return "-"
+    counts = (rollout.get("replicas") or {}).get(revision)
+    if not counts:
+        return revision
+    return f"{revision} ({counts.get('ready', 0)}/{counts.get('desired', 0)} ready)"
+
+
+def phase_text(rollout: dict[str, Any], now: datetime | None) -> str:
+    """The phase, and until when a timed pause holds.
+
+    With ``now`` the pause shows its countdown (``resumes in 25s``); without, the
+    absolute time, so the text only changes when the rollout does.
+    """
+    phase = str(rollout.get("phase") or "Unknown")
+    until = parse_time(rollout.get("pauseUntil"))
+    if until is None:
+        return phase
+    if now is None:
+        return f"{phase} (until {rollout['pauseUntil']})"
+    left = (until - now).total_seconds()
+    # once the time is up, whatever still holds the rollout is in its message
+    return f"{phase} (resumes in {span(left)})" if left > 0 else phase
+
+
+def paused_reason(rollout: dict[str, Any]) -> str | None:
+    """Why the rollout is paused, unless its message says so already."""
+    reason = rollout.get("pausedReason")
+    return str(reason) if reason and reason != rollout.get("message") else None
+
+
+def verdict_text(analysis: dict[str, Any], now: datetime | None) -> str:
+    out = str(analysis.get("verdict") or "-")
+    out += f": {analysis['message']}" if analysis.get("message") else ""
+    last = parse_time(analysis.get("lastRun"))
+    if last is not None and now is not None:
+        out += f" (measured {span((now - last).total_seconds())} ago)"
+    return out
+
+
+def rollout_fields(rollout: dict[str, Any], now: datetime | None) -> list[tuple[str, str]]:
+    """The rollout as label/value pairs, in the order they are shown."""
+    strategy = rollout.get("strategy") or "rolling"
+    fields = [("Strategy", str(strategy)), ("Phase", phase_text(rollout, now))]
+    reason = paused_reason(rollout)
+    if reason:
+        fields.append(("Paused", reason))
+    if strategy == "canary":
+        fields.append(("Step", step_text(rollout)))
+    fields += [
+        ("Weight", f"{percent(rollout.get('weight'))} of live traffic to the new revision"),
+        ("Mirror", f"{percent(rollout.get('mirrorPercent'))} of stable traffic copied to it"),
+        ("Stable", revision_text(rollout, rollout.get("stableRevision"))),
+        ("New", revision_text(rollout, rollout.get("canaryRevision"))),
+    ]
+    if rollout.get("abortedRevision"):
+        fields.append(("Aborted", str(rollout["abortedRevision"])))
+    started = parse_time(rollout.get("startedAt"))
+    if started is not None:
+        when = str(rollout["startedAt"])
+        fields.append(
+            (
+                "Started",
+                when if now is None else f"{when} ({span((now - started).total_seconds())} ago)",
+            )
+        )
+    analysis = rollout.get("analysis") or {}
+    if analysis.get("verdict"):  # none when no new revision is being judged
+        fields.append(("Analysis", verdict_text(analysis, now)))
+    if rollout.get("message"):
+        fields.append(("Message", str(rollout["message"])))
+    return fields
+
+
+def analysis_table(analysis: dict[str, Any] | None) -> Table | None:
+    """One row per check: what it measures, its last value against its band, its tally."""
+    checks = (analysis or {}).get("checks") or []
+    if not checks:
+        return None
+    table = Table(box=None, header_style="bold", pad_edge=False)
+    for column in ("CHECK", "METRIC", "VALUE", "BOUND", "SAMPLES", "PHASE", "SUCCESSFUL", "FAILED"):
+        table.add_column(column, no_wrap=True)
+    table.add_column("MESSAGE")
+    for check in checks:
+        phase = check.get("phase") or "-"
+        table.add_row(
+            str(check.get("name", "-")),
+            str(check.get("metric", "-")),
+            number(check.get("value")),
+            check_bound(check),
+            str(check.get("samples", "-")),
+            Text(phase, style=CHECK_STYLES.get(phase, "")),
+            str(check.get("successful", 0)),
+            str(check.get("failed", 0)),
+            str(check.get("message") or ""),
+        )
+    return table
+
+
+def rollout_view(rollout: dict[str, Any], now: datetime | None) -> Group:
+    """What ``rollout status`` (and ``describe``) shows: the fields, then the checks."""
+    grid = Table.grid(padding=(0, 2))
+    grid.add_column(style="bold", no_wrap=True)
+    grid.add_column()
+    for label, value in rollout_fields(rollout, now):
+        style = ""
+        if label == "Phase":
+            style = PHASE_STYLES.get(str(rollout.get("phase")), "")
+        elif label == "Analysis":
+            style = VERDICT_STYLES.get(str((rollout.get("analysis") or {}).get("verdict")), "")
+        grid.add_row(label + ":", Text(value, style=style))
+    table = analysis_table(rollout.get("analysis"))
+    return Group(grid, table) if table is not None else Group(grid)
+
+
+def rollout_lines(rollout: dict[str, Any]) -> list[str]:
+    """The rollout as plain lines for logs, free of countdowns: each changes only when the
+    rollout does, so a watcher can print just the lines that differ."""
+    head = " ".join(
+        f"{label.lower()}={value}"
+        for label, value in (
+            ("phase", phase_text(rollout, None)),
+            ("strategy", rollout.get("strategy") or "rolling"),
+            ("step", step_text(rollout)),
+            ("weight", percent(rollout.get("weight"))),
+            ("mirror", percent(rollout.get("mirrorPercent"))),
+        )
+    )
+    lines = [head]
+    reason = paused_reason(rollout)
+    if reason:
+        lines.append(f"paused: {reason}")
+    lines.append(
+        f"stable {revision_text(rollout, rollout.get('stableRevision'))}; "
+        f"new {revision_text(rollout, rollout.get('canaryRevision'))}"
+    )
+    analysis = rollout.get("analysis") or {}
+    if analysis.get("verdict"):
+        # the verdict alone: its message repeats the checks' (and may count measurements)
+        lines.append(f"analysis {analysis['verdict']}")
+    for check in analysis.get("checks") or []:
+        lines.append(
+            f"check {check.get('name')}: {check.get('metric')}={number(check.get('value'))} "
+            f"({check_bound(check)}, {check.get('samples', '-')} samples) "
+            f"{check.get('phase') or '-'}, {check.get('successful', 0)} successful, "
+            f"{check.get('failed', 0)} failed"
+            + (f": {check['message']}" if check.get("message") else "")
+        )
+    if rollout.get("message"):
+        lines.append(f"message: {rollout['message']}")
+    return lines
+
+
+def current_revision(status: dict[str, Any]) -> str | None:
+    """The revision that serves: the rollout's stable one, else the one the status names."""
+    rollout = status.get("rollout") or {}
+    if rollout.get("stableRevision"):
+        return str(rollout["stableRevision"])
+    if status.get("revision"):
+        return str(status["revision"])
+    stable = [h for h in status.get("history") or [] if h.get("outcome") == "Stable"]
+    return str(stable[-1]["revision"]) if stable else None
+
+
+def history_table(history: list[dict[str, Any]], current: str | None) -> Table:
+    """Revisions oldest first; ``*`` marks the one serving now."""
+    table = Table(box=None, header_style="bold", pad_edge=False)
+    for column in HISTORY_COLUMNS:
+        table.add_column(column, no_wrap=column in ("NUMBER", "REVISION", "OUTCOME"))
+    for entry in history:
+        mark = "*" if current is not None and entry.get("revision") == current else " "
+        outcome = str(entry.get("outcome") or "-")
+        table.add_row(
+            f"{entry.get('number', '-')}{mark}",
+            str(entry.get("revision") or "-"),
+            str(entry.get("model") or "-"),
+            Text(outcome, style=OUTCOME_STYLES.get(outcome, "")),
+            str(entry.get("createdAt") or "-"),
+            str(entry.get("appliedBy") or "-"),
+            str(entry.get("cause") or "-"),
+        )
+    return table

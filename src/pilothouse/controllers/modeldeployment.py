@@ -112,7 +112,14 @@ async def reconcile(ctx: Context, name: str) -> Result:
     rollout = spec.rollout
     separate = state.canary is not None and rollout.strategy in ("canary", "blueGreen")
     if separate and state.stable is not None and state.canary is not None:
-        # each revision scales on its own traffic share during a canary or blue-green
+        # Each revision scales on its own traffic share during a canary or blue-green;
+        # the stable one never below what it ran when the rollout began, so a rollback
+        # finds it able to take all traffic back at once.
+        floor = status.get("rolloutStableFloor")
+        if not isinstance(floor, int):
+            floor = status["rolloutStableFloor"] = max(
+                spec.replicas.min, counts.get(state.stable, RevisionCounts()).alive
+            )
         desired = await desired_replicas(
             ctx,
             name,
@@ -121,6 +128,7 @@ async def reconcile(ctx: Context, name: str) -> Result:
             status,
             now,
             revisions={state.stable},
+            min_replicas=min(floor, spec.replicas.max),
         )
         canary_desired: int | None = None
         if spec.autoscaling is not None:
@@ -140,6 +148,7 @@ async def reconcile(ctx: Context, name: str) -> Result:
         desired = await desired_replicas(ctx, name, spec, serving, status, now)
         canary_desired = None
         status.pop("canaryAutoscaler", None)
+        status.pop("rolloutStableFloor", None)
 
     # Judge the new revision every interval while it takes (live or mirrored) traffic.
     analysis_state = AnalysisState.from_dict(status.get("analysisState") or {})

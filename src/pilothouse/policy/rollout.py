@@ -370,6 +370,9 @@ def _progress(
         )
     elif not inconclusive:
         state = replace(state, phase="Progressing", paused_reason=None)
+    if step_promote and not requests.pause and state.phase == "Paused":
+        # promote ends a pause for lack of data: the user takes the decision
+        state = replace(state, phase="Progressing", paused_reason=None)
     held = state.phase == "Paused"
     if spec.strategy == "blueGreen":
         return _blue_green(spec, state, desired, observed, gate, step_promote, held, now)
