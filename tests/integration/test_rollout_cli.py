@@ -133,7 +133,7 @@ def _history_rows(p: Platform) -> list[list[str]]:
         "REVISION",
         "MODEL",
         "OUTCOME",
-        "CREATED",
+        "AGE",
         "APPLIED-BY",
         "CAUSE",
     ]

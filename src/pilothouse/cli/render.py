@@ -189,7 +189,7 @@ PHASE_STYLES = {"Healthy": "green", "Progressing": "yellow", "Paused": "cyan", "
 CHECK_STYLES = {"Successful": "green", "Failed": "red", "Error": "red", "Inconclusive": "yellow"}
 VERDICT_STYLES = {"Passing": "green", "Failed": "red", "Inconclusive": "yellow"}
 OUTCOME_STYLES = {"Stable": "green", "Progressing": "yellow", "RolledBack": "red", "Aborted": "red"}
-HISTORY_COLUMNS = ("NUMBER", "REVISION", "MODEL", "OUTCOME", "CREATED", "APPLIED-BY", "CAUSE")
+HISTORY_COLUMNS = ("NUMBER", "REVISION", "MODEL", "OUTCOME", "AGE", "APPLIED-BY", "CAUSE")
 
 
 def parse_time(timestamp: str | None) -> datetime | None:
@@ -409,7 +409,11 @@ def history_table(history: list[dict[str, Any]], current: str | None) -> Table:
     """Revisions oldest first; ``*`` marks the one serving now."""
     table = Table(box=None, header_style="bold", pad_edge=False)
     for column in HISTORY_COLUMNS:
-        table.add_column(column, no_wrap=column in ("NUMBER", "REVISION", "OUTCOME"))
+        table.add_column(
+            column,
+            no_wrap=column in ("NUMBER", "REVISION", "MODEL", "OUTCOME", "AGE"),
+            overflow="fold",
+        )
     for entry in history:
         mark = "*" if current is not None and entry.get("revision") == current else " "
         outcome = str(entry.get("outcome") or "-")
@@ -418,7 +422,7 @@ def history_table(history: list[dict[str, Any]], current: str | None) -> Table:
             str(entry.get("revision") or "-"),
             str(entry.get("model") or "-"),
             Text(outcome, style=OUTCOME_STYLES.get(outcome, "")),
-            str(entry.get("createdAt") or "-"),
+            age(entry.get("createdAt")) if entry.get("createdAt") else "-",
             str(entry.get("appliedBy") or "-"),
             str(entry.get("cause") or "-"),
         )
