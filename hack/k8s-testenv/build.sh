@@ -131,7 +131,8 @@ check_module_versions() {
 build() {
   need_go
   check_module_versions
-  local out="$CACHE_ROOT/$KEY/.build.$$" start=$SECONDS
+  local start=$SECONDS
+  out="$CACHE_ROOT/$KEY/.build.$$"  # global: the EXIT trap removes it if the build fails
   rm -rf "$out" && mkdir -p "$out"
   trap 'rm -rf "$out"' EXIT
 
