@@ -11,6 +11,7 @@ from pilothouse.policy.replicas import (
     ObservedReplica,
     ReplicaPolicyState,
     plan_replicas,
+    plan_revisions,
 )
 
 FRESH = ReplicaPolicyState()
@@ -281,3 +282,19 @@ def test_many_kills_of_serving_replicas_never_build_up_back_off() -> None:
         assert plan.start == 1, f"kill {i}: replaced at once"
         state = plan.state
     assert state.failures == 0
+
+
+def test_a_crash_looping_revision_does_not_hold_back_another() -> None:
+    """The new revision crash-loops; the stable one must still grow (a rollback, or the
+    autoscaler): the back-off holds only the revision that crashes."""
+    state = ReplicaPolicyState()
+    for n in range(5):
+        crashed = rep(f"new{n}", "v2", ready=False, exited=True, started_at=n, exited_at=n + 0.5)
+        plan = plan_revisions({"v1": 2, "v2": 1}, [rep("a"), rep("b"), crashed], state, now=n + 1)
+        state = plan.state
+    assert state.revision == "v2"
+    assert state.failures == 5
+    assert plan.starts == {}  # v2 waits for its back-off
+    grown = plan_revisions({"v1": 4, "v2": 1}, [rep("a"), rep("b")], state, now=6.0)
+    assert grown.starts == {"v1": 2}
+    assert "back-off" in grown.reason

@@ -219,7 +219,10 @@ def check_decision(decision: RolloutDecision) -> None:
         assert decision.mirror_revision in decision.targets
     if decision.state.phase == "Degraded":
         assert decision.state.canary is None
-        assert decision.state.aborted not in decision.targets
+        if decision.state.aborted in decision.targets:
+            # only a rolling rollback keeps the failed replicas, and only until the
+            # stable revision serves again; they get no weight of their own
+            assert not decision.weights, decision
 
 
 def reasons(events: list[tuple[str, str, str]]) -> list[str]:
@@ -376,16 +379,16 @@ def test_pause_without_duration_waits_for_a_promote_of_that_step() -> None:
     assert all(d.state.step == 1 and d.weights == {R1: 80.0, R2: 20.0} for d in held)
     assert held[-1].state.message == "paused at step 2/3 until promoted"
     assert held[-1].state.pause_until is None
-    # a promote of another step or another revision does nothing
-    for stale in (f"{R2}|step0|1", f"{R3}|step1|2", f"{R2}|step2|3"):
+    # a promote of another revision does nothing
+    for stale in (f"{R3}|next|1", f"{R1}|next|2"):
         sim.requests = Requests(promote=stale)
         assert sim.tick().state.step == 1
         assert sim.state.seen_promote == stale
-    sim.requests = Requests(promote=f"{R2}|step1|4")
+    sim.requests = Requests(promote=f"{R2}|next|4")
     moved = sim.tick()
     assert moved.state.step == 2
     assert moved.targets[R2] == 5
-    assert moved.state.seen_promote == f"{R2}|step1|4"
+    assert moved.state.seen_promote == f"{R2}|next|4"
     promoted = sim.run_until(lambda d: d.state.canary is None, limit=10)
     assert promoted.state.stable == R2
 
@@ -1101,8 +1104,20 @@ def test_rollout_invariants(
             # its full size; for rolling only before the roll and after a rollback
             assert decision.targets.get(state.stable or "", 0) >= desired, decision
         if state.phase == "Degraded":
-            assert R2 not in decision.targets
-            assert decision.weights == {R1: 100.0}
+            if strategy == "rolling" and R2 in decision.targets:
+                # a rolling rollback keeps failed replicas only while the stable
+                # revision is short of desired - maxUnavailable ready replicas
+                unavailable = resolve_surge(
+                    spec.rolling.max_unavailable,  # type: ignore[union-attr]
+                    desired,
+                    round_up=False,
+                )
+                observed = sim.ticks[-1].observed.get(R1, RevisionCounts()).ready
+                assert observed < desired - unavailable, decision
+                assert not decision.weights
+            else:
+                assert R2 not in decision.targets
+                assert decision.weights == {R1: 100.0}
         if strategy == "rolling" and state.canary == R2 and before.canary == R2:
             max_surge = resolve_surge(spec.rolling.max_surge, desired, round_up=True)  # type: ignore[union-attr]
             max_unavailable = resolve_surge(

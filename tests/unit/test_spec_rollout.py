@@ -787,6 +787,7 @@ def test_schema_has_the_rollout_without_refs() -> None:
         "blueGreen",
         "analysis",
         "revisionHistoryLimit",
+        "progressDeadline",
     }
     assert set(props["strategy"]["enum"]) == {"rolling", "canary", "blueGreen"}
     assert rollout["additionalProperties"] is False

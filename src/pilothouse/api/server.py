@@ -312,8 +312,7 @@ def create_app(
             full = body.get("full", False)
             if not isinstance(full, bool):
                 raise ApiError(400, "BadRequest", f"full: expected true or false, got {full!r}")
-            raw_step = (status.get("rolloutState") or {}).get("step", rollout.get("step"))
-            step = "full" if full else f"step{raw_step}"
+            step = "full" if full else "next"
             # promoting also ends a pause (as `kubectl argo rollouts promote` does)
             store.set_requests(
                 cls.KIND,
@@ -349,7 +348,12 @@ def create_app(
             )
         current = (obj.get("status") or {}).get("rollout", {}).get("desiredRevision")
         if to_revision is None:
-            earlier = [h for h in history if h.get("revision") != current]
+            earlier = [
+                h
+                for h in history
+                if h.get("revision") != current
+                and h.get("outcome") not in ("RolledBack", "Aborted")
+            ]
             if not earlier:
                 raise ApiError(
                     409, "Conflict", f"modeldeployment '{name}' has no earlier revision to undo to"

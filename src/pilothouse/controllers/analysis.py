@@ -62,6 +62,32 @@ def _server_value(texts: list[str], metric: str) -> float | None:
     return total if found else None
 
 
+async def _server_values(
+    ctx: Context, name: str, analysis: Analysis, canary: str
+) -> dict[str, float | None]:
+    wanted = [c.metric for c in analysis.checks if c.metric.startswith(SERVER_METRIC_PREFIX)]
+    if not wanted:
+        return {}
+    texts = await ctx.runtime.scrape(name, canary)
+    return {
+        metric: _server_value(texts, metric[len(SERVER_METRIC_PREFIX) :]) if texts else None
+        for metric in wanted
+    }
+
+
+async def baseline_server_metrics(
+    ctx: Context, name: str, analysis: Analysis, canary: str, now: float, meta: dict[str, Any]
+) -> None:
+    """Read the counters once when the analysis window opens, so the first measurement
+    already has an increase to report."""
+    values = await _server_values(ctx, name, analysis, canary)
+    meta["server"] = {
+        metric[len(SERVER_METRIC_PREFIX) :]: [value, now]
+        for metric, value in values.items()
+        if value is not None
+    }
+
+
 async def run_analysis(
     ctx: Context,
     name: str,
@@ -77,7 +103,7 @@ async def run_analysis(
     responses = await ctx.runtime.responses(name, since=since)
     pairs: list[tuple[Rows, Rows]] = []
     pair_errors = 0
-    for m in responses.mirrors:
+    for m in responses.mirrors[-SCORED_RESPONSES:]:
         if {m.primary_revision, m.mirror_revision} != {stable, canary}:
             continue
         if not (200 <= m.primary_status < 300 and 200 <= m.mirror_status < 300):
@@ -98,13 +124,11 @@ async def run_analysis(
         if rows is not None:
             scores[sample.revision].extend(_scores(rows))
     server: dict[str, float | None] = {}
-    wanted = [c.metric for c in analysis.checks if c.metric.startswith(SERVER_METRIC_PREFIX)]
-    if wanted:
-        texts = await ctx.runtime.scrape(name, canary)
+    read = await _server_values(ctx, name, analysis, canary)
+    if read:
         baselines: dict[str, Any] = dict(meta.get("server") or {})
-        for check_metric in wanted:
+        for check_metric, value in read.items():
             metric = check_metric[len(SERVER_METRIC_PREFIX) :]
-            value = _server_value(texts, metric) if texts else None
             if value is not None and metric.endswith(COUNTER_SUFFIXES):
                 # counters: their increase per second over the interval
                 previous = baselines.get(metric)

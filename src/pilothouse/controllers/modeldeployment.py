@@ -16,7 +16,7 @@ import json
 from dataclasses import asdict, replace
 from typing import Any
 
-from pilothouse.controllers.analysis import run_analysis
+from pilothouse.controllers.analysis import baseline_server_metrics, run_analysis
 from pilothouse.controllers.base import Context, Result, set_condition, timestamp
 from pilothouse.controllers.history import History
 from pilothouse.controllers.scaling import desired_replicas
@@ -31,11 +31,16 @@ from pilothouse.store.sqlite import NotFound
 KIND = "ModelDeployment"
 
 
-def revision_of(model_version: int, template: ReplicaSpec) -> str:
-    """The model version plus a digest of everything a replica is started with, so any
-    change (another model, batching, probes) rolls the replicas, and nothing else does."""
-    fields = asdict(template)
+def revision_of(
+    model_version: int, template: ReplicaSpec, extra: dict[str, Any] | None = None
+) -> str:
+    """The model version plus a digest of everything a replica is started with (and of
+    ``extra``: the spec's runtime and resources), so any change (another model, batching,
+    probes, resources) rolls the replicas, and nothing else does."""
+    fields: dict[str, Any] = asdict(template)
     fields.pop("revision")
+    if extra:
+        fields["extra"] = extra
     digest = hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:6]
     return f"{model_version}-{digest}"
 
@@ -94,7 +99,14 @@ async def reconcile(ctx: Context, name: str) -> Result:
         max_batch_size=spec.batching.max_batch_size,
         max_batch_delay=spec.batching.max_delay,
     )
-    revision = revision_of(version.version, template)
+    revision = revision_of(
+        version.version,
+        template,
+        {
+            "runtime": spec.runtime,
+            "resources": spec.resources.model_dump(mode="json", by_alias=True),
+        },
+    )
     requests = ctx.store.requests(KIND, name)
     history = History(status.get("history") or [])
     history.record(
@@ -167,6 +179,9 @@ async def reconcile(ctx: Context, name: str) -> Result:
             analysis_state = AnalysisState()
         if canary_ready and analysis_meta.get("since") is None:
             analysis_meta["since"] = now  # the first window starts when the canary serves
+            await baseline_server_metrics(
+                ctx, name, rollout.analysis, state.canary, now, analysis_meta
+            )
         since = analysis_meta.get("since")
         if since is not None and now >= since + rollout.analysis.interval:
             assert state.stable is not None
@@ -205,6 +220,8 @@ async def reconcile(ctx: Context, name: str) -> Result:
     for rev, outcome in decision.outcomes.items():
         history.set_outcome(rev, outcome)
     state = decision.state
+    if state.canary is None:
+        status.pop("rolloutStableFloor", None)
     if state.canary is None and "canaryAutoscaler" in status:
         if decision.outcomes.get(revision) == "Stable" and spec.autoscaling is not None:
             status["autoscaler"] = status["canaryAutoscaler"]  # the promoted revision's state
@@ -291,6 +308,7 @@ async def reconcile(ctx: Context, name: str) -> Result:
             "replicaPolicy": {
                 "failures": plan.state.failures,
                 "next_start_at": plan.state.next_start_at,
+                "revision": plan.state.revision,
             },
             "replicaStatuses": [
                 {

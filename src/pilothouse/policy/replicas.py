@@ -33,6 +33,8 @@ class ReplicaPolicyState:
 
     failures: int = 0
     next_start_at: float = 0.0
+    #: the revision whose replicas crash-loop (the back-off holds only its starts)
+    revision: str = ""
 
 
 @dataclass(frozen=True)
@@ -93,6 +95,7 @@ def plan_revisions(
     stop: list[str] = []
     failures = state.failures
     next_start_at = state.next_start_at
+    looping = state.revision
     for replica in (r for r in observed if r.exited):
         stop.append(replica.id)
         if replica.ever_ready:
@@ -103,6 +106,9 @@ def plan_revisions(
             next_start_at = min(next_start_at, now)
             continue
         exited_at = replica.exited_at if replica.exited_at is not None else now
+        if looping and replica.version != looping:
+            failures, next_start_at = 0, 0.0  # another revision's crashes start afresh
+        looping = replica.version
         failures = failures_after_exit(failures, exited_at - replica.started_at, params)
         next_start_at = max(next_start_at, now + restart_delay(failures, params))
     # The crash count is not reset by readiness: a replica that crashes soon after
@@ -128,18 +134,20 @@ def plan_revisions(
     stop.extend(r.id for r in alive if targets.get(r.version, 0) == 0 and r.id not in stop)
     reason = ""
     if missing_total and now < next_start_at:
-        starts = {}
-        reason = f"back-off restarting crashed replicas ({next_start_at - now:.1f}s left)"
+        held = {r: n for r, n in starts.items() if not looping or r == looping}
+        if held:
+            starts = {r: n for r, n in starts.items() if r not in held}
+            reason = f"back-off restarting crashed replicas ({next_start_at - now:.1f}s left)"
     converged = not stop and not missing_total and ready_total == wanted_total
     if not reason:
         reason = "converged" if converged else f"{ready_total}/{wanted_total} ready"
     # keep watching during a back-off (another replica may die meanwhile), at most 1 s apart
-    waiting = missing_total and not starts
+    waiting = missing_total and now < next_start_at and bool(reason)
     requeue = min(1.0, max(0.2, next_start_at - now)) if waiting else 1.0
     return ReplicaPlan(
         start=sum(starts.values()),
         stop=stop,
-        state=ReplicaPolicyState(failures=failures, next_start_at=next_start_at),
+        state=ReplicaPolicyState(failures=failures, next_start_at=next_start_at, revision=looping),
         reason=reason,
         converged=converged,
         requeue_after=5.0 if converged else requeue,

@@ -214,7 +214,7 @@ def plan_rollout(
             message=state.message
             or f"revision {desired_revision} was rolled back; apply a change or retry",
         )
-        return done(RolloutDecision(state, {stable: desired}, weights={stable: 100.0}))
+        return done(_rollback_targets(spec, state, stable, desired_revision, desired, observed))
 
     # A new revision (or another one than the rollout in progress): start over.
     if state.canary != desired_revision:
@@ -247,16 +247,38 @@ def plan_rollout(
         )
 
     canary = state.canary
+    if requests.promote and requests.promote != state.seen_promote:
+        revision, _, rest = requests.promote.partition("|")
+        if revision == canary and rest.partition("|")[0] == "full" and not state.promote_full:
+            # promote --full skips the steps and the analysis (a failing one included)
+            state = replace(state, promote_full=True, seen_promote=requests.promote)
+            events.append(("Normal", "RolloutPromotedByUser", "promoted fully by the user"))
     if requests.abort and requests.abort != state.seen_abort:
         state = replace(state, seen_abort=requests.abort)
         if requests.abort.split("|")[0] == canary:
-            return done(_rollback(state, desired, "aborted by the user", "Aborted"))
-    if gate is not None and gate.verdict == "Failed":
-        return done(_rollback(state, desired, f"analysis failed: {gate.message}", "RolledBack"))
+            return done(_rollback(spec, state, desired, observed, "aborted by the user", "Aborted"))
+    if gate is not None and gate.verdict == "Failed" and not state.promote_full:
+        return done(
+            _rollback(
+                spec, state, desired, observed, f"analysis failed: {gate.message}", "RolledBack"
+            )
+        )
+    started = state.started_at if state.started_at is not None else now
+    canary_ready = observed.get(canary, RevisionCounts()).ready
+    if canary_ready == 0 and now - started > spec.progress_deadline and state.weight == 0:
+        why = f"revision {canary} had no ready replica within {spec.progress_deadline:g}s"
+        return done(_rollback(spec, state, desired, observed, why, "RolledBack"))
     return done(_progress(spec, state, desired, observed, gate, requests, now, canary_desired))
 
 
-def _rollback(state: RolloutState, desired: int, why: str, outcome: str) -> RolloutDecision:
+def _rollback(
+    spec: Rollout,
+    state: RolloutState,
+    desired: int,
+    observed: dict[str, RevisionCounts],
+    why: str,
+    outcome: str,
+) -> RolloutDecision:
     assert state.stable is not None
     assert state.canary is not None
     message = f"rolled back revision {state.canary} to {state.stable}: {why}"
@@ -268,30 +290,66 @@ def _rollback(state: RolloutState, desired: int, why: str, outcome: str) -> Roll
         aborted=state.canary,
         pause_until=None,
         paused_reason=None,
+        promote_full=False,
         message=message,
     )
-    return RolloutDecision(
-        new_state,
-        {state.stable: desired},
-        weights={state.stable: 100.0},
+    decision = _rollback_targets(spec, new_state, state.stable, state.canary, desired, observed)
+    return replace(
+        decision,
         events=[("Warning", "RolledBack", message)],
         outcomes={state.canary: outcome},
         requeue_after=0.5,
     )
 
 
-def _promote(state: RolloutState, desired: int, canary_desired: int | None) -> RolloutDecision:
-    assert state.stable is not None
-    assert state.canary is not None
-    size = canary_desired if canary_desired is not None else desired
-    message = f"revision {state.canary} promoted; it is now the stable revision"
-    new_state = _fresh(state, stable=state.canary, phase="Healthy", message=message)
+def _rollback_targets(
+    spec: Rollout,
+    state: RolloutState,
+    stable: str,
+    failed: str,
+    desired: int,
+    observed: dict[str, RevisionCounts],
+) -> RolloutDecision:
+    """After a rollback: all traffic to the stable revision. A rolling update had already
+    scaled it down, so there the failed revision's replicas keep serving (traffic spread
+    over every ready replica) until the stable one is back to what may be unavailable."""
+    if spec.strategy == "rolling" and spec.rolling is not None:
+        unavailable = resolve_surge(spec.rolling.max_unavailable, desired, round_up=False)
+        stable_ready = observed.get(stable, RevisionCounts()).ready
+        failed_alive = observed.get(failed, RevisionCounts()).alive
+        if stable_ready < desired - unavailable and failed_alive:
+            keep = min(failed_alive, max(0, desired - stable_ready))
+            return RolloutDecision(state, {stable: desired, failed: keep}, requeue_after=0.5)
+    return RolloutDecision(state, {stable: desired}, weights={stable: 100.0})
+
+
+def _promote(
+    state: RolloutState,
+    desired: int,
+    canary_desired: int | None,
+    observed: dict[str, RevisionCounts],
+) -> RolloutDecision:
+    """Make the canary the stable revision — once it has the replicas to carry all
+    traffic; until then both run and the traffic split stays as it is."""
+    stable, canary = state.stable, state.canary
+    assert stable is not None
+    assert canary is not None
+    size = max(canary_desired if canary_desired is not None else desired, desired)
+    ready = observed.get(canary, RevisionCounts()).ready
+    if ready < size and desired > 0:
+        message = f"promoting: waiting for revision {canary} ({ready}/{size} ready)"
+        weights = {stable: 100.0 - state.weight, canary: state.weight} if ready else {stable: 100.0}
+        return RolloutDecision(
+            replace(state, message=message), {stable: desired, canary: size}, weights=weights
+        )
+    message = f"revision {canary} promoted; it is now the stable revision"
+    new_state = _fresh(state, stable=canary, phase="Healthy", message=message)
     return RolloutDecision(
         new_state,
-        {state.canary: max(size, desired)},
-        weights={state.canary: 100.0},
+        {canary: size},
+        weights={canary: 100.0},
         events=[("Normal", "RolloutPromoted", message)],
-        outcomes={state.canary: "Stable", state.stable: "Superseded"},
+        outcomes={canary: "Stable", stable: "Superseded"},
         requeue_after=0.5,
     )
 
@@ -307,16 +365,15 @@ def _waiting_message(gate: Gate | None) -> str:
 
 
 def _promote_request(requests: Requests, state: RolloutState) -> tuple[bool, bool, str]:
-    """(promote this step?, promote fully?, the request seen) for a new promote request."""
+    """(skip the current wait?, promote fully?, the request seen) for a new promote request
+    ("REVISION|next|nonce" or "REVISION|full|nonce"; each nonce acts once)."""
     if not requests.promote or requests.promote == state.seen_promote:
         return False, False, state.seen_promote
     revision, _, rest = requests.promote.partition("|")
-    step = rest.partition("|")[0]
     if revision != state.canary:
         return False, False, requests.promote
-    if step == "full":
-        return True, True, requests.promote
-    return step == f"step{state.step}", False, requests.promote
+    kind = rest.partition("|")[0]
+    return True, kind == "full", requests.promote
 
 
 def _progress(
@@ -338,24 +395,9 @@ def _progress(
         state = replace(state, promote_full=True)
         events.append(("Normal", "RolloutPromotedByUser", "promoted fully by the user"))
     if state.promote_full:
-        # skip the remaining steps and the analysis, but never drop the stable revision
-        # before the canary can carry the traffic
-        stable, canary = state.stable, state.canary
-        assert stable is not None
-        assert canary is not None
-        size = max(canary_desired if canary_desired is not None else desired, 1)
-        ready = observed.get(canary, RevisionCounts()).ready
-        if ready >= size or desired == 0:
-            decision = _promote(state, desired, canary_desired)
-        else:
-            message = f"promoting fully: waiting for revision {canary} ({ready}/{size})"
-            decision = RolloutDecision(
-                replace(state, message=message),
-                {stable: desired, canary: size},
-                weights={stable: 100.0 - state.weight, canary: state.weight}
-                if ready
-                else {stable: 100.0},
-            )
+        # skip the remaining steps and the analysis; _promote still waits for the canary
+        # to have its replicas before the stable revision goes
+        decision = _promote(state, desired, canary_desired, observed)
         return replace(decision, events=events + decision.events)
     inconclusive = gate is not None and gate.verdict == "Inconclusive"
     if requests.pause:
@@ -406,9 +448,8 @@ def _canary(
         if step.set_weight is not None:
             weight = float(step.set_weight)
             needed = _sized(desired, weight, canary_desired)
-            required = 1 if canary_desired is not None else needed
             sizing_weight = max(state.weight, weight)
-            if weight > 0 and canary_ready < required:
+            if weight > 0 and canary_ready < needed:
                 # the canary gets its new share only once it has the replicas for it
                 message = f"waiting for revision {canary} to be ready ({canary_ready}/{needed})"
                 break
@@ -433,7 +474,7 @@ def _canary(
         state = _next_step(state, now)
     if not held and state.step >= len(steps):
         if _gate_open(gate) or step_promote:
-            return _promote(state, desired, canary_desired)
+            return _promote(state, desired, canary_desired, observed)
         message = _waiting_message(gate)
     if held:
         message = state.paused_reason or "paused"
@@ -457,9 +498,9 @@ def _canary(
 
 
 def _sized(desired: int, weight: float, canary_desired: int | None) -> int:
-    if canary_desired is not None:
-        return max(1, canary_desired)
-    return _canary_size(desired, weight)
+    """The canary's replicas for a traffic share: that share of the stable revision's count
+    (what the traffic it takes over needed there), or what its own autoscaler asks, if more."""
+    return max(_canary_size(desired, weight), canary_desired or 0)
 
 
 def _next_step(state: RolloutState, now: float) -> RolloutState:
@@ -532,16 +573,18 @@ def _blue_green(
             mirror_percent=mirror,
             analyse=canary_ready > 0,
         )
-    # switched: the old revision waits scaleDownDelay, ready to take traffic back
+    # switched: the old revision waits scaleDownDelay, ready to take traffic back — and
+    # takes it back at once while the new one has no ready replica
+    live = {canary: 100.0} if canary_ready else {stable: 100.0}
     switched_at = state.switched_at
     if not held and now >= switched_at + settings.scale_down_delay and _gate_open(gate):
-        return _promote(state, desired, None)
+        return _promote(state, desired, None, observed)
     if held:
         state = replace(state, message=state.paused_reason or "paused")
         return RolloutDecision(
             state,
             targets,
-            weights={canary: 100.0},
+            weights=live,
             mirror_revision=stable if mirror > 0 else None,
             mirror_percent=mirror,
             analyse=True,
@@ -551,7 +594,7 @@ def _blue_green(
     return RolloutDecision(
         state,
         targets,
-        weights={canary: 100.0},
+        weights=live,
         mirror_revision=stable if mirror > 0 else None,
         mirror_percent=mirror,
         analyse=True,
@@ -586,7 +629,7 @@ def _rolling(
         new_target = min(new_target, max(new_ready, 1))
     state = replace(state, old_target=old_target, weight=100.0 * new_ready / max(1, desired))
     if not held and old_target == 0 and new_ready >= desired:
-        return _promote(state, desired, None)
+        return _promote(state, desired, None, observed)
     message = state.paused_reason if held else f"{new_ready}/{desired} replicas of {canary} ready"
     if not held and old_target == 1 and new_ready >= desired and gate is not None:
         message = _waiting_message(gate)

@@ -153,3 +153,7 @@ class RevisionMeter:
         for registry_metric in (INFLIGHT, LATENCY):
             with contextlib.suppress(KeyError):
                 registry_metric.remove(self.deployment, self.revision)
+        for code in self._codes:
+            with contextlib.suppress(KeyError):
+                REQUESTS.remove(self.deployment, self.revision, str(code))
+        self._codes.clear()

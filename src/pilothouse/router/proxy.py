@@ -122,6 +122,8 @@ class Route:
         self.mirrors: deque[MirrorRecord] = deque(maxlen=2000)
         #: revision -> recent (time, body) of live 2xx responses (mirrored ones excluded)
         self.samples: dict[str, deque[tuple[float, bytes]]] = {}
+        #: revision -> when it was last seen live (replicas, weight or mirror)
+        self._gone: dict[str, float] = {}
         self._on_activate = on_activate
         self._waiters: deque[_Waiter] = deque()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -479,6 +481,28 @@ class Route:
     def close_buckets(self, now: float) -> None:
         for meter in self.meters.values():
             meter.close_bucket(now)
+        self._forget_gone(now)
+
+    def _forget_gone(self, now: float) -> None:
+        """Drop the meters and samples of revisions that left (no replica, no weight, not
+        mirrored) once their history window has passed: rollouts add revisions for ever."""
+        live = {u.backend.revision for u in self.upstreams.values()}
+        live |= set(self.policy.weights)
+        if self.policy.mirror_revision:
+            live.add(self.policy.mirror_revision)
+        for revision in set(self.meters) | set(self.samples):
+            if revision in live:
+                self._gone.pop(revision, None)
+                continue
+            since = self._gone.setdefault(revision, now)
+            meter = self.meters.get(revision)
+            if now - since < RevisionMeter.HISTORY or (meter is not None and meter.inflight):
+                continue
+            if meter is not None:
+                meter.forget()
+                del self.meters[revision]
+            self.samples.pop(revision, None)
+            self._gone.pop(revision, None)
 
     def buckets(self, since: float = 0.0) -> dict[str, list[Bucket]]:
         return {rev: [b for b in m.buckets if b.end > since] for rev, m in self.meters.items()}

@@ -466,9 +466,16 @@ class Rollout(SpecModel):
     blue_green: BlueGreenStrategy | None = None
     analysis: Analysis = Field(default_factory=Analysis)
     revision_history_limit: int = Field(default=10, ge=1, le=100)
+    progress_deadline: Duration = Field(
+        default=600.0,
+        description="Roll back a new revision that has no ready replica this long after "
+        "its rollout began",
+    )
 
     @model_validator(mode="after")
     def _one_strategy(self) -> Rollout:
+        if not 10.0 <= self.progress_deadline <= 86400.0:
+            raise ValueError("progressDeadline must be between 10s and 24h")
         for name, block in (
             ("rolling", self.rolling),
             ("canary", self.canary),
