@@ -72,7 +72,7 @@ def test_error_rate_over_the_bound_fails_with_a_message_naming_everything() -> N
 
 
 def test_error_rate_with_too_few_requests_is_inconclusive() -> None:
-    m = measure(check("errorRate", max=0.05), traffic(19, 19), min_samples=20)
+    m = measure(check("errorRate", max=0.05), traffic(19, 1), min_samples=20)
     assert m == Measurement("Inconclusive", None, 19, "errorRate: 19 requests, need 20")
     assert measure(check("errorRate", max=0.05), traffic(20, 0), 20).phase == "Successful"
     assert measure(check("errorRate", max=0.05), traffic(0), 1).phase == "Inconclusive"
@@ -559,3 +559,17 @@ def test_predictions_from_body_never_raises_on_bytes(raw: bytes) -> None:
 def test_predictions_from_body_never_raises_on_json(doc: object) -> None:
     result = predictions_from_body(json.dumps(doc).encode())
     assert result is None or _is_rows(result)
+
+
+def test_error_rate_fails_early_when_the_errors_alone_exceed_the_limit() -> None:
+    """A revision failing everything is ejected by the router and gets few requests: 13
+    errors out of 13 already exceed 5 % of the 25 needed, whatever the rest would be."""
+    check = AnalysisCheck(name="errors", metric="errorRate", max=0.05)
+    failing = Observation(canary=RevisionTraffic(requests=13, errors=13), stable=RevisionTraffic())
+    m = measure(check, failing, min_samples=25)
+    assert m.phase == "Failed"
+    assert m.value == 1.0
+    assert "13 errors" in m.message
+    # one error among few requests is not conclusive yet (1/25 = 0.04 <= 0.05)
+    one = Observation(canary=RevisionTraffic(requests=3, errors=1), stable=RevisionTraffic())
+    assert measure(check, one, min_samples=25).phase == "Inconclusive"

@@ -221,8 +221,8 @@ def check_decision(decision: RolloutDecision) -> None:
         assert decision.state.canary is None
         if decision.state.aborted in decision.targets:
             # only a rolling rollback keeps the failed replicas, and only until the
-            # stable revision serves again; they get no weight of their own
-            assert not decision.weights, decision
+            # stable revision serves again; never with a weight of their own
+            assert decision.state.aborted not in decision.weights, decision
 
 
 def reasons(events: list[tuple[str, str, str]]) -> list[str]:
@@ -1114,7 +1114,8 @@ def test_rollout_invariants(
                 )
                 observed = sim.ticks[-1].observed.get(R1, RevisionCounts()).ready
                 assert observed < desired - unavailable, decision
-                assert not decision.weights
+                # live traffic only to the stable revision while it has a ready replica
+                assert decision.weights == ({R1: 100.0} if observed else {}), decision
             else:
                 assert R2 not in decision.targets
                 assert decision.weights == {R1: 100.0}

@@ -406,6 +406,7 @@ def _public_rollout(
         checks = []  # the last rollout's measurements no longer describe anything running
     verdict = status.get("analysisVerdict") or {}
     run = status.get("analysisRun") or {}
+    judged = state.canary is not None or state.phase == "Degraded"
     return {
         "strategy": rollout.strategy,
         "phase": state.phase,
@@ -432,8 +433,8 @@ def _public_rollout(
             for rev in sorted(set(decision.targets) | set(counts))
         },
         "analysis": {
-            "verdict": verdict.get("phase") if state.canary is not None else None,
-            "message": verdict.get("message", "") if state.canary is not None else "",
+            "verdict": verdict.get("phase") if judged else None,
+            "message": verdict.get("message", "") if judged else "",
             "lastRun": run.get("lastRun"),
             "checks": checks,
         },

@@ -408,6 +408,24 @@ def measure(check: AnalysisCheck, obs: Observation, min_samples: int) -> Measure
     value, samples, unit = raw
     need = 1 if metric.startswith(SERVER_METRIC_PREFIX) else max(min_samples, 1)
     count = _plural(samples, unit)
+    if (
+        metric == "errorRate"
+        and value is not None
+        and samples < need
+        and check.max is not None
+        and obs.canary.errors / need > check.max
+    ):
+        # Conclusive early: these errors alone exceed the limit even if every request
+        # still missing from min_samples succeeded (a revision failing everything is
+        # ejected by the router and gets few requests).
+        bound = obs.canary.errors / need
+        return Measurement(
+            "Failed",
+            value,
+            samples,
+            f"errorRate {value:.3g} > max {check.max:g} ({obs.canary.errors} errors in "
+            f"{count}; at least {bound:.3g} of {need})",
+        )
     if value is None or samples < need:
         return Measurement("Inconclusive", None, samples, f"{metric}: {count}, need {need}")
     if not math.isfinite(value):

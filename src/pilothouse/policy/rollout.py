@@ -311,15 +311,19 @@ def _rollback_targets(
     observed: dict[str, RevisionCounts],
 ) -> RolloutDecision:
     """After a rollback: all traffic to the stable revision. A rolling update had already
-    scaled it down, so there the failed revision's replicas keep serving (traffic spread
-    over every ready replica) until the stable one is back to what may be unavailable."""
+    scaled it down, so there the failed revision's replicas stay up (without traffic while
+    any stable replica is ready: wrong answers are worse than slow ones) until the stable
+    revision is back to what may be unavailable — a last resort, not a traffic target."""
     if spec.strategy == "rolling" and spec.rolling is not None:
         unavailable = resolve_surge(spec.rolling.max_unavailable, desired, round_up=False)
         stable_ready = observed.get(stable, RevisionCounts()).ready
         failed_alive = observed.get(failed, RevisionCounts()).alive
         if stable_ready < desired - unavailable and failed_alive:
             keep = min(failed_alive, max(0, desired - stable_ready))
-            return RolloutDecision(state, {stable: desired, failed: keep}, requeue_after=0.5)
+            weights = {stable: 100.0} if stable_ready else {}
+            return RolloutDecision(
+                state, {stable: desired, failed: keep}, weights=weights, requeue_after=0.5
+            )
     return RolloutDecision(state, {stable: desired}, weights={stable: 100.0})
 
 
