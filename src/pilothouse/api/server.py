@@ -142,16 +142,19 @@ def _validate(items: list[Any], source: str) -> list[Resource]:
             seen.add(resource.key())
             resources.append(resource)
     if errors:
-        lines = "; ".join(
-            f"document {e['document']}: {e['field']}: {e['message']}" for e in errors[:5]
-        )
-        raise ApiError(
-            422,
-            "Invalid",
-            f"{len(errors)} invalid field(s), nothing applied: {lines}",
-            {"causes": errors},
-        )
+        raise _invalid(errors)
     return resources
+
+
+def _invalid(errors: list[dict[str, Any]]) -> ApiError:
+    """422 listing every invalid field (the first five in the message)."""
+    lines = "; ".join(f"document {e['document']}: {e['field']}: {e['message']}" for e in errors[:5])
+    return ApiError(
+        422,
+        "Invalid",
+        f"{len(errors)} invalid field(s), nothing applied: {lines}",
+        {"causes": errors},
+    )
 
 
 def _user(request: Request) -> str:
@@ -196,15 +199,7 @@ def create_app(
                     }
                 )
         if errors:
-            lines = "; ".join(
-                f"document {e['document']}: {e['field']}: {e['message']}" for e in errors[:5]
-            )
-            raise ApiError(
-                422,
-                "Invalid",
-                f"{len(errors)} invalid field(s), nothing applied: {lines}",
-                {"causes": errors},
-            )
+            raise _invalid(errors)
 
     def apply(resources: list[Resource], user: str = "api") -> list[dict[str, Any]]:
         check_models(resources)

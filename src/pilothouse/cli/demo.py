@@ -183,21 +183,21 @@ def run_demo(rows: int, timeout: float) -> int:
     return 0
 
 
-def _delete_if_present(c: Client, plural: str, name: str, deadline: float) -> None:
+def _exists(c: Client, plural: str, name: str) -> bool:
     try:
         c.get(plural, name)
     except ApiClientError as exc:
         if exc.code == 404:
-            return
+            return False
         raise
+    return True
+
+
+def _delete_if_present(c: Client, plural: str, name: str, deadline: float) -> None:
+    if not _exists(c, plural, name):
+        return
     c.delete(plural, name)
-    while time.monotonic() < deadline:
-        try:
-            c.get(plural, name)
-        except ApiClientError as exc:
-            if exc.code == 404:
-                return
-            raise
+    while time.monotonic() < deadline and _exists(c, plural, name):
         time.sleep(0.2)
 
 
