@@ -3,8 +3,10 @@
 #   kube-apiserver, kube-controller-manager, kube-scheduler, kubectl  (k8s.io/kubernetes)
 #   etcd                                                              (go.etcd.io/etcd/server/v3)
 #   kwok                                                              (sigs.k8s.io/kwok, simulated nodes)
-# at the versions pinned in versions.env, into a cache directory keyed by those versions.
-# When the cache already holds them it does nothing (a warm machine skips the build).
+# at the versions pinned in versions.env, into a cache directory keyed by those versions and a
+# short sha256 of what else decides the binaries (versions.env, the wrapper modules' go.mod and
+# go.sum, this script, the target GOOS/GOARCH). When the cache already holds them it does
+# nothing (a warm machine skips the build).
 #
 # Usage: hack/k8s-testenv/build.sh                  build what is missing; last line: the bin dir
 #        hack/k8s-testenv/build.sh --print-bin-dir  print the bin dir, build nothing
@@ -12,16 +14,21 @@
 #                                                   from versions.env (after changing a version)
 #        hack/k8s-testenv/build.sh --go-version     the Go it builds with (fetched if missing)
 # Environment: PILOTHOUSE_K8S_CACHE   cache root (default ${XDG_CACHE_HOME:-~/.cache}/pilothouse/k8s-testenv)
-#              the usual Go variables (GOPROXY, GOMODCACHE, GOCACHE, GOFLAGS)
+#              PILOTHOUSE_K8S_LOCK_TIMEOUT  seconds to wait for another build of the same cache
+#                                           (default 3600), then fail
+#              the usual Go variables (GOPROXY, GOMODCACHE, GOCACHE, GOFLAGS, GOOS, GOARCH)
 set -euo pipefail
 HERE="$(cd "$(dirname "$0")" && pwd)"
 # shellcheck source=versions.env
 . "$HERE/versions.env"
+# a machine (a CI container, a service) may run this without HOME
+HOME="${HOME:-$(getent passwd "$(id -u)" | cut -d: -f6)}"
+export HOME
 
 CACHE_ROOT="${PILOTHOUSE_K8S_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/pilothouse/k8s-testenv}"
-KEY="kube-${KUBE_VERSION}_etcd-${ETCD_VERSION}_kwok-${KWOK_VERSION}"
-BIN="$CACHE_ROOT/$KEY/bin"
 BINARIES=(kube-apiserver kube-controller-manager kube-scheduler kubectl etcd kwok)
+LOCK_TIMEOUT="${PILOTHOUSE_K8S_LOCK_TIMEOUT:-3600}"
+KEY="" BIN=""  # set by set_key, once the Go that builds is known
 
 log() { echo "==> [k8s-testenv] $*" >&2; }
 
@@ -80,6 +87,34 @@ for name in files:
 shutil.rmtree(dest, ignore_errors=True)
 os.rename(tmp, dest)
 PY
+}
+
+# The cache key: the versions, readable, and a short sha256 over every input of the build
+# that is committed here plus the target platform, so that a changed go.sum, build flag or
+# GOOS/GOARCH never reuses binaries built from something else.
+set_key() {
+  need_go
+  local digest
+  digest="$(
+    cd "$HERE" &&
+      sha256sum versions.env kube/go.mod kube/go.sum etcd/go.mod etcd/go.sum \
+        kwok/go.mod kwok/go.sum build.sh &&
+      go env GOOS GOARCH
+  )" || { echo "k8s-testenv: cannot compute the cache key" >&2; exit 1; }
+  digest="$(printf '%s\n' "$digest" | sha256sum | cut -c1-12)"
+  KEY="kube-${KUBE_VERSION}_etcd-${ETCD_VERSION}_kwok-${KWOK_VERSION}_${digest}"
+  BIN="$CACHE_ROOT/$KEY/bin"
+}
+
+# Scratch directories of builds that died without their EXIT trap (SIGKILL, power loss).
+# Only called while holding the lock: then no build of this cache is running.
+sweep_stale_builds() {
+  local dir
+  for dir in "$CACHE_ROOT"/*/.build.*; do
+    [ -e "$dir" ] || continue
+    log "removing the scratch directory of an interrupted build: $dir"
+    rm -rf "$dir"
+  done
 }
 
 update_modules() {
@@ -163,19 +198,28 @@ build() {
 
 main() {
   case "${1:-}" in
-    --print-bin-dir) echo "$BIN" ;;
+    --print-bin-dir) set_key && echo "$BIN" ;;
     --go-version) need_go && go version ;;
     --update-modules) update_modules ;;
     "")
+      set_key
       if complete; then
         log "cached: $BIN"
       else
         mkdir -p "$CACHE_ROOT"
         # one build at a time per cache; whoever waited finds it built
-        if command -v flock >/dev/null; then
-          exec 9>"$CACHE_ROOT/.lock"
-          flock 9
+        if ! command -v flock >/dev/null; then
+          echo "k8s-testenv: flock (util-linux) is needed to build" >&2
+          exit 1
         fi
+        exec 9>"$CACHE_ROOT/.lock"
+        if ! flock -w "$LOCK_TIMEOUT" 9; then
+          echo "k8s-testenv: waited ${LOCK_TIMEOUT} s for $CACHE_ROOT/.lock, held by another" \
+            "build.sh (see: fuser -v $CACHE_ROOT/.lock); giving up." \
+            "PILOTHOUSE_K8S_LOCK_TIMEOUT sets how long to wait" >&2
+          exit 1
+        fi
+        sweep_stale_builds
         complete || build
       fi
       echo "$BIN"
