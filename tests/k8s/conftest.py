@@ -30,12 +30,12 @@ from typing import Any
 
 import pytest
 from kubernetes import client
-from kubernetes import config as kube_config
 from kubernetes.client.exceptions import ApiException
 
 from tests.k8s.testenv import (
     BinariesMissing,
     ControlPlane,
+    api_client,
     require_binaries,
     start_control_plane,
     start_kwok,
@@ -135,7 +135,7 @@ def k8s_cluster(request: pytest.FixtureRequest) -> Iterator[Cluster]:
     try:
         plane = start_control_plane(work, binaries)  # stops what it started if it fails
         start_kwok(plane)
-        api = kube_config.new_client_from_config(config_file=str(plane.kubeconfig))
+        api = api_client(plane.kubeconfig)
         cluster = Cluster(plane, api, time.monotonic() - started)
         _summary(
             request.config,
@@ -258,26 +258,52 @@ def _local_route(cidr: str) -> bool:
     return result.returncode == 0 and bool(result.stdout.strip())
 
 
+_CAP_NET_ADMIN = 12
+
+
+def _has_net_admin() -> bool:
+    """Whether this process may add routes (CAP_NET_ADMIN in its effective set): root in an
+    unprivileged container is root without it."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("CapEff:"):
+            return bool(int(line.split()[1], 16) >> _CAP_NET_ADMIN & 1)
+    return False
+
+
 @pytest.fixture(scope="session")
 def pod_network() -> Iterator[str]:
     """A /24 routed to the loopback interface, so that its addresses are local and bindable:
-    as root, a free one of SESSION_POD_RANGE added here and removed after; otherwise
-    PROCESS_POD_CIDR, which must already be routed so."""
+    with CAP_NET_ADMIN (root), a free one of SESSION_POD_RANGE added here and removed after;
+    otherwise PROCESS_POD_CIDR, which must already be routed so."""
     if shutil.which("ip") is None:
         pytest.fail("the process node needs the `ip` command (apt-get install iproute2)")
-    if os.geteuid() != 0:
+    if os.geteuid() != 0 or not _has_net_admin():
         if not _local_route(PROCESS_POD_CIDR):
+            why = "not root" if os.geteuid() != 0 else "root without CAP_NET_ADMIN"
             pytest.fail(
-                f"the process node's pod addresses ({PROCESS_POD_CIDR}) are not local; as root,"
-                f" once: ip route add local {PROCESS_POD_CIDR} dev lo",
+                f"the process node's pod addresses ({PROCESS_POD_CIDR}) are not local and this"
+                f" session cannot route some itself ({why}). Once, with CAP_NET_ADMIN (on the"
+                f" host, for a container): ip route add local {PROCESS_POD_CIDR} dev lo",
                 pytrace=False,
             )
         yield PROCESS_POD_CIDR
         return
     subnets = list(ipaddress.ip_network(SESSION_POD_RANGE).subnets(new_prefix=24))
     random.shuffle(subnets)
-    cidr = next(str(net) for net in subnets if not _local_route(str(net)))
-    subprocess.run(["ip", "route", "add", "local", cidr, "dev", "lo"], check=True)
+    cidr = ""
+    for net in subnets:
+        if _local_route(str(net)):
+            continue
+        added = subprocess.run(
+            ["ip", "route", "add", "local", str(net), "dev", "lo"], capture_output=True, text=True
+        )
+        if added.returncode == 0:
+            cidr = str(net)
+            break
+        if "File exists" not in added.stderr:  # another session took it in between: next
+            pytest.fail(f"ip route add local {net} dev lo: {added.stderr.strip()}", pytrace=False)
+    if not cidr:
+        pytest.fail(f"no free /24 left in {SESSION_POD_RANGE} for the process node's pods")
     try:
         yield cidr
     finally:
@@ -289,10 +315,18 @@ class ProcessNode:
     name: str
     work: Path
     pod_cidr: str
+    agent_pid: int = 0
 
     def pod_pids(self) -> list[int]:
+        return self._numbers("pids")
+
+    def sessions(self) -> set[int]:
+        """Every container session the agent started (a container's processes share it)."""
+        return set(self._numbers("sessions"))
+
+    def _numbers(self, name: str) -> list[int]:
         try:
-            text = (self.work / "pids").read_text()
+            text = (self.work / name).read_text()
         except FileNotFoundError:
             return []
         return [int(p) for p in text.split()]
@@ -326,20 +360,38 @@ def process_node(k8s_cluster: Cluster, pod_network: str) -> Iterator[ProcessNode
             return False
         return any(c.type == "Ready" and c.status == "True" for c in found.status.conditions or [])
 
+    node.agent_pid = agent.pid
     wait_for("the process node Ready", ready, timeout=60)
     yield node
     agent.stop()
-    # the agent stops its pods' processes on SIGTERM (and they die with it anyway): check
-    left = [pid for pid in node.pod_pids() if _alive(pid)]
-    for pid in left:
+    # the agent stops its pods' processes on SIGTERM, with all they forked (it is their
+    # subreaper and kills by session): check every session it started, and its own
+    sessions = node.sessions() | {agent.pid}
+    left = session_processes(sessions)
+    for pid, _ in left:
         with contextlib.suppress(ProcessLookupError):
-            os.killpg(pid, signal.SIGKILL)
-    assert not left, f"pod processes outlived the node agent: {left}"
+            os.kill(pid, signal.SIGKILL)
+    assert not left, f"pod processes outlived the node agent (pid, session): {left}"
+
+
+def _stat(pid: int | str) -> list[str] | None:
+    """/proc/PID/stat after the command name: state, ppid, pgrp, session, ..."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
 
 
 def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
+    fields = _stat(pid)
+    return fields is not None and fields[0] != "Z"
+
+
+def session_processes(sessions: set[int]) -> list[tuple[int, int]]:
+    """(pid, session) of the live processes in any of ``sessions``."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        fields = _stat(entry.name) if entry.name.isdigit() else None
+        if fields and fields[0] != "Z" and int(fields[3]) in sessions:
+            found.append((int(entry.name), int(fields[3])))
+    return found

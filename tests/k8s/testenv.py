@@ -103,6 +103,19 @@ def require_binaries() -> Path:
     return where
 
 
+def api_client(kubeconfig: Path) -> Any:
+    """A kubernetes ApiClient for ``kubeconfig`` that ignores proxies from the environment
+    (HTTPS_PROXY and the like: the apiserver is local) and times requests out."""
+    from kubernetes import client
+    from kubernetes import config as kube_config
+
+    configuration = client.Configuration()
+    kube_config.load_kube_config(config_file=str(kubeconfig), client_configuration=configuration)
+    configuration.proxy = None
+    configuration.no_proxy = "*"
+    return client.ApiClient(configuration)
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as sock:
         sock.bind((host, 0))
@@ -143,11 +156,18 @@ class Pki:
     admin_key = property(lambda self: self.dir / "admin.key")
     sa_key = property(lambda self: self.dir / "sa.key")
     sa_pub = property(lambda self: self.dir / "sa.pub")
+    #: etcd's serving and peer certificate (server and client auth, 127.0.0.1/localhost)
+    etcd_crt = property(lambda self: self.dir / "etcd.crt")
+    etcd_key = property(lambda self: self.dir / "etcd.key")
+    #: the apiserver's client certificate for etcd (etcd requires client certificates)
+    etcd_client_crt = property(lambda self: self.dir / "apiserver-etcd-client.crt")
+    etcd_client_key = property(lambda self: self.dir / "apiserver-etcd-client.key")
 
     @classmethod
     def create(cls, where: Path) -> Pki:
-        """A CA, the apiserver's serving certificate, an admin client certificate and the
-        service-account signing key pair (ECDSA P-256: fast to generate)."""
+        """A CA, the apiserver's serving certificate, an admin client certificate, etcd's
+        certificate and the apiserver's client certificate for etcd, and the service-account
+        signing key pair (ECDSA P-256: fast to generate)."""
         where.mkdir(parents=True, exist_ok=True)
         pki = cls(where)
         now = dt.datetime.now(dt.UTC) - dt.timedelta(minutes=5)
@@ -184,8 +204,11 @@ class Pki:
         )
 
         def leaf(
-            subject: x509.Name, usage: ExtendedKeyUsageOID, sans: Sequence[x509.GeneralName] = ()
+            subject: x509.Name,
+            usage: x509.ObjectIdentifier | Sequence[x509.ObjectIdentifier],
+            sans: Sequence[x509.GeneralName] = (),
         ) -> tuple[bytes, bytes]:
+            usages = [usage] if isinstance(usage, x509.ObjectIdentifier) else list(usage)
             key = _key()
             builder = (
                 x509.CertificateBuilder()
@@ -196,7 +219,7 @@ class Pki:
                 .not_valid_before(now)
                 .not_valid_after(later)
                 .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-                .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+                .add_extension(x509.ExtendedKeyUsage(usages), critical=False)
                 .add_extension(
                     x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
                     critical=False,
@@ -224,6 +247,12 @@ class Pki:
             ],
         )
         admin = leaf(_name("pilothouse-admin", "system:masters"), ExtendedKeyUsageOID.CLIENT_AUTH)
+        etcd = leaf(
+            _name("etcd"),
+            [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH],  # peer too
+            [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))],
+        )
+        etcd_client = leaf(_name("kube-apiserver-etcd-client"), ExtendedKeyUsageOID.CLIENT_AUTH)
         sa = _key()
 
         pki.ca_crt.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
@@ -232,19 +261,35 @@ class Pki:
         pki.apiserver_key.write_bytes(serving[1])
         pki.admin_crt.write_bytes(admin[0])
         pki.admin_key.write_bytes(admin[1])
+        pki.etcd_crt.write_bytes(etcd[0])
+        pki.etcd_key.write_bytes(etcd[1])
+        pki.etcd_client_crt.write_bytes(etcd_client[0])
+        pki.etcd_client_key.write_bytes(etcd_client[1])
         pki.sa_key.write_bytes(_pem_key(sa))
         pki.sa_pub.write_bytes(
             sa.public_key().public_bytes(
                 serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
             )
         )
-        for key_file in (pki.ca_key, pki.apiserver_key, pki.admin_key, pki.sa_key):
+        for key_file in (
+            pki.ca_key,
+            pki.apiserver_key,
+            pki.admin_key,
+            pki.etcd_key,
+            pki.etcd_client_key,
+            pki.sa_key,
+        ):
             key_file.chmod(0o600)
         return pki
 
     def client_ssl_context(self) -> ssl.SSLContext:
         context = ssl.create_default_context(cafile=str(self.ca_crt))
         context.load_cert_chain(str(self.admin_crt), str(self.admin_key))
+        return context
+
+    def etcd_client_ssl_context(self) -> ssl.SSLContext:
+        context = ssl.create_default_context(cafile=str(self.ca_crt))
+        context.load_cert_chain(str(self.etcd_client_crt), str(self.etcd_client_key))
         return context
 
 
@@ -352,6 +397,8 @@ class ControlPlane:
     pki: Pki
     kubeconfig: Path
     server: str
+    #: etcd's client URL (https, client certificates required); set once etcd runs
+    etcd_url: str = ""
     processes: list[Process] = field(default_factory=list)
 
     @property
@@ -374,7 +421,12 @@ class ControlPlane:
         return result
 
     def http(self) -> httpx.Client:
-        return httpx.Client(base_url=self.server, verify=self.pki.client_ssl_context(), timeout=10)
+        return httpx.Client(
+            base_url=self.server,
+            verify=self.pki.client_ssl_context(),
+            timeout=10,
+            trust_env=False,  # local: never through a proxy from the environment
+        )
 
     def start(self, name: str, argv: Sequence[str], env: dict[str, str] | None = None) -> Process:
         process = start_process(name, argv, self.log_dir, env)
@@ -446,9 +498,12 @@ def _start(plane: ControlPlane, api_port: int, timeout: float) -> None:
     def left() -> float:
         return max(1.0, deadline - time.monotonic())
 
+    # etcd over TLS with client certificates required, peers too: nobody else on this
+    # machine can read or write the cluster's state (pods that the process node runs)
     etcd_port, peer_port = free_port(), free_port()
-    etcd_url = f"http://127.0.0.1:{etcd_port}"
-    peer_url = f"http://127.0.0.1:{peer_port}"
+    etcd_url = f"https://127.0.0.1:{etcd_port}"
+    peer_url = f"https://127.0.0.1:{peer_port}"
+    plane.etcd_url = etcd_url
     plane.start(
         "etcd",
         [
@@ -457,18 +512,28 @@ def _start(plane: ControlPlane, api_port: int, timeout: float) -> None:
             f"--data-dir={work / 'etcd'}",
             f"--listen-client-urls={etcd_url}",
             f"--advertise-client-urls={etcd_url}",
+            f"--cert-file={pki.etcd_crt}",
+            f"--key-file={pki.etcd_key}",
+            "--client-cert-auth=true",
+            f"--trusted-ca-file={pki.ca_crt}",
             f"--listen-peer-urls={peer_url}",
             f"--initial-advertise-peer-urls={peer_url}",
             f"--initial-cluster=pilothouse={peer_url}",
+            f"--peer-cert-file={pki.etcd_crt}",
+            f"--peer-key-file={pki.etcd_key}",
+            "--peer-client-cert-auth=true",
+            f"--peer-trusted-ca-file={pki.ca_crt}",
             "--unsafe-no-fsync=true",
             "--log-level=warn",
         ],
     )
+    etcd_tls = pki.etcd_client_ssl_context()
 
     def etcd_healthy() -> bool:
         plane.check_alive()
         try:
-            return httpx.get(f"{etcd_url}/health", timeout=2).json().get("health") == "true"
+            response = httpx.get(f"{etcd_url}/health", timeout=2, verify=etcd_tls, trust_env=False)
+            return response.json().get("health") == "true"
         except (httpx.HTTPError, ValueError):
             return False
 
@@ -479,6 +544,9 @@ def _start(plane: ControlPlane, api_port: int, timeout: float) -> None:
         [
             str(b / "kube-apiserver"),
             f"--etcd-servers={etcd_url}",
+            f"--etcd-cafile={pki.ca_crt}",
+            f"--etcd-certfile={pki.etcd_client_crt}",
+            f"--etcd-keyfile={pki.etcd_client_key}",
             "--bind-address=127.0.0.1",
             "--advertise-address=127.0.0.1",
             f"--secure-port={api_port}",
@@ -560,7 +628,7 @@ def _start(plane: ControlPlane, api_port: int, timeout: float) -> None:
             def probe() -> bool:
                 plane.check_alive()
                 try:
-                    return httpx.get(url, verify=False, timeout=2).text == "ok"
+                    return httpx.get(url, verify=False, timeout=2, trust_env=False).text == "ok"
                 except httpx.HTTPError:
                     return False
 
@@ -603,7 +671,8 @@ def start_kwok(plane: ControlPlane, *, timeout: float = 60) -> Process:
     def healthy() -> bool:
         plane.check_alive()
         try:
-            return httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200
+            url = f"http://127.0.0.1:{port}/healthz"
+            return httpx.get(url, timeout=2, trust_env=False).status_code == 200
         except httpx.HTTPError:
             return False
 
