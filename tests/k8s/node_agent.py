@@ -7,19 +7,30 @@ It registers the Node (labelled pilothouse.dev/node-kind=process, tainted
 pilothouse.dev/process-node=true:NoSchedule so that only pods meant for it land here),
 renews its Lease in kube-node-lease, and for every pod bound to it:
 
-- runs each container's ``command`` + ``args`` as a local process, with ``env`` from the
-  pod spec (literal values and the downward-API fields status.podIP, status.hostIP,
-  metadata.name, metadata.namespace, metadata.uid, spec.nodeName) and Kubernetes'
-  ``$(VAR)`` expansion in command and args; the image is not used;
-- gives the pod its own address from ``--pod-cidr`` as its pod IP (the processes bind it);
+- runs each container's ``command`` + ``args`` as a local process in a session of its own,
+  with ``env`` from the pod spec (literal values and the downward-API fields status.podIP,
+  status.hostIP, metadata.name, metadata.namespace, metadata.uid, spec.nodeName) and
+  Kubernetes' ``$(VAR)`` expansion in command and args; the image is not used;
+- gives the pod its own address from ``--pod-cidr`` as its pod IP (the processes bind it),
+  or the node's address for ``hostNetwork`` pods; a pod that finds no free address stays
+  Pending with reason ``NoPodIP``; a pod that ends (Succeeded/Failed) gives its address back;
 - reports phase, pod IP, container states and restart counts, and readiness from the
   container's readinessProbe (httpGet, tcpSocket or exec) as the pod status;
 - restarts exited containers as restartPolicy says;
-- when the pod is deleted, stops its processes (SIGTERM, SIGKILL after the grace period)
-  and completes the deletion.
+- when a container's main process exits, kills what it left running in its session (as a
+  container runtime kills the container's cgroup);
+- when the pod is deleted, stops its processes without holding up the other pods: SIGTERM
+  at once, SIGKILL to everything left in the containers' sessions once the grace period is
+  over, then completes the deletion.
 
-Container output goes to ``DIR/pods/NAMESPACE_POD/CONTAINER.log``. On SIGTERM it stops every
-process it started (by PID) and exits. Each process it starts dies with it (PDEATHSIG).
+The agent is a child subreaper (PR_SET_CHILD_SUBREAPER): processes that a container forked
+and orphaned become its children, so it can kill and reap them. Each pod is handled on its
+own: an error with one pod is logged with its name and the others go on.
+
+Container output goes to ``DIR/pods/NAMESPACE_POD/CONTAINER.log``; ``DIR/pids`` lists the
+running containers' PIDs and ``DIR/sessions`` every container session it started (for the
+test fixtures to check that nothing outlives the agent). On SIGTERM it stops every process it
+started and exits. Each container process dies with it (PDEATHSIG).
 """
 
 from __future__ import annotations
@@ -38,6 +49,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -50,7 +62,15 @@ LEASE_SECONDS = 10
 RENEW_EVERY = 2.0
 STATUS_EVERY = 10.0
 SYNC_EVERY = 0.25
+#: (connect, read) seconds for every API request: a stuck apiserver never hangs the agent
+REQUEST_TIMEOUT = (5, 15)
+#: how long the agent waits for its pods' processes when it is stopped itself
+SHUTDOWN_GRACE = 2.0
+TERMINAL = ("Succeeded", "Failed")
 log = logging.getLogger("node-agent")
+
+_PR_SET_PDEATHSIG = 1
+_PR_SET_CHILD_SUBREAPER = 36
 
 
 def now() -> str:
@@ -65,7 +85,52 @@ _prctl = ctypes.CDLL(None, use_errno=True).prctl  # looked up before any fork
 
 
 def _die_with_parent() -> None:
-    _prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG: dies when the agent dies
+    _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)  # dies when the agent dies
+
+
+def become_subreaper() -> None:
+    """Orphans of the containers' processes are re-parented to the agent, not to init."""
+    if _prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
+        error = ctypes.get_errno()
+        raise OSError(error, f"prctl(PR_SET_CHILD_SUBREAPER): {os.strerror(error)}")
+
+
+@dataclass(frozen=True)
+class Proc:
+    pid: int
+    state: str
+    ppid: int
+    session: int
+
+
+def processes() -> list[Proc]:
+    """Every process on the machine, from /proc/PID/stat (state, parent, session)."""
+    found = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat", "rb") as stat:
+                fields = stat.read().rsplit(b")", 1)[1].split()
+        except OSError:
+            continue
+        found.append(Proc(int(entry.name), fields[0].decode(), int(fields[1]), int(fields[3])))
+    return found
+
+
+def session_alive(session: int) -> list[int]:
+    """PIDs of the live (not zombie) processes in ``session``."""
+    me = os.getpid()
+    return [p.pid for p in processes() if p.session == session and p.state != "Z" and p.pid != me]
+
+
+def signal_session(session: int, sig: int) -> int:
+    """Sends ``sig`` to every live process of ``session``; returns how many there were."""
+    pids = session_alive(session)
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, sig)
+    return len(pids)
 
 
 _VAR = re.compile(r"\$\(([A-Za-z_][A-Za-z0-9_.-]*)\)|\$\$")
@@ -97,6 +162,8 @@ class Container:
     spec: dict[str, Any]
     log: Path
     process: subprocess.Popen[bytes] | None = None
+    #: the session (= PID of the main process) of the latest start; 0 before the first
+    session: int = 0
     started_at: str = ""
     restarts: int = 0
     last_exit: dict[str, Any] | None = None
@@ -121,33 +188,48 @@ class PodRuntime:
     namespace: str
     name: str
     ip: str
+    host_network: bool
     containers: list[Container]
     start_time: str
     restart_policy: str
     env: dict[str, str]
     reported: dict[str, Any] | None = None
-    deleting_since: float | None = None
-    stopped: bool = False
+    #: set when stopping began: SIGKILL to what is left of the containers after this
+    kill_at: float | None = None
+    ip_released: bool = False
     phase: str = "Running"
     transitions: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def key(self) -> str:
+        return f"{self.namespace}/{self.name}"
 
 
 class Agent:
     def __init__(self, args: argparse.Namespace) -> None:
-        config.load_kube_config(config_file=args.kubeconfig)
-        self.core = client.CoreV1Api()
-        self.coordination = client.CoordinationV1Api()
+        configuration = client.Configuration()
+        config.load_kube_config(config_file=args.kubeconfig, client_configuration=configuration)
+        # the apiserver is local: never through a proxy from the environment
+        configuration.proxy = None
+        configuration.no_proxy = "*"
+        api = client.ApiClient(configuration)
+        self.core = client.CoreV1Api(api)
+        self.coordination = client.CoordinationV1Api(api)
         self.node = args.node
         self.node_ip = args.node_ip
         self.work = Path(args.work)
         self.capacity = {"cpu": args.cpu, "memory": args.memory, "pods": str(args.pods)}
         network = ipaddress.ip_network(args.pod_cidr)
-        self.free_ips = [str(ip) for ip in list(network.hosts())[1:]]  # .1 is the node's
+        hosts = [str(ip) for ip in list(network.hosts())[1:]]  # .1 is the node's
+        self.free_ips = hosts[: args.max_pod_ips] if args.max_pod_ips else hosts
         self.pods: dict[str, PodRuntime] = {}
         self.stopping = threading.Event()
         self.node_uid = ""
         self.pid_file = self.work / "pids"
+        self.sessions_file = self.work / "sessions"
         self.started = now()
+        self.no_ip_reported: set[str] = set()
+        self.errors: dict[str, str] = {}
 
     # --- node and lease ---------------------------------------------------------------------
 
@@ -191,11 +273,11 @@ class Agent:
             },
         }
         try:
-            node = self.core.create_node(body)
+            node = self.core.create_node(body, _request_timeout=REQUEST_TIMEOUT)
         except ApiException as error:
             if error.status != 409:
                 raise
-            node = self.core.read_node(self.node)
+            node = self.core.read_node(self.node, _request_timeout=REQUEST_TIMEOUT)
         self.node_uid = node.metadata.uid
         self.core.patch_node_status(
             self.node,
@@ -222,6 +304,7 @@ class Agent:
                     },
                 }
             },
+            _request_timeout=REQUEST_TIMEOUT,
         )
         self.renew_lease()
         log.info("registered node %s", self.node)
@@ -245,12 +328,17 @@ class Agent:
         }
         try:
             self.coordination.patch_namespaced_lease(
-                self.node, "kube-node-lease", {"spec": body["spec"]}
+                self.node,
+                "kube-node-lease",
+                {"spec": body["spec"]},
+                _request_timeout=REQUEST_TIMEOUT,
             )
         except ApiException as error:
             if error.status != 404:
                 raise
-            self.coordination.create_namespaced_lease("kube-node-lease", body)
+            self.coordination.create_namespaced_lease(
+                "kube-node-lease", body, _request_timeout=REQUEST_TIMEOUT
+            )
 
     def heartbeat_loop(self) -> None:
         last_status = time.monotonic()
@@ -259,7 +347,9 @@ class Agent:
                 self.renew_lease()
                 if time.monotonic() - last_status >= STATUS_EVERY:
                     self.core.patch_node_status(
-                        self.node, {"status": {"conditions": self.conditions()}}
+                        self.node,
+                        {"status": {"conditions": self.conditions()}},
+                        _request_timeout=REQUEST_TIMEOUT,
                     )
                     last_status = time.monotonic()
             except Exception:
@@ -277,32 +367,68 @@ class Agent:
 
     def sync(self) -> None:
         pods = self.core.list_pod_for_all_namespaces(
-            field_selector=f"spec.nodeName={self.node}"
+            field_selector=f"spec.nodeName={self.node}", _request_timeout=REQUEST_TIMEOUT
         ).items
-        seen = set()
-        for pod in pods:
-            uid = pod.metadata.uid
-            seen.add(uid)
-            runtime = self.pods.get(uid)
-            if pod.metadata.deletion_timestamp is not None:
-                self.delete(pod, runtime)
-                continue
-            if runtime is None:
-                if pod.status.phase in ("Succeeded", "Failed"):
-                    continue
-                runtime = self.start_pod(pod)
-            self.tend(runtime)
-            self.report(runtime)
-        for uid in list(self.pods):
+        self.reap_orphans()
+        seen = {pod.metadata.uid for pod in pods}
+        self.no_ip_reported &= seen
+        # stopping first: it frees addresses and never waits, so starts are not held up
+        for uid, runtime in list(self.pods.items()):
             if uid not in seen:  # gone from the API (force-deleted): stop what runs
-                runtime = self.pods.pop(uid)
-                self.stop_pod(runtime, grace=0)
-                self.release(runtime)
+                self.guarded(runtime.key, uid, lambda r=runtime: self.vanished(r))
+        for pod in pods:
+            if pod.metadata.deletion_timestamp is not None:
+                self.guarded(self.name(pod), pod.metadata.uid, lambda p=pod: self.delete(p))
+        for pod in pods:
+            if pod.metadata.deletion_timestamp is None:
+                self.guarded(self.name(pod), pod.metadata.uid, lambda p=pod: self.handle(p))
+        for uid in set(self.errors) - seen - set(self.pods):
+            del self.errors[uid]
+        self.record_pids()
 
-    def start_pod(self, pod: Any) -> PodRuntime:
+    @staticmethod
+    def name(pod: Any) -> str:
+        return f"{pod.metadata.namespace}/{pod.metadata.name}"
+
+    def guarded(self, key: str, uid: str, step: Callable[[], None]) -> None:
+        """One pod's trouble is that pod's: logged with its name, the other pods go on. A
+        repeated error is logged in full once, then in one line."""
+        try:
+            step()
+        except Exception as error:
+            text = f"{type(error).__name__}: {error}"
+            if self.errors.get(uid) == text:
+                log.warning("pod %s: still failing: %s", key, text.splitlines()[0])
+            else:
+                log.exception("pod %s: failed", key)
+            self.errors[uid] = text
+        else:
+            self.errors.pop(uid, None)
+
+    def handle(self, pod: Any) -> None:
+        runtime = self.pods.get(pod.metadata.uid)
+        if runtime is None:
+            if pod.status.phase in TERMINAL:
+                return
+            runtime = self.start_pod(pod)
+            if runtime is None:
+                return
+        self.tend(runtime)
+        if runtime.phase in TERMINAL:
+            self.release(runtime)
+        self.report(runtime)
+
+    def start_pod(self, pod: Any) -> PodRuntime | None:
         raw = self.core.api_client.sanitize_for_serialization(pod)
         spec = raw["spec"]
-        ip = self.free_ips.pop(0)
+        host_network = bool(spec.get("hostNetwork"))
+        if host_network:
+            ip = self.node_ip
+        elif self.free_ips:
+            ip = self.free_ips[0]
+        else:
+            self.report_no_ip(pod)
+            return None
         pod_dir = self.work / "pods" / f"{pod.metadata.namespace}_{pod.metadata.name}"
         pod_dir.mkdir(parents=True, exist_ok=True)
         fields = {
@@ -319,10 +445,12 @@ class Agent:
             namespace=pod.metadata.namespace,
             name=pod.metadata.name,
             ip=ip,
+            host_network=host_network,
             containers=[],
             start_time=now(),
             restart_policy=spec.get("restartPolicy", "Always"),
             env=fields,
+            ip_released=host_network,  # the node's address is not the pool's
         )
         for c in spec["containers"]:
             probe = Probe(c["readinessProbe"]) if c.get("readinessProbe") else None
@@ -331,11 +459,45 @@ class Agent:
             runtime.containers.append(
                 Container(c["name"], c, pod_dir / f"{c['name']}.log", probe=probe)
             )
+        if not host_network:
+            self.free_ips.remove(ip)
+        self.no_ip_reported.discard(runtime.uid)
         self.pods[runtime.uid] = runtime
         for container in runtime.containers:
             self.run(runtime, container)
-        log.info("pod %s/%s: started on %s", runtime.namespace, runtime.name, ip)
+        log.info("pod %s: started on %s", runtime.key, ip)
         return runtime
+
+    def report_no_ip(self, pod: Any) -> None:
+        """No address left: the pod stays Pending and says why (checked again each pass)."""
+        if pod.metadata.uid in self.no_ip_reported:
+            return
+        message = f"node {self.node} has no free pod IP left (all in use by running pods)"
+        log.warning("pod %s: %s", self.name(pod), message)
+        t = now()
+        body = {
+            "metadata": {"uid": pod.metadata.uid},
+            "status": {
+                "phase": "Pending",
+                "reason": "NoPodIP",
+                "message": message,
+                "hostIP": self.node_ip,
+                "hostIPs": [{"ip": self.node_ip}],
+                "conditions": [
+                    {"type": "PodScheduled", "status": "True", "lastTransitionTime": t},
+                    {
+                        "type": "PodReadyToStartContainers",
+                        "status": "False",
+                        "reason": "NoPodIP",
+                        "message": message,
+                        "lastTransitionTime": t,
+                    },
+                    {"type": "Ready", "status": "False", "lastTransitionTime": t},
+                ],
+            },
+        }
+        if self.patch_status(pod.metadata.namespace, pod.metadata.name, body):
+            self.no_ip_reported.add(pod.metadata.uid)
 
     def container_env(self, runtime: PodRuntime, spec: dict[str, Any]) -> dict[str, str]:
         env = {
@@ -372,7 +534,7 @@ class Agent:
                     stderr=subprocess.STDOUT,
                     env=env,
                     cwd=cwd,
-                    start_new_session=True,
+                    start_new_session=True,  # the container: its session, found by its id
                     preexec_fn=_die_with_parent,  # only calls prctl
                 )
             except OSError as error:
@@ -382,6 +544,9 @@ class Agent:
                     "message": str(error),
                 }
                 return
+        container.session = container.process.pid
+        with self.sessions_file.open("a") as sessions:
+            sessions.write(f"{container.session}\n")
         container.started_at = now()
         container.terminated = None
         if container.probe:
@@ -389,9 +554,8 @@ class Agent:
             container.probe.successes = container.probe.failures = 0
         self.record_pids()
         log.info(
-            "pod %s/%s container %s: pid %d: %s",
-            runtime.namespace,
-            runtime.name,
+            "pod %s container %s: pid %d: %s",
+            runtime.key,
             container.name,
             container.process.pid,
             argv,
@@ -408,9 +572,24 @@ class Agent:
         tmp.write_text("\n".join(pids) + "\n")
         tmp.replace(self.pid_file)
 
+    def reap_orphans(self) -> None:
+        """Reaps the exited processes that were re-parented to the agent (it is a subreaper);
+        its own containers' main processes are left to their Popen."""
+        me = os.getpid()
+        mine = {
+            c.process.pid
+            for r in self.pods.values()
+            for c in r.containers
+            if c.process is not None and c.process.returncode is None
+        }
+        for p in processes():
+            if p.ppid == me and p.state == "Z" and p.pid not in mine:
+                with contextlib.suppress(ChildProcessError):
+                    os.waitpid(p.pid, os.WNOHANG)
+
     def tend(self, runtime: PodRuntime) -> None:
         """Notice exits, restart as the policy says, run readiness probes that are due."""
-        if runtime.stopped:
+        if runtime.kill_at is not None:
             return
         for container in runtime.containers:
             process = container.process
@@ -422,6 +601,8 @@ class Agent:
                     "startedAt": container.started_at,
                     "finishedAt": now(),
                 }
+                # the container is over: what it forked goes with it
+                left = signal_session(container.session, signal.SIGKILL)
                 container.process = None
                 container.last_exit = state
                 container.terminated = state
@@ -431,7 +612,13 @@ class Agent:
                 if restart:
                     backoff = min(10.0, 0.5 * 2**container.restarts)
                     container.restart_at = time.monotonic() + backoff
-                log.info("pod %s container %s exited %s", runtime.name, container.name, code)
+                log.info(
+                    "pod %s container %s exited %s (%d processes left in its session killed)",
+                    runtime.key,
+                    container.name,
+                    code,
+                    left,
+                )
             due = container.restart_at and time.monotonic() >= container.restart_at
             if container.process is None and due:
                 container.restart_at = 0.0
@@ -479,7 +666,9 @@ class Agent:
                 scheme = (get.get("scheme") or "HTTP").lower()
                 url = f"{scheme}://{host}:{self.port(container, get['port'])}{get.get('path', '/')}"
                 headers = {h["name"]: h["value"] for h in get.get("httpHeaders") or []}
-                status = httpx.get(url, headers=headers, timeout=timeout, verify=False).status_code
+                status = httpx.get(
+                    url, headers=headers, timeout=timeout, verify=False, trust_env=False
+                ).status_code
                 return 200 <= status < 400
             if tcp := spec.get("tcpSocket"):
                 address = (tcp.get("host") or runtime.ip, self.port(container, tcp["port"]))
@@ -535,8 +724,12 @@ class Agent:
                 status["lastState"] = {"terminated": c.last_exit}
             statuses.append(status)
         body = {
+            # a precondition: a pod re-created under the same name is another pod
+            "metadata": {"uid": runtime.uid},
             "status": {
                 "phase": runtime.phase,
+                "reason": None,
+                "message": None,
                 "hostIP": self.node_ip,
                 "hostIPs": [{"ip": self.node_ip}],
                 "podIP": runtime.ip,
@@ -550,38 +743,47 @@ class Agent:
                     condition("PodScheduled", True),
                 ],
                 "containerStatuses": statuses,
-            }
+            },
         }
         if body == runtime.reported:
             return
+        if self.patch_status(runtime.namespace, runtime.name, body):
+            runtime.reported = body
+
+    def patch_status(self, namespace: str, name: str, body: dict[str, Any]) -> bool:
+        """Merge-patches the pod's status; False if the pod (with that UID) is gone."""
         try:
             self.core.patch_namespaced_pod_status(
-                runtime.name,
-                runtime.namespace,
+                name,
+                namespace,
                 body,
                 _content_type="application/merge-patch+json",
+                _request_timeout=REQUEST_TIMEOUT,
             )
-            runtime.reported = body
         except ApiException as error:
-            if error.status != 404:
+            # 404: deleted; 409/422: the name is another pod's now (the UID precondition)
+            if error.status not in (404, 409, 422):
                 raise
+            log.info("pod %s/%s: status not written (%s)", namespace, name, error.status)
+            return False
+        return True
 
-    def delete(self, pod: Any, runtime: PodRuntime | None) -> None:
-        grace = pod.metadata.deletion_grace_period_seconds or 0
+    # --- stopping: never waits; checked again on each pass ----------------------------------
+
+    def delete(self, pod: Any) -> None:
+        runtime = self.pods.get(pod.metadata.uid)
         if runtime is not None:
-            if runtime.deleting_since is None:
-                runtime.deleting_since = time.monotonic()
-                log.info(
-                    "pod %s/%s: deleting (grace %ss)",
-                    pod.metadata.namespace,
-                    pod.metadata.name,
-                    grace,
-                )
-            self.stop_pod(runtime, grace=min(float(grace), 30.0))
+            grace = float(pod.metadata.deletion_grace_period_seconds or 0)
+            if runtime.kill_at is None:
+                log.info("pod %s: deleting (grace %ss)", runtime.key, grace)
+            self.begin_stop(runtime, grace)
+            if not self.stop_step(runtime):
+                return
             self.pods.pop(runtime.uid, None)
             self.release(runtime)
+            log.info("pod %s: stopped", runtime.key)
         # the kubelet's last word: containers are gone, the pod object may go
-        with contextlib.suppress(ApiException):
+        try:
             self.core.delete_namespaced_pod(
                 pod.metadata.name,
                 pod.metadata.namespace,
@@ -590,37 +792,72 @@ class Agent:
                     grace_period_seconds=0,
                     preconditions=client.V1Preconditions(uid=pod.metadata.uid),
                 ),
+                _request_timeout=REQUEST_TIMEOUT,
             )
+        except ApiException as error:
+            if error.status not in (404, 409):
+                raise
 
-    def stop_pod(self, runtime: PodRuntime, grace: float) -> None:
-        processes = [c.process for c in runtime.containers if c.process is not None]
-        for process in processes:
-            if process.poll() is None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(process.pid, signal.SIGTERM)
+    def vanished(self, runtime: PodRuntime) -> None:
+        self.begin_stop(runtime, 0.0)
+        if self.stop_step(runtime):
+            self.pods.pop(runtime.uid, None)
+            self.release(runtime)
+            log.info("pod %s: gone from the API; its processes are stopped", runtime.key)
+
+    def begin_stop(self, runtime: PodRuntime, grace: float) -> None:
+        """SIGTERM to each container (its process group) the first time; a shorter grace
+        period given later (a second delete) brings the deadline forward."""
         deadline = time.monotonic() + grace
-        for process in processes:
-            try:
-                process.wait(timeout=max(0.0, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(process.pid, signal.SIGKILL)
-                process.wait(timeout=10)
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(process.pid, signal.SIGKILL)  # anything left in its group
+        if runtime.kill_at is not None:
+            runtime.kill_at = min(runtime.kill_at, deadline)
+            return
+        runtime.kill_at = deadline
         for c in runtime.containers:
-            c.process = None
             c.restart_at = 0.0
-        runtime.stopped = True
-        self.record_pids()
+            if c.process is not None and c.process.poll() is None:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(c.process.pid, signal.SIGTERM)
+
+    def stop_step(self, runtime: PodRuntime) -> bool:
+        """True once nothing of the pod's containers runs; SIGKILL to all that is left of
+        their sessions when the grace period is over."""
+        assert runtime.kill_at is not None
+        sessions = [c.session for c in runtime.containers if c.session]
+        for c in runtime.containers:
+            if c.process is not None:
+                c.process.poll()  # reaps the main process
+        alive = {s for s in sessions if session_alive(s)}
+        if not alive:
+            for c in runtime.containers:
+                c.process = None
+            return True
+        if time.monotonic() >= runtime.kill_at:
+            for s in alive:
+                signal_session(s, signal.SIGKILL)
+        return False
 
     def release(self, runtime: PodRuntime) -> None:
-        self.free_ips.append(runtime.ip)
+        if not runtime.ip_released:
+            runtime.ip_released = True
+            self.free_ips.append(runtime.ip)
 
     def shutdown(self) -> None:
         self.stopping.set()
-        for runtime in list(self.pods.values()):
-            self.stop_pod(runtime, grace=5)
+        for runtime in self.pods.values():
+            self.begin_stop(runtime, SHUTDOWN_GRACE)
+        deadline = time.monotonic() + SHUTDOWN_GRACE + 3
+        while self.pods and time.monotonic() < deadline:
+            self.reap_orphans()
+            for uid, runtime in list(self.pods.items()):
+                if self.stop_step(runtime):
+                    del self.pods[uid]
+            time.sleep(0.05)  # polling the processes' exit, bounded by the deadline
+        for runtime in self.pods.values():
+            for c in runtime.containers:
+                if c.session:
+                    signal_session(c.session, signal.SIGKILL)
+        self.reap_orphans()
         self.pods.clear()
         self.record_pids()
 
@@ -631,6 +868,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--node", required=True)
     parser.add_argument("--node-ip", default="127.0.0.1")
     parser.add_argument("--pod-cidr", required=True)
+    parser.add_argument(
+        "--max-pod-ips", type=int, default=0, help="use only the first N addresses of the CIDR"
+    )
     parser.add_argument("--work", required=True)
     parser.add_argument("--cpu", default="4")
     parser.add_argument("--memory", default="8Gi")
@@ -640,6 +880,7 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr
     )
     Path(args.work).mkdir(parents=True, exist_ok=True)
+    become_subreaper()
     agent = Agent(args)
     signal.signal(signal.SIGTERM, lambda *_: agent.stopping.set())
     signal.signal(signal.SIGINT, lambda *_: agent.stopping.set())
