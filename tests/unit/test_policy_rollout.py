@@ -1136,3 +1136,39 @@ def test_rollout_invariants(
             assert state.phase == "Healthy"
     if sim.state.phase != "Degraded" and not checked:
         assert sim.state.stable == R2  # without checks nothing holds it for 90 s
+
+
+# --------------------------------------------------------------------------- progress deadline
+
+
+def test_a_revision_never_ready_is_rolled_back_after_the_progress_deadline() -> None:
+    spec = canary()
+    spec = spec.model_copy(update={"progress_deadline": 30.0})
+    sim = Sim.serving(spec, desired=2, delays={R2: 1e9})  # R2 never becomes ready
+    sim.revision = R2
+    held = sim.run(29)
+    assert all(d.state.canary == R2 for d in held)
+    rolled = sim.run_until(lambda d: d.state.phase == "Degraded", limit=5)
+    assert "no ready replica within 30s" in rolled.state.message
+    assert rolled.outcomes == {R2: "RolledBack"}
+
+
+def test_a_restart_of_a_revision_that_was_ready_is_not_a_missed_deadline() -> None:
+    """A daemon restart replaces every replica: the new revision has none ready for a
+    moment, long after the rollout began. That is no reason to roll it back."""
+    spec = canary(pause(), weight(100)).model_copy(update={"progress_deadline": 30.0})
+    sim = Sim.serving(spec, desired=2)
+    sim.revision = R2
+    sim.run(60)  # held at the pause without duration, R2 ready
+    assert sim.state.canary_ready_at is not None
+    sim.replicas = [r for r in sim.replicas if r.revision != R2]  # all of R2 lost
+    for decision in sim.run(5):
+        assert decision.state.phase != "Degraded", decision.state.message
+
+
+def test_a_pause_belongs_to_the_rollout_it_was_asked_for() -> None:
+    sim = Sim.serving(canary(), desired=2, requests=Requests(pause=R2))
+    sim.revision = R3  # another rollout than the paused one
+    assert all(d.state.phase == "Progressing" for d in sim.run(5))
+    sim.requests = Requests(pause=R3)
+    assert sim.tick().state.phase == "Paused"

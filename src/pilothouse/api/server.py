@@ -299,7 +299,7 @@ def create_app(
         nonce = str(time.time_ns())
         if action == "undo":
             return JSONResponse(undo(obj, body.get("toRevision"), _user(request)))
-        if action in ("promote", "abort") and not canary:
+        if action in ("promote", "abort", "pause") and not canary:
             raise ApiError(
                 409, "Conflict", f"modeldeployment '{name}' has no rollout in progress to {action}"
             )
@@ -317,7 +317,7 @@ def create_app(
         elif action == "abort":
             store.set_requests(cls.KIND, name, {"abort": f"{canary}|{nonce}"})
         elif action == "pause":
-            store.set_requests(cls.KIND, name, {"pause": "true"})
+            store.set_requests(cls.KIND, name, {"pause": str(canary)})
         elif action == "resume":
             store.set_requests(cls.KIND, name, {"pause": "false", "resume": nonce})
         elif action == "retry":

@@ -422,7 +422,9 @@ def history_table(history: list[dict[str, Any]], current: str | None) -> Table:
             str(entry.get("revision") or "-"),
             str(entry.get("model") or "-"),
             Text(outcome, style=OUTCOME_STYLES.get(outcome, "")),
-            age(entry.get("createdAt")) if entry.get("createdAt") else "-",
+            age(entry.get("deployedAt") or entry.get("createdAt"))
+            if entry.get("deployedAt") or entry.get("createdAt")
+            else "-",
             str(entry.get("appliedBy") or "-"),
             str(entry.get("cause") or "-"),
         )

@@ -8,6 +8,7 @@ updated object or with why the action does not apply now.
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
 from collections.abc import Callable
@@ -21,7 +22,8 @@ from rich.console import Group, RenderableType
 from rich.live import Live
 from rich.text import Text
 
-from pilothouse.api.client import Client
+from pilothouse.api.client import Client, NotRunning
+from pilothouse.api.home import Home
 from pilothouse.cli.main import _duration, client, handle_errors
 from pilothouse.cli.render import (
     console,
@@ -167,7 +169,13 @@ def _follow(
         try:
             obj = c.get(PLURAL, name)
         except httpx.TransportError:
-            continue  # the control plane restarting is not the rollout's verdict
+            # the control plane restarting is not the rollout's verdict; it may come
+            # back on another port: read daemon.json again
+            with contextlib.suppress(NotRunning, OSError):
+                fresh = Client.from_home(Home.from_env())
+                c.close()
+                c = fresh
+            continue
         show(obj)
     return obj
 

@@ -52,7 +52,8 @@ class Gate:
 class Requests:
     """What users asked for (promote, abort, pause, ...); see the control API."""
 
-    pause: bool = False
+    #: the revision whose rollout the user paused (True: whatever rollout runs)
+    pause: bool | str = False
     resume: str = ""
     promote: str = ""  # "REVISION|stepN|nonce" or "REVISION|full|nonce"
     abort: str = ""  # "REVISION|nonce"
@@ -61,12 +62,18 @@ class Requests:
     @classmethod
     def from_store(cls, values: dict[str, str]) -> Requests:
         return cls(
-            pause=values.get("pause") == "true",
+            pause=_pause(values.get("pause", "")),
             resume=values.get("resume", ""),
             promote=values.get("promote", ""),
             abort=values.get("abort", ""),
             retry=values.get("retry", ""),
         )
+
+
+def _pause(value: str) -> bool | str:
+    if value in ("", "false"):
+        return False
+    return True if value == "true" else value
 
 
 @dataclass(frozen=True)
@@ -82,6 +89,8 @@ class RolloutState:
     weight: float = 0.0
     started_at: float | None = None
     preview_ready_at: float | None = None
+    #: when the new revision first had a ready replica (the progress deadline ends there)
+    canary_ready_at: float | None = None
     switched_at: float | None = None
     old_target: int | None = None
     aborted: str | None = None
@@ -265,7 +274,11 @@ def plan_rollout(
         )
     started = state.started_at if state.started_at is not None else now
     canary_ready = observed.get(canary, RevisionCounts()).ready
-    if canary_ready == 0 and now - started > spec.progress_deadline and state.weight == 0:
+    if canary_ready and state.canary_ready_at is None:
+        state = replace(state, canary_ready_at=now)
+    if state.canary_ready_at is None and now - started > spec.progress_deadline:
+        # never ready since the rollout began (a restart of a revision that was ready
+        # once is the replica policy's business, not a reason to roll back)
         why = f"revision {canary} had no ready replica within {spec.progress_deadline:g}s"
         return done(_rollback(spec, state, desired, observed, why, "RolledBack"))
     return done(_progress(spec, state, desired, observed, gate, requests, now, canary_desired))
@@ -404,7 +417,8 @@ def _progress(
         decision = _promote(state, desired, canary_desired, observed)
         return replace(decision, events=events + decision.events)
     inconclusive = gate is not None and gate.verdict == "Inconclusive"
-    if requests.pause:
+    paused = requests.pause is True or requests.pause == state.canary
+    if paused:
         state = replace(state, phase="Paused", paused_reason="paused by the user")
     elif inconclusive and not state.paused_reason:
         assert gate is not None
@@ -416,7 +430,7 @@ def _progress(
         )
     elif not inconclusive:
         state = replace(state, phase="Progressing", paused_reason=None)
-    if step_promote and not requests.pause and state.phase == "Paused":
+    if step_promote and not paused and state.phase == "Paused":
         # promote ends a pause for lack of data: the user takes the decision
         state = replace(state, phase="Progressing", paused_reason=None)
     held = state.phase == "Paused"
