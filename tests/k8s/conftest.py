@@ -21,10 +21,11 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -310,12 +311,69 @@ def pod_network() -> Iterator[str]:
         subprocess.run(["ip", "route", "del", "local", cidr, "dev", "lo"], check=True)
 
 
+@dataclass(frozen=True)
+class NodeSample:
+    at: float  # time.monotonic()
+    ready: str  # the Ready condition's status: True, False or Unknown
+    taints: tuple[str, ...]
+    renew_time: Any  # the Lease's spec.renewTime (a datetime), None if there is none
+
+
+class NodeMonitor:
+    """Samples a node's Ready condition, taints and Lease renewTime every ``every`` seconds
+    from the moment it starts, in a thread, so that a test can judge the node's health over
+    the whole session without waiting for it."""
+
+    def __init__(self, kubeconfig: Path, node: str, every: float = 0.5) -> None:
+        self.node = node
+        self.every = every
+        self.samples: list[NodeSample] = []
+        self.errors: list[str] = []
+        self._api = api_client(kubeconfig)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"monitor-{node}", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+        self._api.close()
+
+    def _run(self) -> None:
+        core = client.CoreV1Api(self._api)
+        leases = client.CoordinationV1Api(self._api)
+        while not self._stop.wait(self.every):
+            try:
+                node = core.read_node(self.node, _request_timeout=5)
+                lease = leases.read_namespaced_lease(
+                    self.node, "kube-node-lease", _request_timeout=5
+                )
+            except Exception as error:  # recorded: the test judges it
+                self.errors.append(f"{type(error).__name__}: {error}")
+                continue
+            ready = next((c.status for c in node.status.conditions or [] if c.type == "Ready"), "")
+            self.samples.append(
+                NodeSample(
+                    time.monotonic(),
+                    ready,
+                    tuple(f"{t.key}:{t.effect}" for t in node.spec.taints or []),
+                    lease.spec.renew_time,
+                )
+            )
+
+    def span(self) -> float:
+        return self.samples[-1].at - self.samples[0].at if self.samples else 0.0
+
+
 @dataclass
 class ProcessNode:
     name: str
     work: Path
     pod_cidr: str
     agent_pid: int = 0
+    monitor: NodeMonitor | None = field(default=None, repr=False)
 
     def pod_pids(self) -> list[int]:
         return self._numbers("pids")
@@ -362,7 +420,10 @@ def process_node(k8s_cluster: Cluster, pod_network: str) -> Iterator[ProcessNode
 
     node.agent_pid = agent.pid
     wait_for("the process node Ready", ready, timeout=60)
+    node.monitor = NodeMonitor(plane.kubeconfig, node.name)
+    node.monitor.start()
     yield node
+    node.monitor.stop()
     agent.stop()
     # the agent stops its pods' processes on SIGTERM, with all they forked (it is their
     # subreaper and kills by session): check every session it started, and its own

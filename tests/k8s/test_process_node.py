@@ -15,6 +15,7 @@ import httpx
 import joblib
 import numpy as np
 import pytest
+from kubernetes.client.exceptions import ApiException
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
@@ -149,7 +150,10 @@ def slice_addresses(cluster: Cluster, namespace: str) -> set[str]:
 
 def predict(ip: str, rows: np.ndarray) -> list[float]:
     response = httpx.post(
-        f"http://{ip}:8080/v1/models/fraud:predict", json={"instances": rows.tolist()}, timeout=10
+        f"http://{ip}:8080/v1/models/fraud:predict",
+        json={"instances": rows.tolist()},
+        timeout=10,
+        trust_env=False,
     )
     assert response.status_code == 200, response.text
     return list(response.json()["predictions"])
@@ -173,7 +177,10 @@ def test_model_servers_on_the_process_node_serve_on_their_pod_ips(
     rows = np.random.default_rng(3).normal(size=(5, len(FEATURES)))
     expected = joblib.load(model.path / "model.joblib").predict_proba(rows)[:, 1]
     for ip in ips:
-        assert httpx.get(f"http://{ip}:8080/v2/health/ready", timeout=5).status_code == 200
+        assert (
+            httpx.get(f"http://{ip}:8080/v2/health/ready", timeout=5, trust_env=False).status_code
+            == 200
+        )
         np.testing.assert_allclose(predict(ip, rows), expected)
 
     # the EndpointSlice controller lists exactly the ready pods' IPs: real sockets
@@ -219,9 +226,20 @@ def test_deleting_a_pod_kills_its_process_and_the_replacement_takes_its_place(
 
     k8s_cluster.core.delete_namespaced_pod(victim.metadata.name, namespace)
 
-    wait_for(f"the deleted pod's process {pid} to end", lambda: not _alive(pid), timeout=30)
+    def deleted() -> bool:
+        try:
+            k8s_cluster.core.read_namespaced_pod(victim.metadata.name, namespace)
+        except ApiException as error:
+            if error.status == 404:
+                return True
+            raise
+        return False
+
+    # the agent completes the deletion only once the process is gone: the object goes (404)
+    wait_for(f"the deleted pod {victim.metadata.name} gone (404)", deleted, timeout=30)
+    assert not _alive(pid), f"pod {victim.metadata.name} deleted but its process {pid} lives"
     with pytest.raises(httpx.ConnectError):
-        httpx.get(f"http://{victim.status.pod_ip}:8080/v2/health/ready", timeout=2)
+        httpx.get(f"http://{victim.status.pod_ip}:8080/v2/health/ready", timeout=2, trust_env=False)
 
     def replaced() -> set[str] | None:
         now = ready_pods(k8s_cluster, namespace)
@@ -237,4 +255,7 @@ def test_deleting_a_pod_kills_its_process_and_the_replacement_takes_its_place(
         timeout=30,
     )
     for ip in ips:
-        assert httpx.get(f"http://{ip}:8080/v2/health/ready", timeout=5).status_code == 200
+        assert (
+            httpx.get(f"http://{ip}:8080/v2/health/ready", timeout=5, trust_env=False).status_code
+            == 200
+        )
