@@ -51,6 +51,12 @@ NODE_AGENT = Path(__file__).resolve().parent / "node_agent.py"
 #: one once: ip route add local 198.51.100.0/24 dev lo
 PROCESS_POD_CIDR = "198.51.100.0/24"
 SESSION_POD_RANGE = "198.18.0.0/15"
+#: the agent runs with proxies that answer nobody in its environment: it must ignore them (the
+#: apiserver and the pods are local), as a CI machine behind a proxy would have it
+DEAD_PROXIES = {
+    name: "http://127.0.0.1:9"
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy")
+}
 _FAILED = pytest.StashKey[bool]()
 _WORK = pytest.StashKey[Path]()
 _SUMMARY = pytest.StashKey[list[str]]()
@@ -407,7 +413,7 @@ def process_node(k8s_cluster: Cluster, pod_network: str) -> Iterator[ProcessNode
             f"--pod-cidr={pod_network}",
             f"--work={node.work}",
         ],
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        env={**os.environ, "PYTHONUNBUFFERED": "1", **DEAD_PROXIES},
     )
 
     def ready() -> bool:
