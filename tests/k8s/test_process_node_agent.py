@@ -270,6 +270,43 @@ def test_processes_a_container_forked_do_not_outlive_it(
     )
 
 
+def test_a_pod_the_agent_cannot_start_does_not_stop_the_others(
+    k8s_cluster: Cluster, namespace: str, process_node: ProcessNode
+) -> None:
+    core = k8s_cluster.core
+    # a file where the agent makes the pod's directory: starting "a-broken" raises
+    pods = process_node.work / "pods"
+    pods.mkdir(parents=True, exist_ok=True)
+    (pods / f"{namespace}_a-broken").write_text("in the way\n")
+    sleep_forever = [sys.executable, "-c", "import time; time.sleep(3600)"]
+    core.create_namespaced_pod(namespace, process_pod("a-broken", sleep_forever))
+    wait_for(
+        "a-broken bound to the process node",
+        lambda: (p := read_pod(k8s_cluster, namespace, "a-broken")) and p.spec.node_name,
+        timeout=30,
+    )
+    agent_log = k8s_cluster.plane.log_dir / f"node-agent-{process_node.name}.log"
+    wait_for(
+        "the agent to log the failure with the pod's name",
+        lambda: f"pod {namespace}/a-broken: failed" in agent_log.read_text(),
+        timeout=30,
+    )
+    # listed after it (and before it fails again, each pass), another pod still runs
+    core.create_namespaced_pod(namespace, process_pod("b-fine", sleep_forever))
+    fine = wait_for(
+        "b-fine Ready",
+        lambda: p if (p := read_pod(k8s_cluster, namespace, "b-fine")) and pod_ready(p) else None,
+        timeout=30,
+    )
+    assert fine.status.phase == "Running"
+    broken = read_pod(k8s_cluster, namespace, "a-broken")
+    assert broken.status.phase == "Pending"
+    assert not broken.status.container_statuses
+    # and it is deleted like any other
+    core.delete_namespaced_pod("a-broken", namespace)
+    wait_for("a-broken deleted (404)", lambda: gone(k8s_cluster, namespace, "a-broken"), timeout=30)
+
+
 def endpoint_readiness(cluster: Cluster, namespace: str, service: str) -> dict[str, bool]:
     slices = cluster.discovery.list_namespaced_endpoint_slice(
         namespace, label_selector=f"kubernetes.io/service-name={service}"
