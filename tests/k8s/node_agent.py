@@ -366,10 +366,17 @@ class Agent:
             self.stopping.wait(SYNC_EVERY)
 
     def sync(self) -> None:
-        pods = self.core.list_pod_for_all_namespaces(
-            field_selector=f"spec.nodeName={self.node}", _request_timeout=REQUEST_TIMEOUT
-        ).items
         self.reap_orphans()
+        try:
+            pods = self.core.list_pod_for_all_namespaces(
+                field_selector=f"spec.nodeName={self.node}", _request_timeout=REQUEST_TIMEOUT
+            ).items
+        except Exception:
+            # the apiserver is away: pods being stopped still get their SIGKILL on time
+            for runtime in list(self.pods.values()):
+                if runtime.kill_at is not None:
+                    self.guarded(runtime.key, runtime.uid, lambda r=runtime: self.stop_step(r))
+            raise
         seen = {pod.metadata.uid for pod in pods}
         self.no_ip_reported &= seen
         # stopping first: it frees addresses and never waits, so starts are not held up
