@@ -1,7 +1,7 @@
 """A process node: a minimal kubelet that runs pods as local processes (virtual-kubelet style).
 
     python tests/k8s/node_agent.py --kubeconfig KUBECONFIG --node NAME --pod-cidr CIDR \
-        --work DIR [--cpu 4 --memory 8Gi --pods 20]
+        --work DIR [--cpu 4 --memory 8Gi --pods 20 --max-pod-ips N]
 
 It registers the Node (labelled pilothouse.dev/node-kind=process, tainted
 pilothouse.dev/process-node=true:NoSchedule so that only pods meant for it land here),
