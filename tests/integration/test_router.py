@@ -554,3 +554,21 @@ def test_a_revision_with_zero_weight_gets_no_live_traffic() -> None:
         assert bodies == [b"200 A"] * 8
 
     run(scenario())
+
+
+def test_a_route_keeps_its_port_when_free_and_takes_another_when_not() -> None:
+    async def scenario() -> None:
+        router = Router("127.0.0.1")
+        try:
+            first = await router.ensure_route("a")
+            port = int(first.rsplit(":", 1)[1])
+            await router.remove("a")
+            again = await router.ensure_route("a", port)
+            assert again == first  # the port was free: the same endpoint
+            taken = await router.ensure_route("b", port)  # "a" holds it
+            assert taken != first
+            assert int(taken.rsplit(":", 1)[1]) > 0
+        finally:
+            await router.close()
+
+    run(scenario())

@@ -15,6 +15,7 @@ import hashlib
 import json
 from dataclasses import asdict, replace
 from typing import Any
+from urllib.parse import urlsplit
 
 from pilothouse.controllers.analysis import baseline_server_metrics, run_analysis
 from pilothouse.controllers.base import Context, Result, set_condition, timestamp
@@ -247,6 +248,7 @@ async def reconcile(ctx: Context, name: str) -> Result:
         queue_limit=spec.traffic.queue_limit,
         queue_timeout=spec.traffic.queue_timeout,
         hold_when_empty=spec.autoscaling is not None and spec.replicas.min == 0,
+        port=_port_of(status.get("url")),
     )
     by_id = {r.id: r for r in observed}
     # First point the endpoint at every ready replica that stays (and at the traffic
@@ -357,6 +359,16 @@ async def reconcile(ctx: Context, name: str) -> Result:
     if spec.autoscaling is not None:
         requeue = min(requeue, 1.0)  # autoscaling decisions every second
     return Result(requeue_after=requeue)
+
+
+def _port_of(url: Any) -> int:
+    """The port of the endpoint this deployment had (kept across control-plane restarts)."""
+    if not isinstance(url, str):
+        return 0
+    try:
+        return urlsplit(url).port or 0
+    except ValueError:
+        return 0
 
 
 def _counts(replicas: list[ReplicaStatus]) -> dict[str, RevisionCounts]:

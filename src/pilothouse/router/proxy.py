@@ -558,9 +558,23 @@ class Router:
         if route is not None and route.server is not None:
             return route.url
         route = route or Route(key, self.on_activate)
-        route.server = await asyncio.start_server(
-            route.handle, self.host, port, limit=MAX_HEAD_BYTES, reuse_address=True, backlog=1024
-        )
+        try:
+            route.server = await asyncio.start_server(
+                route.handle,
+                self.host,
+                port,
+                limit=MAX_HEAD_BYTES,
+                reuse_address=True,
+                backlog=1024,
+            )
+        except OSError as exc:
+            if not port:
+                raise
+            # the port it had is taken now: any port (clients read status.url again)
+            log.warning("route %s: port %d unavailable (%s); using another", key, port, exc)
+            route.server = await asyncio.start_server(
+                route.handle, self.host, 0, limit=MAX_HEAD_BYTES, reuse_address=True, backlog=1024
+            )
         bound = route.server.sockets[0].getsockname()
         host = f"[{bound[0]}]" if ":" in bound[0] else bound[0]
         route.url = f"http://{host}:{bound[1]}"

@@ -82,6 +82,8 @@ class Traffic:
     queue_limit: int = 256
     queue_timeout: float = 10.0
     hold_when_empty: bool = False
+    #: the endpoint's port to keep (after a control-plane restart), if it is free; 0: any
+    port: int = 0
 
 
 @dataclass(frozen=True)

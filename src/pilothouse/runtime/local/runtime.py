@@ -236,7 +236,8 @@ class LocalRuntime:
     async def set_traffic(
         self, deployment: str, ready: list[ReplicaStatus], traffic: Traffic | None = None
     ) -> str:
-        url = await self.router.ensure_route(deployment)
+        t = traffic or Traffic()
+        url = await self.router.ensure_route(deployment, t.port)
         backends = []
         for status in ready:
             replica = self._replicas.get(status.id)
@@ -250,7 +251,6 @@ class LocalRuntime:
                         replica.spec.readiness_path,
                     )
                 )
-        t = traffic or Traffic()
         self.router.set_policy(
             deployment,
             TrafficPolicy(
