@@ -4,12 +4,13 @@
 #   etcd                                                              (go.etcd.io/etcd/server/v3)
 #   kwok                                                              (sigs.k8s.io/kwok, simulated nodes)
 # at the versions pinned in versions.env, into a cache directory keyed by those versions and a
-# short sha256 of what else decides the binaries (versions.env, the wrapper modules' go.mod and
-# go.sum, this script, the target GOOS/GOARCH). When the cache already holds them it does
-# nothing (a warm machine skips the build).
+# short sha256 of what else decides the binaries (versions.env, the wrapper modules' go.mod,
+# go.sum and Go sources, this script, the Go version and GOFLAGS, the target GOOS/GOARCH). When
+# the cache already holds them it does nothing (a warm machine skips the build).
 #
 # Usage: hack/k8s-testenv/build.sh                  build what is missing; last line: the bin dir
-#        hack/k8s-testenv/build.sh --print-bin-dir  print the bin dir, build nothing
+#        hack/k8s-testenv/build.sh --print-bin-dir  print the bin dir, build nothing; never
+#                                                   fetches Go (fails, saying so, without one)
 #        hack/k8s-testenv/build.sh --update-modules regenerate kube/, etcd/, kwok/ go.mod + go.sum
 #                                                   from versions.env (after changing a version)
 #        hack/k8s-testenv/build.sh --go-version     the Go it builds with (fetched if missing)
@@ -45,9 +46,20 @@ go_new_enough() {  # the wrapper modules say `go 1.26.0`
   [ "$(printf '%s\n' go1.26 "$have" | sort -V | head -1)" = go1.26 ]
 }
 
+# The Go to build with: one on PATH that is new enough, else the one fetched earlier into the
+# cache; with fetch=no (--print-bin-dir) it never downloads and fails when there is neither.
 need_go() {
+  local fetch="${1:-yes}"
   if ! go_new_enough; then
-    [ -x "$CACHE_ROOT/go$GO_VERSION/bin/go" ] || install_go
+    if [ ! -x "$CACHE_ROOT/go$GO_VERSION/bin/go" ]; then
+      if [ "$fetch" != yes ]; then
+        echo "k8s-testenv: no Go 1.26 or newer on PATH nor go$GO_VERSION in $CACHE_ROOT," \
+          "and the cache key needs \`go env GOVERSION\`; --print-bin-dir does not fetch Go:" \
+          "run hack/k8s-testenv/build.sh (it fetches Go and builds)" >&2
+        exit 1
+      fi
+      install_go
+    fi
     export PATH="$CACHE_ROOT/go$GO_VERSION/bin:$PATH"
   fi
   export GOTOOLCHAIN=local GOFLAGS="${GOFLAGS:-} -buildvcs=false" CGO_ENABLED=0
@@ -90,16 +102,18 @@ PY
 }
 
 # The cache key: the versions, readable, and a short sha256 over every input of the build
-# that is committed here plus the target platform, so that a changed go.sum, build flag or
-# GOOS/GOARCH never reuses binaries built from something else.
+# that is committed here (versions.env, the wrapper modules' go.mod, go.sum and .go files, this
+# script) plus the Go version, GOFLAGS and the target platform, so that a changed go.sum, Go
+# source, build flag, Go release or GOOS/GOARCH never reuses binaries built from something else.
+# $1: fetch Go when there is none (yes) or fail (no).
 set_key() {
-  need_go
+  need_go "${1:-yes}"
   local digest
   digest="$(
     cd "$HERE" &&
-      sha256sum versions.env kube/go.mod kube/go.sum etcd/go.mod etcd/go.sum \
-        kwok/go.mod kwok/go.sum build.sh &&
-      go env GOOS GOARCH
+      sha256sum versions.env kube/go.mod kube/go.sum kube/tools.go etcd/go.mod etcd/go.sum \
+        etcd/main.go kwok/go.mod kwok/go.sum kwok/tools.go build.sh &&
+      go env GOOS GOARCH GOVERSION GOFLAGS
   )" || { echo "k8s-testenv: cannot compute the cache key" >&2; exit 1; }
   digest="$(printf '%s\n' "$digest" | sha256sum | cut -c1-12)"
   KEY="kube-${KUBE_VERSION}_etcd-${ETCD_VERSION}_kwok-${KWOK_VERSION}_${digest}"
@@ -198,7 +212,7 @@ build() {
 
 main() {
   case "${1:-}" in
-    --print-bin-dir) set_key && echo "$BIN" ;;
+    --print-bin-dir) set_key no && echo "$BIN" ;;
     --go-version) need_go && go version ;;
     --update-modules) update_modules ;;
     "")
