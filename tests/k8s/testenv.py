@@ -82,9 +82,16 @@ def bin_dir() -> Path:
     """Where build.sh puts the binaries ($PILOTHOUSE_K8S_BIN_DIR overrides)."""
     if override := os.environ.get("PILOTHOUSE_K8S_BIN_DIR"):
         return Path(override)
-    result = subprocess.run(
-        [str(BUILD_SCRIPT), "--print-bin-dir"], capture_output=True, text=True, check=True
-    )
+    try:
+        result = subprocess.run(
+            [str(BUILD_SCRIPT), "--print-bin-dir"], capture_output=True, text=True, check=True
+        )
+    except subprocess.CalledProcessError as error:
+        raise BinariesMissing(
+            f"{BUILD_SCRIPT} --print-bin-dir failed (exit {error.returncode}):\n"
+            f"{(error.stderr or '').strip()}\nBuild the Kubernetes test binaries with:\n"
+            f"    hack/k8s-testenv/build.sh"
+        ) from error
     return Path(result.stdout.strip())
 
 
