@@ -917,10 +917,10 @@ def test_blue_green_without_auto_promotion_waits_for_promote() -> None:
     held = sim.run(300)
     assert all(d.state.switched_at is None and d.weights == {R1: 100.0} for d in held)
     assert held[-1].state.message == "preview ready; waiting for promote"
-    sim.requests = Requests(promote=f"{R2}|step0|1")
+    sim.requests = Requests(promote=f"{R2}|next|1")
     switched = sim.tick()
     assert switched.weights == {R2: 100.0}
-    assert reasons(switched.events) == ["RolloutSwitched"]
+    assert reasons(switched.events) == ["RolloutPromotedByUser", "RolloutSwitched"]
     promoted = sim.run_until(lambda d: d.state.canary is None, limit=10)
     assert promoted.state.stable == R2
 

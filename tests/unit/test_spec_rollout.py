@@ -4,6 +4,7 @@ lines, and through the pydantic model), round trips, and the JSON schema."""
 from __future__ import annotations
 
 import json
+import re
 import textwrap
 from collections.abc import Iterable
 from typing import Any
@@ -813,3 +814,31 @@ def test_schema_accepts_a_rollout_and_rejects_a_bad_weight() -> None:
     assert list(jsonschema.Draft202012Validator(schema).iter_errors(good)) == []
     bad = yaml.safe_load(md(_CANARY + "    - setWeight: 101\n"))
     assert list(jsonschema.Draft202012Validator(schema).iter_errors(bad)) != []
+
+
+@pytest.mark.parametrize(
+    ("check", "message"),
+    [
+        ({"metric": "agreement", "min": 1.5}, "agreement is between 0 and 1, so min 1.5"),
+        ({"metric": "errorRate", "max": -0.1}, "errorRate is between 0 and 1, so max -0.1"),
+        ({"metric": "latencyP99", "max": -1}, "latencyP99 is at least 0, so max -1"),
+    ],
+)
+def test_a_bound_that_can_never_pass_is_refused(check: dict[str, object], message: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(message)):
+        AnalysisCheck.model_validate({"name": "c", **check})
+
+
+def test_a_key_given_twice_is_refused_with_both_lines() -> None:
+    text = "apiVersion: pilothouse.dev/v1alpha1\nkind: ModelDeployment\nmetadata: {name: m}\nspec:\n  model: m:1\n  model: m:3\n"
+    result = load_text(text, "dup.yaml")
+    assert not result.resources
+    [error] = result.errors
+    assert str(error) == "dup.yaml:6: document 1: spec.model: duplicate key (first at line 5)"
+
+
+def test_object_level_errors_do_not_dump_the_object() -> None:
+    text = "apiVersion: pilothouse.dev/v1alpha1\nkind: ModelDeployment\nmetadata: {name: m}\nspec:\n  model: m:1\n  rollout:\n    strategy: canary\n    canary:\n      steps: [{setWeight: 50}]\n"
+    [error] = load_text(text, "s.yaml").errors
+    assert "steps must end at setWeight: 100" in str(error)
+    assert "(got {" not in str(error)

@@ -299,7 +299,7 @@ def create_app(
         nonce = str(time.time_ns())
         if action == "undo":
             return JSONResponse(undo(obj, body.get("toRevision"), _user(request)))
-        if action in ("promote", "abort", "pause") and not canary:
+        if action in ("promote", "abort", "pause", "resume") and not canary:
             raise ApiError(
                 409, "Conflict", f"modeldeployment '{name}' has no rollout in progress to {action}"
             )
@@ -365,6 +365,13 @@ def create_app(
                     f"(known: {known})",
                 )
             target = found[0]
+        if target.get("revision") == current:
+            raise ApiError(
+                409,
+                "Conflict",
+                f"revision {target.get('number')} ({target.get('model')}) is what "
+                f"modeldeployment '{name}' already runs; nothing to undo",
+            )
         spec = dict(obj["spec"])
         for key in TEMPLATE_FIELDS:
             spec.pop(key, None)
@@ -381,6 +388,13 @@ def create_app(
         }
         [resource] = _validate([document], "undo")
         apply([resource], f"{user} (undo to revision {target.get('number')})")
+        store.record_event(
+            ModelDeployment.KIND,
+            name,
+            "Normal",
+            "RolloutUndone",
+            f"{user} went back to revision {target.get('number')} ({target.get('model')})",
+        )
         return store.get(ModelDeployment.KIND, name)
 
     async def delete_object(request: Request) -> Response:

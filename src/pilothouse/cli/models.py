@@ -210,8 +210,21 @@ def _in_use(ref: str) -> list[str]:
     return [
         d["metadata"]["name"]
         for d in client.list_objects("modeldeployments")
-        if (d.get("status") or {}).get("model") == ref
+        if ref in _refs_in_use(d.get("status") or {})
     ]
+
+
+def _refs_in_use(status: dict[str, Any]) -> set[str]:
+    """The model versions a deployment runs: the serving one and, during a rollout, the new."""
+    refs = {status.get("model"), status.get("desiredModel")}
+    rollout = status.get("rollout") or {}
+    if rollout.get("canaryRevision"):
+        refs |= {
+            h.get("model")
+            for h in status.get("history") or []
+            if h.get("revision") == rollout["canaryRevision"]
+        }
+    return {r for r in refs if isinstance(r, str)}
 
 
 @models.command()

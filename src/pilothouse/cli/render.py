@@ -66,9 +66,16 @@ def row(obj: dict[str, Any]) -> list[str]:
         ]
     if obj["kind"] == "ModelDeployment":
         ready = f"{status.get('readyReplicas', 0)}/{status.get('desiredReplicas', '?')}"
+        model = status.get("model") or spec.get("model", "-")
+        rollout = status.get("rollout") or {}
+        desired_model = status.get("desiredModel")
+        if rollout.get("canaryRevision") and desired_model and desired_model != model:
+            model = f"{model} -> {desired_model} ({rollout.get('weight', 0):g}%)"
+        elif rollout.get("phase") == "Degraded" and desired_model and desired_model != model:
+            model = f"{model} ({desired_model} rolled back)"
         return [
             name,
-            status.get("model") or spec.get("model", "-"),
+            model,
             ready,
             status.get("url", "-"),
             created,

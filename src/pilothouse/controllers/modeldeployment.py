@@ -287,7 +287,6 @@ async def reconcile(ctx: Context, name: str) -> Result:
     counts = _counts(current)
     stable = state.stable or revision
     serving_revision = revision if state.phase == "Healthy" else stable
-    ready_desired = counts.get(revision, RevisionCounts()).ready
     ready_serving = counts.get(serving_revision, RevisionCounts()).ready
     wanted = decision.targets.get(serving_revision, desired)
     rolled_out = state.phase == "Healthy" and stable == revision
@@ -297,16 +296,20 @@ async def reconcile(ctx: Context, name: str) -> Result:
         and status.get("model") == version.ref
     )
     history.trim(rollout.revision_history_limit, keep={stable, revision})
+    serving_model = history.model(serving_revision) if serving_revision != revision else version.ref
     status.update(
         {
             "url": url,
-            "model": version.ref,
-            "modelVersion": version.version,
+            # what serves live traffic (the stable revision during a rollout or after a
+            # rollback); desiredModel/revision are what the spec asks for
+            "model": serving_model,
+            "modelVersion": _version_of(serving_model, version.version),
+            "desiredModel": version.ref,
             "revision": revision,
             "framework": version.framework,
-            "desiredReplicas": desired,
+            "desiredReplicas": wanted,
             "replicas": len(current),
-            "readyReplicas": ready_desired,
+            "readyReplicas": ready_serving,
             "replicaPolicy": {
                 "failures": plan.state.failures,
                 "next_start_at": plan.state.next_start_at,
@@ -359,6 +362,13 @@ async def reconcile(ctx: Context, name: str) -> Result:
     if spec.autoscaling is not None:
         requeue = min(requeue, 1.0)  # autoscaling decisions every second
     return Result(requeue_after=requeue)
+
+
+def _version_of(ref: str, default: int) -> int:
+    try:
+        return int(ref.rsplit(":", 1)[1])
+    except (IndexError, ValueError):
+        return default
 
 
 def _port_of(url: Any) -> int:

@@ -173,6 +173,8 @@ def plan_rollout(
     reset_inconclusive = False
     if requests.resume and requests.resume != state.seen_resume:
         reset_inconclusive = True
+        if state.paused_reason is not None:
+            events.append(("Normal", "RolloutResumed", "resumed by the user"))
         state = replace(state, seen_resume=requests.resume, paused_reason=None)
     if requests.retry and requests.retry != state.seen_retry:
         state = replace(state, seen_retry=requests.retry)
@@ -418,6 +420,7 @@ def _progress(
         return replace(decision, events=events + decision.events)
     inconclusive = gate is not None and gate.verdict == "Inconclusive"
     paused = requests.pause is True or requests.pause == state.canary
+    was_held = state.paused_reason is not None
     if paused:
         state = replace(state, phase="Paused", paused_reason="paused by the user")
     elif inconclusive and not state.paused_reason:
@@ -434,11 +437,21 @@ def _progress(
         # promote ends a pause for lack of data: the user takes the decision
         state = replace(state, phase="Progressing", paused_reason=None)
     held = state.phase == "Paused"
+    if held and not was_held:
+        events.append(("Normal", "RolloutPaused", state.paused_reason or "paused"))
+    elif was_held and not held:
+        events.append(("Normal", "RolloutResumed", "the rollout goes on"))
+    if step_promote:
+        events.append(("Normal", "RolloutPromotedByUser", "promoted past the current wait"))
     if spec.strategy == "blueGreen":
-        return _blue_green(spec, state, desired, observed, gate, step_promote, held, now)
-    if spec.strategy == "rolling":
-        return _rolling(spec, state, desired, observed, gate, held)
-    return _canary(spec, state, desired, observed, gate, step_promote, held, now, canary_desired)
+        decision = _blue_green(spec, state, desired, observed, gate, step_promote, held, now)
+    elif spec.strategy == "rolling":
+        decision = _rolling(spec, state, desired, observed, gate, held)
+    else:
+        decision = _canary(
+            spec, state, desired, observed, gate, step_promote, held, now, canary_desired
+        )
+    return replace(decision, events=events + decision.events)
 
 
 def _canary(
@@ -480,6 +493,7 @@ def _canary(
             continue
         if step.pause.duration is None:
             message = f"paused at step {state.step + 1}/{len(steps)} until promoted"
+            state = replace(state, phase="Paused")  # shown only; the next pass re-derives it
             break
         until = state.step_started_at + step.pause.duration
         state = replace(state, pause_until=until)

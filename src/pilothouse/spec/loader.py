@@ -37,7 +37,8 @@ class SpecError:
 
     def __str__(self) -> str:
         where = f"{self.source}:{self.line}" if self.line else self.source
-        got = f" (got {self.value!r})" if self.has_value and "got " not in self.message else ""
+        shown = self.has_value and not isinstance(self.value, dict | list)
+        got = f" (got {self.value!r})" if shown and "got " not in self.message else ""
         field_part = f"{self.path}: " if self.path else ""
         return f"{where}: document {self.document}: {field_part}{self.message}{got}"
 
@@ -292,11 +293,38 @@ def iter_documents(
         loader.dispose()
 
 
+def _duplicate_keys(node: yaml.Node | None, path: str = "") -> list[tuple[str, str, int]]:
+    """Keys given twice in one mapping (YAML keeps the last silently: a wrong model could
+    ship): (field path, message, line) for each repeat."""
+    found: list[tuple[str, str, int]] = []
+    if isinstance(node, yaml.MappingNode):
+        first: dict[str, int] = {}
+        for key_node, value_node in node.value:
+            key = str(key_node.value) if isinstance(key_node, yaml.ScalarNode) else "?"
+            child = f"{path}.{key}" if path else key
+            line = key_node.start_mark.line + 1
+            if key in first:
+                found.append((child, f"duplicate key (first at line {first[key]})", line))
+            else:
+                first[key] = line
+            found.extend(_duplicate_keys(value_node, child))
+    elif isinstance(node, yaml.SequenceNode):
+        for index, item in enumerate(node.value):
+            found.extend(_duplicate_keys(item, f"{path}[{index}]"))
+    return found
+
+
 def load_text(text: str, source: str, result: LoadResult | None = None) -> LoadResult:
     result = result or LoadResult()
     for number, node, data, syntax in iter_documents(text, source):
         if syntax is not None:
             result.errors.append(syntax)
+            continue
+        duplicates = _duplicate_keys(node)
+        if duplicates:
+            result.errors.extend(
+                SpecError(source, number, path, message, line) for path, message, line in duplicates
+            )
             continue
         kind = data.get("kind") if isinstance(data, dict) else None
         if isinstance(kind, str) and kind.endswith("List") and "items" in data:

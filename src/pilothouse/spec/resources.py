@@ -230,6 +230,16 @@ ANALYSIS_METRICS: dict[str, str] = {
     "psi": "population stability index of the new revision's scores against the stable's",
     "ks": "Kolmogorov-Smirnov statistic of the new revision's scores against the stable's",
 }
+#: the values each metric can take (a bound outside can never be met)
+METRIC_RANGES: dict[str, tuple[float, float]] = {
+    "errorRate": (0.0, 1.0),
+    "agreement": (0.0, 1.0),
+    "ks": (0.0, 1.0),
+    "latencyP50": (0.0, 1e12),
+    "latencyP99": (0.0, 1e12),
+    "scoreDifference": (0.0, 1e12),
+    "psi": (0.0, 1e12),
+}
 #: a check may also name ``server:METRIC``, one of the model server's own Prometheus metrics
 SERVER_METRIC_PREFIX = "server:"
 #: the metrics every pilothouse model server exports (``server:NAME`` must be one of them)
@@ -294,6 +304,12 @@ class AnalysisCheck(SpecModel):
         for bound in (self.min, self.max):
             if bound is not None and not -1e12 <= bound <= 1e12:
                 raise ValueError("min and max must be finite numbers within ±1e12")
+        low, high = METRIC_RANGES.get(self.metric, (-1e12, 1e12))
+        what = f"between {low:g} and {high:g}" if high < 1e12 else f"at least {low:g}"
+        if self.min is not None and self.min > high:
+            raise ValueError(f"min: {self.metric} is {what}, so min {self.min:g} can never pass")
+        if self.max is not None and self.max < low:
+            raise ValueError(f"max: {self.metric} is {what}, so max {self.max:g} can never pass")
         return self
 
 
