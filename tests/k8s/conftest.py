@@ -33,6 +33,14 @@ import pytest
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
+from tests.k8s.node_agent import (
+    Session,
+    members,
+    process,
+    processes,
+    read_sessions,
+    recorded_processes,
+)
 from tests.k8s.testenv import (
     BinariesMissing,
     ControlPlane,
@@ -44,6 +52,9 @@ from tests.k8s.testenv import (
 )
 
 NODE_AGENT = Path(__file__).resolve().parent / "node_agent.py"
+#: process-0 hands out only the first PROCESS_NODE_POD_IPS addresses of its /24 (.2 and on):
+#: the last /29 (.248-.255) is left to the tests' other process nodes (tiny_node)
+PROCESS_NODE_POD_IPS = 240
 #: pod IPs on the process node. Not 127.0.1.N: EndpointSlice validation rejects loopback
 #: addresses (ValidateEndpointIP), so the pods get addresses of a range made local with one
 #: route on the loopback interface ("AnyIP"). As root, each session adds its own /24 of the
@@ -384,9 +395,17 @@ class ProcessNode:
     def pod_pids(self) -> list[int]:
         return self._numbers("pids")
 
-    def sessions(self) -> set[int]:
-        """Every container session the agent started (a container's processes share it)."""
-        return set(self._numbers("sessions"))
+    def sessions(self) -> dict[Session, int | None]:
+        """Every container session the agent started (a container's processes share it), by
+        identity (ID and leader start time), with when it was found drained (or None)."""
+        return read_sessions(self.work / "sessions")
+
+    def escaped(self) -> list[str]:
+        """What the agent found, at shutdown, to have left its container's session (setsid)."""
+        try:
+            return (self.work / "escaped").read_text().splitlines()
+        except FileNotFoundError:
+            return []
 
     def _numbers(self, name: str) -> list[int]:
         try:
@@ -411,6 +430,7 @@ def process_node(k8s_cluster: Cluster, pod_network: str) -> Iterator[ProcessNode
             f"--kubeconfig={plane.kubeconfig}",
             f"--node={node.name}",
             f"--pod-cidr={pod_network}",
+            f"--max-pod-ips={PROCESS_NODE_POD_IPS}",
             f"--work={node.work}",
         ],
         env={**os.environ, "PYTHONUNBUFFERED": "1", **DEAD_PROXIES},
@@ -425,20 +445,41 @@ def process_node(k8s_cluster: Cluster, pod_network: str) -> Iterator[ProcessNode
         return any(c.type == "Ready" and c.status == "True" for c in found.status.conditions or [])
 
     node.agent_pid = agent.pid
+    # the agent's own session, by identity: its PID and start time (it leads that session)
+    me = process(agent.pid)
+    agent_session = Session(agent.pid, me.start if me else 0)
     wait_for("the process node Ready", ready, timeout=60)
     node.monitor = NodeMonitor(plane.kubeconfig, node.name)
     node.monitor.start()
     yield node
     node.monitor.stop()
     agent.stop()
-    # the agent stops its pods' processes on SIGTERM, with all they forked (it is their
-    # subreaper and kills by session): check every session it started, and its own
-    sessions = node.sessions() | {agent.pid}
-    left = session_processes(sessions)
+    check_agent_left_nothing(node.work, agent_session)
+
+
+def check_agent_left_nothing(work: Path, agent_session: Session) -> None:
+    """After a node agent stopped: the processes of every session it recorded, and of its
+    own, are gone — matched by identity (session ID, and start times no earlier than the
+    session leader's and no later than when the agent found the session drained), never by
+    bare number, so a PID reused since is never touched. What is left is killed and fails
+    the session loudly, as do processes that escaped their container's session (setsid),
+    which the agent killed and listed at shutdown."""
+    procs = processes()
+    left = recorded_processes(work / "sessions") + [
+        (pid, agent_session.sid) for pid in members(agent_session, procs)
+    ]
     for pid, _ in left:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
+    try:
+        escaped = (work / "escaped").read_text().splitlines()
+    except FileNotFoundError:
+        escaped = []
     assert not left, f"pod processes outlived the node agent (pid, session): {left}"
+    assert not escaped, (
+        f"processes left their container's session (setsid) and were still running when the"
+        f" node agent stopped (it killed them; pid, session, command): {escaped}"
+    )
 
 
 def _stat(pid: int | str) -> list[str] | None:
@@ -452,13 +493,3 @@ def _stat(pid: int | str) -> list[str] | None:
 def _alive(pid: int) -> bool:
     fields = _stat(pid)
     return fields is not None and fields[0] != "Z"
-
-
-def session_processes(sessions: set[int]) -> list[tuple[int, int]]:
-    """(pid, session) of the live processes in any of ``sessions``."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        fields = _stat(entry.name) if entry.name.isdigit() else None
-        if fields and fields[0] != "Z" and int(fields[3]) in sessions:
-            found.append((int(entry.name), int(fields[3])))
-    return found

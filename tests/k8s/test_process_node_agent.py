@@ -19,7 +19,15 @@ import httpx
 import pytest
 from kubernetes.client.exceptions import ApiException
 
-from tests.k8s.conftest import NODE_AGENT, Cluster, ProcessNode, _alive, _stat
+from tests.k8s.conftest import (
+    NODE_AGENT,
+    Cluster,
+    ProcessNode,
+    _alive,
+    _stat,
+    check_agent_left_nothing,
+)
+from tests.k8s.node_agent import Session, members, process, processes
 from tests.k8s.testenv import start_process, wait_for
 
 pytestmark = pytest.mark.k8s
@@ -47,6 +55,22 @@ FORKS_A_SLEEP = (
     "if sys.argv[2] == 'stay':\n"
     "    time.sleep(3600)\n"
     "sys.exit(1)\n"
+)
+#: prints its PID (its session's ID), starts a child that forks a sleeping grandchild every
+#: 10 ms, and exits 0 after 1.5 s while the child goes on forking: whatever kill misses a
+#: grandchild forked between the scan of the session and the kill
+FORKS_IN_A_LOOP = (
+    "import os, sys, time\n"
+    "print(os.getpid(), flush=True)\n"
+    "if os.fork() == 0:\n"
+    "    for _ in range(3000):\n"
+    "        if os.fork() == 0:\n"
+    "            time.sleep(600)\n"
+    "            os._exit(0)\n"
+    "        time.sleep(0.01)\n"
+    "    os._exit(0)\n"
+    "time.sleep(1.5)\n"
+    "sys.exit(0)\n"
 )
 #: serves 200 on every path, 503 while the file argv[1] exists
 FLIPPING_SERVER = (
@@ -401,6 +425,7 @@ def tiny_node(k8s_cluster: Cluster, process_node: ProcessNode) -> Iterator[str]:
     /24, far from the addresses process-0 hands out)."""
     plane = k8s_cluster.plane
     name = f"process-tiny-{uuid.uuid4().hex[:5]}"
+    # process-0 hands out .2 to .241 (PROCESS_NODE_POD_IPS): .250 is this node's alone
     base = process_node.pod_cidr.rsplit(".", 1)[0]
     work = plane.work / name
     agent = start_process(
@@ -417,15 +442,16 @@ def tiny_node(k8s_cluster: Cluster, process_node: ProcessNode) -> Iterator[str]:
         plane.log_dir,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
+    me = process(agent.pid)
+    agent_session = Session(agent.pid, me.start if me else 0)
     try:
         wait_for(f"node {name} Ready", lambda: agent.alive() and ready_node(k8s_cluster, name))
         yield name
     finally:
         agent.stop()
-        for pid in _numbers(work / "sessions"):
-            assert not _alive(pid)
         if read_node(k8s_cluster, name) is not None:
             k8s_cluster.core.delete_node(name)
+        check_agent_left_nothing(work, agent_session)
 
 
 def read_node(cluster: Cluster, name: str) -> Any | None:
@@ -446,13 +472,6 @@ def ready_node(cluster: Cluster, name: str) -> bool:
     return ready and not any(
         t.key.startswith("node.kubernetes.io/") for t in node.spec.taints or []
     )
-
-
-def _numbers(path: Path) -> list[int]:
-    try:
-        return [int(n) for n in path.read_text().split()]
-    except FileNotFoundError:
-        return []
 
 
 def test_a_finished_pod_gives_back_its_address_and_a_pod_finding_none_stays_pending_saying_so(
@@ -525,3 +544,112 @@ def test_the_process_node_renews_its_lease_and_stays_ready_past_the_grace_period
     assert len(distinct) >= window / 4, distinct
     gaps = [(b - a).total_seconds() for a, b in itertools.pairwise(distinct)]
     assert max(gaps) < 10, gaps
+
+
+def test_what_a_container_keeps_forking_is_killed_until_none_is_left_before_its_address_goes(
+    k8s_cluster: Cluster, namespace: str, tiny_node: str
+) -> None:
+    """The container exits while its child forks on: one SIGKILL pass misses what is forked
+    between its scan and its kill, so the agent kills the session again on every pass until it
+    is empty, and only then gives the pod's address (the node's only one) to the next pod."""
+    core = k8s_cluster.core
+    core.create_namespaced_pod(
+        namespace,
+        process_pod(
+            "forker", [sys.executable, "-c", FORKS_IN_A_LOOP], restart="Never", node=tiny_node
+        ),
+    )
+    pod = wait_for("forker Running", lambda: running(k8s_cluster, namespace, "forker"))
+    forker_log = k8s_cluster.plane.work / tiny_node / "pods" / f"{namespace}_forker" / "main.log"
+    leader = wait_for(
+        "forker to print its PID",
+        lambda: process(int(logged_line(forker_log) or 0)),
+        timeout=30,
+    )
+    session = Session(leader.pid, leader.start)
+    assert container_pid(pod) == leader.pid
+    wait_for("the session to fork", lambda: len(members(session, processes())) > 5, timeout=30)
+    # the next pod waits for the address, which forker holds until its session is empty
+    sleep_forever = [sys.executable, "-c", "import time; time.sleep(3600)"]
+    core.create_namespaced_pod(namespace, process_pod("next", sleep_forever, node=tiny_node))
+    wait_for(
+        "forker Succeeded",
+        lambda: (p := read_pod(k8s_cluster, namespace, "forker")) and p.status.phase == "Succeeded",
+        timeout=30,
+    )
+    nxt = wait_for("next Running", lambda: running(k8s_cluster, namespace, "next"), timeout=30)
+    # the address came back only once nothing of forker's session was left
+    assert not members(session, processes())
+    assert nxt.status.pod_ip == pod.status.pod_ip
+    wait_for(
+        "no zombie left by the session",
+        lambda: (
+            not [p for p in processes() if p.session == session.sid and p.start >= session.start]
+        ),
+        timeout=10,
+    )
+
+
+def test_a_slow_readiness_probe_holds_up_no_other_pod(
+    k8s_cluster: Cluster, namespace: str, process_node: ProcessNode, tmp_path: Path
+) -> None:
+    """Probes run in a pool, not in the sync thread: while one pod's exec probe takes 8 s
+    (many passes), another pod starts and is reported Ready at once."""
+    core = k8s_cluster.core
+    marker = tmp_path / "probing"
+    sleep_forever = [sys.executable, "-c", "import time; time.sleep(3600)"]
+    probe = {
+        "exec": {"command": ["sh", "-c", f"touch {marker}; sleep 8"]},
+        "periodSeconds": 1,
+        "timeoutSeconds": 20,
+    }
+    core.create_namespaced_pod(
+        namespace,
+        process_pod("slow", sleep_forever, node=process_node.name, readinessProbe=probe),
+    )
+    wait_for("the slow probe to run", marker.exists, timeout=60)
+    created = time.monotonic()
+    core.create_namespaced_pod(
+        namespace, process_pod("quick", sleep_forever, node=process_node.name)
+    )
+    quick = wait_for(
+        "quick Running and Ready",
+        lambda: (p := running(k8s_cluster, namespace, "quick")) and pod_ready(p) and p,
+        timeout=30,
+    )
+    took = time.monotonic() - created
+    assert took < 3, f"quick took {took:.1f}s: held up by the slow probe"
+    slow = read_pod(k8s_cluster, namespace, "slow")
+    assert slow is not None
+    assert slow.status.phase == "Running"
+    assert not pod_ready(slow)
+    assert quick.status.phase == "Running"
+
+
+def test_a_status_changed_by_someone_else_is_put_right(
+    k8s_cluster: Cluster, namespace: str, process_node: ProcessNode
+) -> None:
+    """The agent compares its status with the pod as listed, not only with what it wrote last:
+    a Ready=False written by someone else is set back to True on a later pass."""
+    core = k8s_cluster.core
+    sleep_forever = [sys.executable, "-c", "import time; time.sleep(3600)"]
+    core.create_namespaced_pod(
+        namespace, process_pod("steady", sleep_forever, node=process_node.name)
+    )
+    wait_for(
+        "steady Ready",
+        lambda: (p := running(k8s_cluster, namespace, "steady")) and pod_ready(p),
+        timeout=60,
+    )
+    patched = core.patch_namespaced_pod_status(
+        "steady",
+        namespace,
+        {"status": {"conditions": [{"type": "Ready", "status": "False", "reason": "Meddling"}]}},
+        _content_type="application/strategic-merge-patch+json",
+    )
+    assert not pod_ready(patched)
+    wait_for(
+        "steady Ready again",
+        lambda: (p := read_pod(k8s_cluster, namespace, "steady")) and pod_ready(p),
+        timeout=10,
+    )
