@@ -46,9 +46,9 @@ another session) leaves its container's session and escapes the kill on containe
 pod deletion; while the agent runs it is still re-parented to the agent when orphaned, and at
 shutdown the agent SIGKILLs every live child of its own outside its own session (its PPid
 checked first) and lists them in ``DIR/escaped`` (``PID SESSION COMMAND`` per line) for the
-test fixtures to fail on. A daemon that double-forks and setsid()s while its parent still
-lives is killed only then, at shutdown. A cgroup-based kill would close this and is out of
-scope.
+test fixtures to fail on. An escapee is found then only if it has been re-parented to the
+agent by then (its parent gone); one whose parent itself escaped and still lives is not found
+at all. A cgroup-based kill would close this and is out of scope.
 
 Container output goes to ``DIR/pods/NAMESPACE_POD/CONTAINER.log``; ``DIR/pids`` lists the
 running containers' PIDs and ``DIR/sessions`` records every container session it started

@@ -5,6 +5,7 @@ node's address, and the node stays Ready on its Lease."""
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import random
@@ -28,7 +29,7 @@ from tests.k8s.conftest import (
     check_agent_left_nothing,
 )
 from tests.k8s.node_agent import Session, members, process, processes
-from tests.k8s.testenv import start_process, wait_for
+from tests.k8s.testenv import Process, start_process, wait_for
 
 pytestmark = pytest.mark.k8s
 TOLERATION = {
@@ -423,8 +424,17 @@ def test_a_host_network_pod_gets_the_node_address(
 def tiny_node(k8s_cluster: Cluster, process_node: ProcessNode) -> Iterator[str]:
     """A second process node with a pool of one pod address (the last /29 of the session's
     /24, far from the addresses process-0 hands out)."""
+    with extra_node(k8s_cluster, process_node, "process-tiny") as (name, _, _):
+        yield name
+
+
+@contextlib.contextmanager
+def extra_node(
+    k8s_cluster: Cluster, process_node: ProcessNode, prefix: str
+) -> Iterator[tuple[str, Path, Process]]:
+    """Another node agent, with one pod address; checked like process-0 after it stops."""
     plane = k8s_cluster.plane
-    name = f"process-tiny-{uuid.uuid4().hex[:5]}"
+    name = f"{prefix}-{uuid.uuid4().hex[:5]}"
     # process-0 hands out .2 to .241 (PROCESS_NODE_POD_IPS): .250 is this node's alone
     base = process_node.pod_cidr.rsplit(".", 1)[0]
     work = plane.work / name
@@ -446,7 +456,7 @@ def tiny_node(k8s_cluster: Cluster, process_node: ProcessNode) -> Iterator[str]:
     agent_session = Session(agent.pid, me.start if me else 0)
     try:
         wait_for(f"node {name} Ready", lambda: agent.alive() and ready_node(k8s_cluster, name))
-        yield name
+        yield name, work, agent
     finally:
         agent.stop()
         if read_node(k8s_cluster, name) is not None:
@@ -653,3 +663,44 @@ def test_a_status_changed_by_someone_else_is_put_right(
         lambda: (p := read_pod(k8s_cluster, namespace, "steady")) and pod_ready(p),
         timeout=10,
     )
+
+
+#: starts `sleep SECONDS` in a session of its own (setsid: out of the container's session),
+#: prints its PID and exits
+ESCAPES = (
+    "import subprocess, sys\n"
+    "child = subprocess.Popen(['sleep', sys.argv[1]], start_new_session=True)\n"
+    "print(child.pid, flush=True)\n"
+)
+
+
+def test_a_process_that_left_its_session_is_killed_and_listed_when_the_agent_stops(
+    k8s_cluster: Cluster, namespace: str, process_node: ProcessNode
+) -> None:
+    """The documented limit: a process that setsid()s away escapes the kill by session, but
+    once orphaned it is the agent's child; at shutdown the agent kills it and lists it in
+    ``escaped``, on which the fixtures' teardown fails."""
+    seconds = str(60000 + random.randrange(10000))
+    with extra_node(k8s_cluster, process_node, "process-escape") as (name, work, agent):
+        pod = process_pod(
+            "escapes", [sys.executable, "-c", ESCAPES, seconds], restart="Never", node=name
+        )
+        pod["spec"]["hostNetwork"] = True
+        k8s_cluster.core.create_namespaced_pod(namespace, pod)
+        wait_for(
+            "escapes Succeeded",
+            lambda: (
+                (p := read_pod(k8s_cluster, namespace, "escapes")) and p.status.phase == "Succeeded"
+            ),
+            timeout=60,
+        )
+        escapee = wait_for(f"`sleep {seconds}`", lambda: sleeps(seconds), timeout=10)[0]
+        fields = _stat(escapee)
+        assert fields is not None
+        assert int(fields[1]) == agent.pid, "orphaned: re-parented to the agent"
+        agent.stop()
+        escaped = (work / "escaped").read_text()
+        assert f"{escapee} {escapee} sleep {seconds}" in escaped
+        wait_for(f"`sleep {seconds}` killed", lambda: not sleeps(seconds), timeout=10)
+        # what the fixtures' teardown (run by extra_node now) fails on
+        (work / "escaped").rename(work / "escaped.seen")
