@@ -8,6 +8,7 @@ file order. Every wait is on the object's state, with a deadline.
 from __future__ import annotations
 
 import getpass
+import re
 import socket
 import subprocess
 import sys
@@ -205,9 +206,10 @@ def test_canary_holds_at_its_pause_until_promoted(
 
     shown = p.cli("rollout", "status", NAME)
     assert shown.returncode == 0, shown.stderr
-    assert "Step:      2/3" in shown.stdout
-    assert "25% of live traffic" in shown.stdout
-    assert f"{canary} (1/1 ready)" in shown.stdout
+    # not a terminal: whole plain lines, never cut to a terminal's width
+    assert "phase=Paused strategy=canary step=2/3 weight=25%" in shown.stdout
+    assert f"new {canary} (1/1 ready)" in shown.stdout
+    assert "message: paused at step 2/3 until promoted" in shown.stdout
     assert watcher.poll() is None, "a paused rollout is not finished: the watch goes on"
 
     promoted = p.cli("rollout", "promote", NAME)
@@ -216,7 +218,11 @@ def test_canary_holds_at_its_pause_until_promoted(
 
     out, err = watcher.communicate(timeout=WAIT)
     assert watcher.returncode == 0, out + err
-    lines = out.splitlines()
+    # each line starts with the time it was seen: HH:MM:SSZ
+    assert all(re.match(r"\d\d:\d\d:\d\dZ ", line) for line in out.splitlines()[:-1]), out
+    lines = [
+        line.split(" ", 1)[1] if re.match(r"\d\d:", line) else line for line in out.splitlines()
+    ]
     held = [line for line in lines if line.startswith("phase=") and "step=2/3" in line]
     assert len(held) == 1, f"the held state is printed once, not at every poll:\n{out}"
     assert "weight=25%" in held[0]
@@ -308,7 +314,7 @@ def test_undo_rolls_out_an_earlier_revision_again(
     assert why, "a pause says why"
     assert _held_at_pause(rollout["status"]["rollout"]), "a pause keeps step and weight"
     shown = p.cli("rollout", "status", NAME)
-    assert "Phase:     Paused" in shown.stdout, shown.stdout
+    assert "phase=Paused" in shown.stdout, shown.stdout
     assert why in shown.stdout
 
     resumed = p.cli("rollout", "resume", NAME)

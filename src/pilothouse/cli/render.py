@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from datetime import UTC, datetime
 from typing import Any
 
@@ -230,11 +231,18 @@ def percent(value: float | int | None) -> str:
     return "-" if value is None else f"{value:g}%"
 
 
+def check_value(check: dict[str, Any], value: Any) -> str:
+    """A check's value with its unit: latencies in milliseconds, the rest as numbers."""
+    if value is not None and str(check.get("metric", "")).startswith("latency"):
+        return f"{float(value) * 1000:.3g} ms"
+    return number(value)
+
+
 def check_bound(check: dict[str, Any]) -> str:
-    """The pass band of an analysis check: ``≤ 0.05``, ``≥ 0.95`` or ``≥ 0.9, ≤ 1.1``."""
+    """The pass band of an analysis check: ``≤ 0.05``, ``≥ 0.95`` or ``≤ 250 ms``."""
     low, high = check.get("min"), check.get("max")
-    parts = ([f"≥ {number(low)}"] if low is not None else []) + (
-        [f"≤ {number(high)}"] if high is not None else []
+    parts = ([f"≥ {check_value(check, low)}"] if low is not None else []) + (
+        [f"≤ {check_value(check, high)}"] if high is not None else []
     )
     return ", ".join(parts) or "-"
 
@@ -336,7 +344,7 @@ def analysis_table(analysis: dict[str, Any] | None) -> Table | None:
         table.add_row(
             str(check.get("name", "-")),
             str(check.get("metric", "-")),
-            number(check.get("value")),
+            check_value(check, check.get("value")),
             check_bound(check),
             str(check.get("samples", "-")),
             Text(phase, style=CHECK_STYLES.get(phase, "")),
@@ -390,14 +398,16 @@ def rollout_lines(rollout: dict[str, Any]) -> list[str]:
         lines.append(f"analysis {analysis['verdict']}")
     for check in analysis.get("checks") or []:
         lines.append(
-            f"check {check.get('name')}: {check.get('metric')}={number(check.get('value'))} "
+            f"check {check.get('name')}: {check.get('metric')}={check_value(check, check.get('value'))} "
             f"({check_bound(check)}, {check.get('samples', '-')} samples) "
             f"{check.get('phase') or '-'}, {check.get('successful', 0)} successful, "
             f"{check.get('failed', 0)} failed"
             + (f": {check['message']}" if check.get("message") else "")
         )
     if rollout.get("message"):
-        lines.append(f"message: {rollout['message']}")
+        # without countdowns ("for 4s more", "in 25s"): a line changes when the rollout does
+        message = re.sub(r" for \d+s more| in \d+s(?= |$)", "", str(rollout["message"]))
+        lines.append(f"message: {message}")
     return lines
 
 

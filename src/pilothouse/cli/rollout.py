@@ -100,7 +100,11 @@ def status(name: str, watch: bool, timeout: str) -> None:
     c = client()
     obj = c.get(PLURAL, name)
     if not watch:
-        console.print(_view(obj))
+        if console.is_terminal:
+            console.print(_view(obj))
+        else:  # whole lines for logs and scripts, never cut to a terminal's width
+            for line in _lines(obj):
+                console.print(line, highlight=False, markup=False, soft_wrap=True)
         return
     deadline = time.monotonic() + limit
     try:
@@ -113,8 +117,9 @@ def status(name: str, watch: bool, timeout: str) -> None:
             def log(o: dict[str, Any]) -> None:
                 nonlocal printed
                 lines = _lines(o)
+                stamp = datetime.now(UTC).strftime("%H:%M:%SZ")
                 for line in new_lines(printed, lines):
-                    console.print(line, highlight=False, markup=False, soft_wrap=True)
+                    console.print(f"{stamp} {line}", highlight=False, markup=False, soft_wrap=True)
                 printed = lines
 
             obj = _follow(c, name, obj, deadline, log)
