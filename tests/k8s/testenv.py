@@ -339,11 +339,38 @@ def _die_with_parent() -> None:
     _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
+def _start_time(pid: int) -> int | None:
+    """Field 22 of /proc/PID/stat: when the process started (clock ticks after boot)."""
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def group_members(pgid: int, leader_start: int) -> list[int]:
+    """Live processes of process group ``pgid`` that started no earlier than its leader did
+    (``leader_start``): once the group is empty its number may be another's, so a bare
+    killpg after the leader was reaped could hit an unrelated group."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if fields[0] != "Z" and int(fields[2]) == pgid and int(fields[19]) >= leader_start:
+            found.append(int(entry.name))
+    return found
+
+
 @dataclass
 class Process:
     name: str
     popen: subprocess.Popen[bytes]
     log: Path
+    #: the process's start time (ticks after boot), to tell its group from a later one
+    start: int = 0
 
     @property
     def pid(self) -> int:
@@ -370,9 +397,11 @@ class Process:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(self.pid, signal.SIGKILL)
                 self.popen.wait(timeout=10)
-        # whatever it forked into its group and left behind
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.pid, signal.SIGKILL)
+        # whatever it forked into its group and left behind: it is reaped now, so by
+        # identity (group and start time), never a bare killpg of a number that is free
+        for pid in group_members(self.pid, self.start):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
 
 
 def start_process(
@@ -389,7 +418,7 @@ def start_process(
             start_new_session=True,
             preexec_fn=_die_with_parent,  # only calls prctl
         )
-    return Process(name, popen, log)
+    return Process(name, popen, log, _start_time(popen.pid) or 0)
 
 
 # --- the control plane ----------------------------------------------------------------------
