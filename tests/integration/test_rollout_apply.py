@@ -51,6 +51,13 @@ def test_bad_rollouts_are_refused_at_apply_and_the_running_revision_stays(
     before = wait_for("fraud:1 serving", lambda: healthy_on(platform, "fraud:1"), timeout=60)
     generation = platform.get_json("md", "fraud")["metadata"]["generation"]
 
+    # a new deployment may wait for its model (trained later): accepted, with a warning
+    waiting = platform.cli(
+        "apply", "-f", "-", input_text=deployment("fraud:9").replace("name: fraud", "name: later")
+    )
+    assert waiting.returncode == 0, waiting.stderr
+    assert "warning: model 'fraud' has no version 9" in waiting.stderr
+    assert "starts once that version is registered" in waiting.stderr
     # a model version that does not exist: 422 naming spec.model, nothing applied
     missing = platform.cli("apply", "-f", "-", input_text=deployment("fraud:9"))
     assert missing.returncode != 0

@@ -171,24 +171,31 @@ def create_app(
     info: Callable[[], dict[str, Any]],
     registry: BaseRegistry | None = None,
 ) -> Starlette:
-    def check_models(resources: list[Resource]) -> None:
+    def check_models(resources: list[Resource]) -> dict[int, str]:
         """A deployment that already serves must not be moved to a model that does not exist:
-        reject the change at apply (a new deployment may wait for its model to be trained)."""
+        reject the change at apply. A new deployment may wait for its model to be trained:
+        accepted, with a warning (document number -> text)."""
+        warnings: dict[int, str] = {}
         if registry is None:
-            return
+            return warnings
         errors: list[dict[str, Any]] = []
         for number, resource in enumerate(resources, start=1):
             if not isinstance(resource, ModelDeployment):
                 continue
             try:
-                current = store.get(resource.KIND, resource.metadata.name)
+                current: dict[str, Any] | None = store.get(resource.KIND, resource.metadata.name)
             except NotFound:
-                continue
-            if not (current.get("status") or {}).get("revision"):
-                continue
+                current = None
+            serving = current is not None and (current.get("status") or {}).get("revision")
             try:
                 registry.resolve(resource.spec.model)
             except ModelNotFound as exc:
+                if not serving:
+                    warnings[number] = (
+                        f"{exc.args[0] if exc.args else exc}; it starts once that version "
+                        "is registered"
+                    )
+                    continue
                 errors.append(
                     {
                         "source": "request",
@@ -200,9 +207,10 @@ def create_app(
                 )
         if errors:
             raise _invalid(errors)
+        return warnings
 
     def apply(resources: list[Resource], user: str = "api") -> list[dict[str, Any]]:
-        check_models(resources)
+        warnings = check_models(resources)
         outcomes = store.apply([resource_doc(r) for r in resources])
         for resource, outcome in zip(resources, outcomes, strict=True):
             if isinstance(resource, ModelDeployment) and outcome.value != "unchanged":
@@ -211,7 +219,8 @@ def create_app(
             on_change(resource.KIND, resource.metadata.name)
         return [
             {"kind": r.KIND, "name": r.metadata.name, "result": o.value}
-            for r, o in zip(resources, outcomes, strict=True)
+            | ({"warning": warnings[n]} if n in warnings else {})
+            for n, (r, o) in enumerate(zip(resources, outcomes, strict=True), start=1)
         ]
 
     async def healthz(_: Request) -> Response:

@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 
 import click
 import httpx
+from rich.markup import escape
 
 from pilothouse import __version__
 from pilothouse.api.client import ApiClientError, Client, NotRunning
@@ -212,6 +213,8 @@ def apply(files: tuple[str, ...]) -> None:
     result = _load(files)
     for item in client().apply(_documents(result)):
         console.print(f"{item['kind'].lower()}.pilothouse.dev/{item['name']} {item['result']}")
+        if item.get("warning"):
+            err_console.print(f"[yellow]warning:[/] {escape(item['warning'])}", highlight=False)
 
 
 @cli.command()
