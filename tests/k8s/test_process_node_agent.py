@@ -704,3 +704,31 @@ def test_a_process_that_left_its_session_is_killed_and_listed_when_the_agent_sto
         wait_for(f"`sleep {seconds}` killed", lambda: not sleeps(seconds), timeout=10)
         # what the fixtures' teardown (run by extra_node now) fails on
         (work / "escaped").rename(work / "escaped.seen")
+
+
+def test_a_pod_the_api_says_is_over_is_stopped(
+    k8s_cluster: Cluster, namespace: str, process_node: ProcessNode
+) -> None:
+    """The API is the truth: a pod whose phase someone else set to Failed while it runs here
+    has its processes stopped (and is not started again)."""
+    core = k8s_cluster.core
+    sleep_forever = [sys.executable, "-c", "import time; time.sleep(3600)"]
+    core.create_namespaced_pod(
+        namespace, process_pod("ended", sleep_forever, node=process_node.name)
+    )
+    pod = wait_for("ended Running", lambda: running(k8s_cluster, namespace, "ended"), timeout=60)
+    pid = container_pid(pod)
+    assert pid is not None
+    assert _alive(pid)
+    core.patch_namespaced_pod_status(
+        "ended",
+        namespace,
+        {"status": {"phase": "Failed", "reason": "Ended", "message": "ended by the test"}},
+        _content_type="application/merge-patch+json",
+    )
+    wait_for("ended's process stopped", lambda: not _alive(pid), timeout=10)
+    time.sleep(1)  # a few passes: it stays stopped and Failed
+    after = read_pod(k8s_cluster, namespace, "ended")
+    assert after is not None
+    assert after.status.phase == "Failed"
+    assert pid not in process_node.pod_pids()
