@@ -26,7 +26,7 @@ from pilothouse.policy.replicas import ObservedReplica, ReplicaPolicyState, plan
 from pilothouse.policy.rollout import Gate, Requests, RevisionCounts, RolloutState, plan_rollout
 from pilothouse.registry.local import ModelNotFound
 from pilothouse.runtime.port import ReplicaSpec, ReplicaStatus, Traffic
-from pilothouse.spec.resources import ModelDeploymentSpec
+from pilothouse.spec.resources import ModelDeploymentSpec, Rollout
 from pilothouse.store.sqlite import NotFound
 
 KIND = "ModelDeployment"
@@ -123,79 +123,10 @@ async def reconcile(ctx: Context, name: str) -> Result:
     counts = _counts(observed)
     state = RolloutState.from_dict(status.get("rolloutState"))
     rollout = spec.rollout
-    separate = state.canary is not None and rollout.strategy in ("canary", "blueGreen")
-    if separate and state.stable is not None and state.canary is not None:
-        # Each revision scales on its own traffic share during a canary or blue-green;
-        # the stable one never below what it ran when the rollout began, so a rollback
-        # finds it able to take all traffic back at once.
-        floor = status.get("rolloutStableFloor")
-        if not isinstance(floor, int):
-            floor = status["rolloutStableFloor"] = max(
-                spec.replicas.min, counts.get(state.stable, RevisionCounts()).alive
-            )
-        desired = await desired_replicas(
-            ctx,
-            name,
-            spec,
-            counts.get(state.stable, RevisionCounts()).ready,
-            status,
-            now,
-            revisions={state.stable},
-            min_replicas=min(floor, spec.replicas.max),
-        )
-        canary_desired: int | None = None
-        if spec.autoscaling is not None:
-            canary_desired = await desired_replicas(
-                ctx,
-                name,
-                spec,
-                counts.get(state.canary, RevisionCounts()).ready,
-                status,
-                now,
-                revisions={state.canary},
-                key="canaryAutoscaler",
-                min_replicas=1,
-            )
-    else:
-        serving = sum(c.ready for c in counts.values())
-        desired = await desired_replicas(ctx, name, spec, serving, status, now)
-        canary_desired = None
-        status.pop("canaryAutoscaler", None)
-        status.pop("rolloutStableFloor", None)
-
-    # Judge the new revision every interval while it takes (live or mirrored) traffic.
-    analysis_state = AnalysisState.from_dict(status.get("analysisState") or {})
-    analysis_meta: dict[str, Any] = dict(status.get("analysisRun") or {})
-    gate: Gate | None = None
-    canary_ready = counts.get(state.canary or "", RevisionCounts()).ready
-    resume = requests.get("resume", "")
-    if resume and resume != state.seen_resume:
-        # resumed: measure again from here (the policy marks the request seen)
-        analysis_state = AnalysisState(
-            checks={k: replace(c, inconclusive=0) for k, c in analysis_state.checks.items()}
-        )
-    if state.canary is not None and rollout.analysis.checks:
-        if analysis_meta.get("revision") != state.canary:
-            analysis_meta = {"revision": state.canary, "since": None}
-            analysis_state = AnalysisState()
-        if canary_ready and analysis_meta.get("since") is None:
-            analysis_meta["since"] = now  # the first window starts when the canary serves
-            await baseline_server_metrics(
-                ctx, name, rollout.analysis, state.canary, now, analysis_meta
-            )
-        since = analysis_meta.get("since")
-        if since is not None and now >= since + rollout.analysis.interval:
-            assert state.stable is not None
-            analysis_state, verdict = await run_analysis(
-                ctx, name, rollout.analysis, analysis_state, state.stable, state.canary,
-                since, now, analysis_meta,
-            )  # fmt: skip
-            analysis_meta["since"] = now
-            analysis_meta["lastRun"] = timestamp(now)
-        else:
-            verdict = verdict_of(rollout.analysis, analysis_state)
-        gate = Gate(verdict.phase, verdict.message)
-        status["analysisVerdict"] = {"phase": verdict.phase, "message": verdict.message}
+    desired, canary_desired = await _replica_counts(ctx, name, spec, state, counts, status, now)
+    gate, analysis_state, analysis_meta = await _judge(
+        ctx, name, rollout, state, counts, requests, status, now
+    )
 
     decision = plan_rollout(
         rollout,
@@ -362,6 +293,100 @@ async def reconcile(ctx: Context, name: str) -> Result:
     if spec.autoscaling is not None:
         requeue = min(requeue, 1.0)  # autoscaling decisions every second
     return Result(requeue_after=requeue)
+
+
+async def _replica_counts(
+    ctx: Context,
+    name: str,
+    spec: ModelDeploymentSpec,
+    state: RolloutState,
+    counts: dict[str, RevisionCounts],
+    status: dict[str, Any],
+    now: float,
+) -> tuple[int, int | None]:
+    """(replicas the stable revision wants, the canary's own autoscaled count or None).
+
+    During a canary or blue-green each revision scales on its own traffic share; the
+    stable one never below what it ran when the rollout began, so a rollback finds it able
+    to take all traffic back at once. Otherwise one autoscaler sees all the traffic.
+    """
+    stable, canary = state.stable, state.canary
+    if stable is None or canary is None or spec.rollout.strategy not in ("canary", "blueGreen"):
+        serving = sum(c.ready for c in counts.values())
+        status.pop("canaryAutoscaler", None)
+        status.pop("rolloutStableFloor", None)
+        return await desired_replicas(ctx, name, spec, serving, status, now), None
+    floor = status.get("rolloutStableFloor")
+    if not isinstance(floor, int):
+        floor = status["rolloutStableFloor"] = max(
+            spec.replicas.min, counts.get(stable, RevisionCounts()).alive
+        )
+    desired = await desired_replicas(
+        ctx,
+        name,
+        spec,
+        counts.get(stable, RevisionCounts()).ready,
+        status,
+        now,
+        revisions={stable},
+        min_replicas=min(floor, spec.replicas.max),
+    )
+    if spec.autoscaling is None:
+        return desired, None
+    canary_desired = await desired_replicas(
+        ctx,
+        name,
+        spec,
+        counts.get(canary, RevisionCounts()).ready,
+        status,
+        now,
+        revisions={canary},
+        key="canaryAutoscaler",
+        min_replicas=1,
+    )
+    return desired, canary_desired
+
+
+async def _judge(
+    ctx: Context,
+    name: str,
+    rollout: Rollout,
+    state: RolloutState,
+    counts: dict[str, RevisionCounts],
+    requests: dict[str, str],
+    status: dict[str, Any],
+    now: float,
+) -> tuple[Gate | None, AnalysisState, dict[str, Any]]:
+    """The analysis gate for the rollout in progress: measured every interval once the new
+    revision serves (live or mirrored traffic), otherwise the verdict the state stands at."""
+    analysis_state = AnalysisState.from_dict(status.get("analysisState") or {})
+    meta: dict[str, Any] = dict(status.get("analysisRun") or {})
+    resume = requests.get("resume", "")
+    if resume and resume != state.seen_resume:
+        # resumed: measure again from here (the policy marks the request seen)
+        analysis_state = AnalysisState(
+            checks={k: replace(c, inconclusive=0) for k, c in analysis_state.checks.items()}
+        )
+    if state.canary is None or state.stable is None or not rollout.analysis.checks:
+        return None, analysis_state, meta
+    if meta.get("revision") != state.canary:
+        meta = {"revision": state.canary, "since": None}
+        analysis_state = AnalysisState()
+    if counts.get(state.canary, RevisionCounts()).ready and meta.get("since") is None:
+        meta["since"] = now  # the first window starts when the canary serves
+        await baseline_server_metrics(ctx, name, rollout.analysis, state.canary, now, meta)
+    since = meta.get("since")
+    if since is not None and now >= since + rollout.analysis.interval:
+        analysis_state, verdict = await run_analysis(
+            ctx, name, rollout.analysis, analysis_state, state.stable, state.canary,
+            since, now, meta,
+        )  # fmt: skip
+        meta["since"] = now
+        meta["lastRun"] = timestamp(now)
+    else:
+        verdict = verdict_of(rollout.analysis, analysis_state)
+    status["analysisVerdict"] = {"phase": verdict.phase, "message": verdict.message}
+    return Gate(verdict.phase, verdict.message), analysis_state, meta
 
 
 def _version_of(ref: str, default: int) -> int:
