@@ -44,3 +44,23 @@ def test_gone_revisions_are_forgotten_after_their_history_window() -> None:
     route.meter("old")
     route.close_buckets(5000.0)
     assert "old" in route.meters
+
+
+def test_a_closed_route_drops_its_deployment_counters() -> None:
+    import asyncio
+
+    from pilothouse.router.metrics import SHED
+
+    async def scenario() -> None:
+        route = Route("recreated")
+        SHED.labels("recreated").inc(3)
+        await route.close()
+
+    asyncio.run(scenario())
+    values = [
+        s.value
+        for family in REGISTRY.collect()
+        for s in family.samples
+        if s.name == "pilothouse_router_shed_total" and s.labels.get("deployment") == "recreated"
+    ]
+    assert values == []  # a deployment created again under this name starts from zero

@@ -39,10 +39,17 @@ def handle_errors(func: F) -> F:
             err_console.print(f"[red]error:[/] {exc}")
             sys.exit(1)
         except ApiClientError as exc:
-            err_console.print(f"[red]error:[/] {exc}")
-            for cause in (exc.body.get("details") or {}).get("causes", []):
+            causes = (exc.body.get("details") or {}).get("causes", [])
+            text = str(exc)
+            if causes and ", nothing applied" in text:
+                # the message repeats the first causes; say it once, then each cause
+                text = text.split(", nothing applied", 1)[0] + ", nothing applied:"
+            err_console.print(f"[red]error:[/] {escape(text)}")
+            for cause in causes:
+                where = f"document {cause['document']}: " if cause.get("document") else ""
                 err_console.print(
-                    f"  - {cause.get('field') or '(document)'}: {cause.get('message')}"
+                    f"  - {where}{cause.get('field') or '(document)'}: "
+                    f"{escape(str(cause.get('message')))}"
                 )
             sys.exit(EXIT_USAGE if exc.code in (400, 404, 409, 422) else 1)
         except httpx.HTTPError as exc:

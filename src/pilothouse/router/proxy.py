@@ -520,6 +520,10 @@ class Route:
             task.cancel()
         for meter in self.meters.values():
             meter.forget()
+        # a deployment created again under this name starts its counts from zero
+        for per_deployment in (SHED, RETRIES, EJECTIONS, QUEUED):
+            with contextlib.suppress(KeyError):
+                per_deployment.remove(self.key)
         if self.server is not None:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self.server.wait_closed()
