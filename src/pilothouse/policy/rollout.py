@@ -611,18 +611,13 @@ def _blue_green(
     switched_at = state.switched_at
     if not held and now >= switched_at + settings.scale_down_delay and _gate_open(gate):
         return _promote(state, desired, None, observed)
-    if held:
-        state = replace(state, message=state.paused_reason or "paused")
-        return RolloutDecision(
-            state,
-            targets,
-            weights=live,
-            mirror_revision=stable if mirror > 0 else None,
-            mirror_percent=mirror,
-            analyse=True,
-        )
     left = max(0.0, switched_at + settings.scale_down_delay - now)
-    state = replace(state, message=f"switched; revision {stable} scales down in {left:.0f}s")
+    message = (
+        (state.paused_reason or "paused")
+        if held
+        else f"switched; revision {stable} scales down in {left:.0f}s"
+    )
+    state = replace(state, message=message)
     return RolloutDecision(
         state,
         targets,
