@@ -6,6 +6,7 @@ import getpass
 import socket
 from collections.abc import Iterator
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 
@@ -101,6 +102,22 @@ class Client:
         response = self._http.post(self.path("modeldeployments", name, "rollout"), json=body)
         obj: dict[str, Any] = self._check(response)
         return obj
+
+    def nodes(self) -> dict[str, Any]:
+        """``GET /api/v1/nodes``: ``{"items": [node, ...], "pending": [item, ...]}``."""
+        body: dict[str, Any] = self._check(self._http.get("/api/v1/nodes"))
+        return body
+
+    def node(self, name: str) -> dict[str, Any]:
+        """One node with its capacity, allocations, GPUs and the items placed on it."""
+        obj: dict[str, Any] = self._check(self._http.get(f"/api/v1/nodes/{quote(name, safe='')}"))
+        return obj
+
+    def node_action(self, name: str, action: str) -> dict[str, Any]:
+        """Cordon, uncordon, drain or fail a node; the answer is ``{"node": ..., "message": ...}``."""
+        path = f"/api/v1/nodes/{quote(name, safe='')}/{quote(action, safe='')}"
+        body: dict[str, Any] = self._check(self._http.post(path))
+        return body
 
     @staticmethod
     def _user() -> str:

@@ -24,9 +24,11 @@ import uvicorn
 from pilothouse.api.home import Home
 from pilothouse.api.server import create_app, daemon_info
 from pilothouse.controllers.base import Context
+from pilothouse.controllers import scheduler
 from pilothouse.controllers.manager import Manager
 from pilothouse.registry.objectstore import open_registry
 from pilothouse.router.proxy import Router
+from pilothouse.runtime.local.nodes import load_nodes
 from pilothouse.runtime.local.runtime import LocalRuntime
 from pilothouse.store.sqlite import Store
 
@@ -58,13 +60,16 @@ async def run(home: Home, host: str = "127.0.0.1", port: int = 0) -> None:
     # exposed on an IPv4 address; an IPv6 API address does not move it
     data_host = host if ":" not in host and host != "localhost" else "127.0.0.1"
     router = Router(data_host)
-    runtime = LocalRuntime(store, home.root, router, data_host)
+    nodes = load_nodes(home.nodes_file if home.nodes_file.exists() else None, data_host)
+    runtime = LocalRuntime(store, home.root, router, data_host, nodes)
     orphans = await runtime.start()
     if orphans:
         log.warning("stopped %d process(es) left by a previous daemon: %s", len(orphans), orphans)
     manager = Manager(Context(store=store, runtime=runtime, registry=registry, clock=time.time))
     # a request held at a deployment scaled to zero wakes its controller at once
     router.on_activate = lambda key: manager.trigger("ModelDeployment", key)
+    # something waits for a node, or room was freed: the scheduler looks at once
+    runtime.on_pending = lambda: manager.trigger(scheduler.KIND, scheduler.KEY)
 
     family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
     sock = socket.socket(family, socket.SOCK_STREAM)
@@ -80,6 +85,9 @@ async def run(home: Home, host: str = "127.0.0.1", port: int = 0) -> None:
         on_change=manager.trigger,
         log_files=runtime.log_files,
         registry=registry,
+        nodes=lambda: [n.status() for n in runtime.node_specs()],
+        node_view=runtime.node_view,
+        node_action=runtime.node_action,
         info=lambda: daemon_info(
             started,
             url,

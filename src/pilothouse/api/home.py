@@ -26,6 +26,12 @@ class Home:
         return self.root / "state.db"
 
     @property
+    def nodes_file(self) -> Path:
+        """Virtual nodes to run on (``pilothouse up --nodes FILE`` puts it here); without
+        it the machine itself is the one node."""
+        return self.root / "nodes.yaml"
+
+    @property
     def models(self) -> Path:
         return self.root / "models"
 

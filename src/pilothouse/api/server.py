@@ -35,14 +35,18 @@ from pilothouse.api.errors import (
     status_body,
 )
 from pilothouse.api.openapi import openapi_document
+from pilothouse.policy.scheduler import NodeInfo, Resources, check_fits
 from pilothouse.registry.local import BaseRegistry, ModelNotFound
+from pilothouse.runtime.port import NodeStatus
 from pilothouse.spec.loader import validate_document
 from pilothouse.spec.resources import (
     API_VERSION,
     KINDS,
     TEMPLATE_FIELDS,
     ModelDeployment,
+    Queue,
     Resource,
+    TrainingJob,
     kind_for_plural,
 )
 from pilothouse.store.sqlite import Conflict, NotFound, Store
@@ -170,7 +174,61 @@ def create_app(
     log_files: Callable[[str, str], list[Path]],
     info: Callable[[], dict[str, Any]],
     registry: BaseRegistry | None = None,
+    nodes: Callable[[], list[NodeStatus]] | None = None,
+    node_view: Callable[[], dict[str, Any]] | None = None,
+    node_action: Callable[[str, str], Awaitable[str]] | None = None,
 ) -> Starlette:
+    def check_placement(resources: list[Resource]) -> None:
+        """Refuse at apply what could never run: requests larger than any node, a gang
+        larger than the cluster, a queue that does not exist (nothing is stored)."""
+        if nodes is None:
+            return
+        cluster = [
+            NodeInfo(
+                name=n.name,
+                capacity=Resources(n.capacity.cpu, n.capacity.memory, n.capacity.gpu),
+                gpu_ids=n.gpu_ids,
+                schedulable=n.state == "Ready",
+                state=n.state,
+            )
+            for n in nodes()
+        ]
+        queues = {"default"} | {
+            q["metadata"]["name"]
+            for q in store.list_objects(Queue.KIND)
+            if not q["metadata"].get("deletionTimestamp")
+        }
+        queues |= {r.metadata.name for r in resources if isinstance(r, Queue)}
+        errors: list[dict[str, Any]] = []
+        for number, resource in enumerate(resources, start=1):
+            if isinstance(resource, TrainingJob):
+                spec = resource.spec
+                count, field = spec.workers, "spec.resources"
+                if spec.queue not in queues:
+                    errors.append(
+                        {
+                            "source": "request",
+                            "document": number,
+                            "field": "spec.queue",
+                            "message": f"queue '{spec.queue}' does not exist; queues: "
+                            f"{', '.join(sorted(queues))} (apply the Queue first or with it)",
+                        }
+                    )
+            elif isinstance(resource, ModelDeployment):
+                count, field = 1, "spec.resources"
+            else:
+                continue
+            r = resource.spec.resources
+            problem = check_fits(Resources(r.cpu, r.memory, r.gpu), count, cluster)
+            if problem is not None:
+                if count > 1 and "gang" in problem:
+                    field = "spec.workers"
+                errors.append(
+                    {"source": "request", "document": number, "field": field, "message": problem}
+                )
+        if errors:
+            raise _invalid(errors)
+
     def check_models(resources: list[Resource]) -> dict[int, str]:
         """A deployment that already serves must not be moved to a model that does not exist:
         reject the change at apply. A new deployment may wait for its model to be trained:
@@ -210,6 +268,7 @@ def create_app(
         return warnings
 
     def apply(resources: list[Resource], user: str = "api") -> list[dict[str, Any]]:
+        check_placement(resources)
         warnings = check_models(resources)
         outcomes = store.apply([resource_doc(r) for r in resources])
         for resource, outcome in zip(resources, outcomes, strict=True):
@@ -436,8 +495,45 @@ def create_app(
             media_type="text/plain; charset=utf-8",
         )
 
+    async def list_nodes(_: Request) -> Response:
+        return JSONResponse(node_view() if node_view is not None else {"items": [], "pending": []})
+
+    def _node(name: str) -> dict[str, Any]:
+        view = node_view() if node_view is not None else {"items": []}
+        for node in view["items"]:
+            if node["name"] == name:
+                return dict(node)
+        known = ", ".join(n["name"] for n in view["items"]) or "none"
+        raise ApiError(404, "NotFound", f"node '{name}' not found; nodes: {known}")
+
+    async def get_node(request: Request) -> Response:
+        return JSONResponse(_node(request.path_params["name"]))
+
+    async def act_on_node(request: Request) -> Response:
+        name, action = request.path_params["name"], request.path_params["action"]
+        if action not in ("cordon", "uncordon", "drain", "fail"):
+            raise ApiError(
+                404,
+                "NotFound",
+                f"unknown node action '{action}'; expected cordon, uncordon, drain or fail",
+            )
+        before = _node(name)
+        if node_action is None:
+            raise ApiError(409, "Conflict", "this control plane has no nodes to act on")
+        try:
+            message = await node_action(name, action)
+        except KeyError as exc:
+            raise ApiError(404, "NotFound", str(exc.args[0] if exc.args else exc)) from exc
+        except ValueError as exc:
+            raise ApiError(409, "Conflict", str(exc)) from exc
+        evicted = before["items"] if action in ("drain", "fail") else []
+        return JSONResponse({"node": _node(name), "message": message, "evicted": evicted})
+
     routes = [
         Route("/healthz", healthz),
+        Route("/api/v1/nodes", list_nodes),
+        Route("/api/v1/nodes/{name}", get_node),
+        Route("/api/v1/nodes/{name}/{action}", act_on_node, methods=["POST"]),
         Route("/version", version),
         Route("/openapi.json", openapi),
         Route("/status", status),

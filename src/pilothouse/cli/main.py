@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 import time
 from collections.abc import Callable
@@ -103,9 +104,39 @@ def cli() -> None:
     default=None,
     help="With --foreground: log here, rotated at 10 MiB, instead of to stderr.",
 )
-def up(foreground: bool, host: str, port: int, log_file: Path | None) -> None:
+@click.option(
+    "--nodes",
+    "nodes_file",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    default=None,
+    help="YAML file of virtual nodes to run on (kept in the home for later starts); "
+    "without it: the machine itself, or the nodes given before.",
+)
+def up(
+    foreground: bool, host: str, port: int, log_file: Path | None, nodes_file: Path | None
+) -> None:
     """Start the embedded control plane."""
     home = Home.from_env()
+    if nodes_file is not None:
+        from pilothouse.runtime.local.nodes import NodeConfigError, load_nodes
+
+        try:
+            declared = load_nodes(nodes_file, host)
+        except NodeConfigError as exc:
+            err_console.print(f"[red]error:[/] {exc}")
+            sys.exit(2)
+        if daemonctl.healthy(home):
+            err_console.print(
+                "[red]error:[/] the control plane is running; `pilothouse down` first, then "
+                "`pilothouse up --nodes` (its nodes are read when it starts)"
+            )
+            sys.exit(1)
+        home.ensure()
+        shutil.copyfile(nodes_file, home.nodes_file)
+        console.print(
+            f"nodes: {len(declared)} from {nodes_file} "
+            f"({', '.join(n.name for n in declared[:6])}{' …' if len(declared) > 6 else ''})"
+        )
     if host not in ("127.0.0.1", "localhost", "::1"):
         err_console.print(
             f"[yellow]warning:[/] binding the control API to {host} exposes it beyond this machine "
@@ -228,11 +259,22 @@ def apply(files: tuple[str, ...]) -> None:
 @click.argument("kind")
 @click.argument("name", required=False)
 @click.option(
-    "-o", "--output", type=click.Choice(["table", "yaml", "json", "name"]), default="table"
+    "-o",
+    "--output",
+    type=click.Choice(["table", "wide", "yaml", "json", "name"]),
+    default="table",
+    help="wide: more columns where the kind has them (nodes).",
 )
 @handle_errors
 def get(kind: str, name: str | None, output: str) -> None:
-    """List resources of a KIND, or show one (KIND NAME or KIND/NAME)."""
+    """List resources of a KIND, or show one (KIND NAME or KIND/NAME); also `get nodes`."""
+    from pilothouse.cli import nodes
+
+    is_node, node_name = nodes.node_ref(kind, name)
+    if is_node:
+        nodes.get_nodes(client(), node_name, output)
+        return
+    output = "table" if output == "wide" else output
     cls, name = split_ref(kind, name)
     c = client()
     objects = [c.get(cls.PLURAL, name)] if name else c.list_objects(cls.PLURAL)
@@ -258,7 +300,15 @@ def get(kind: str, name: str | None, output: str) -> None:
 @click.argument("name", required=False)
 @handle_errors
 def describe(kind: str, name: str | None) -> None:
-    """Show one resource in detail, with its conditions and events."""
+    """Show one resource in detail, with its conditions and events (also `describe node NAME`)."""
+    from pilothouse.cli import nodes
+
+    is_node, node_name = nodes.node_ref(kind, name)
+    if is_node:
+        if not node_name:
+            raise click.UsageError("describe needs a name: describe node NAME")
+        nodes.describe_node(client(), node_name)
+        return
     cls, name = split_ref(kind, name)
     if not name:
         raise click.UsageError("describe needs a name: describe KIND NAME")
@@ -491,9 +541,11 @@ def demo(rows: int, timeout: str) -> None:
 
 def main() -> None:
     from pilothouse.cli.models import models
+    from pilothouse.cli.nodes import node
     from pilothouse.cli.rollout import rollout
 
     cli.add_command(models)
+    cli.add_command(node)
     cli.add_command(rollout)
     cli(prog_name="pilothouse")
 

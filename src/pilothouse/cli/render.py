@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import yaml
-from rich.console import Console, Group
+from rich.console import Console, Group, RenderableType
 from rich.padding import Padding
 from rich.table import Table
 from rich.text import Text
@@ -446,3 +446,176 @@ def history_table(history: list[dict[str, Any]], current: str | None) -> Table:
             str(entry.get("cause") or "-"),
         )
     return table
+
+
+# -- nodes -------------------------------------------------------------------------------
+#
+# Pure functions of the control API's node objects (``GET /api/v1/nodes``): ``get nodes``,
+# ``describe node`` and ``node drain`` draw from them.
+
+NODE_STATE_STYLES = {"Ready": "green", "Cordoned": "yellow", "Draining": "yellow", "Lost": "red"}
+ITEM_PHASE_STYLES = {"Running": "green", "Starting": "yellow", "Terminating": "yellow"}
+NODE_COLUMNS = ("NAME", "STATE", "CPU", "MEMORY", "GPU", "ITEMS")
+NODE_WIDE_COLUMNS = (*NODE_COLUMNS, "ADDRESS", "VIRTUAL", "LABELS")
+
+
+def _amount(value: Any) -> str:
+    return "-" if value is None or value == "" else str(value)
+
+
+def used_of(node: dict[str, Any], resource: str) -> str:
+    """``allocated/capacity`` of one resource (``2/8``, ``4Gi/32Gi``, ``1/2``)."""
+    allocated = (node.get("allocated") or {}).get(resource, 0)
+    capacity = (node.get("capacity") or {}).get(resource)
+    return f"{_amount(allocated)}/{_amount(capacity)}"
+
+
+def labels_text(labels: dict[str, Any] | None) -> str:
+    return ",".join(f"{k}={v}" for k, v in (labels or {}).items()) or "-"
+
+
+def requests_text(requests: dict[str, Any] | None) -> str:
+    """``cpu=2 memory=4Gi gpu=1``; a zero or missing GPU request is left out."""
+    requests = requests or {}
+    parts = [f"{key}={requests[key]}" for key in ("cpu", "memory") if key in requests]
+    if requests.get("gpu"):
+        parts.append(f"gpu={requests['gpu']}")
+    return " ".join(parts) or "-"
+
+
+def node_row(node: dict[str, Any], wide: bool = False) -> list[str | Text]:
+    state = str(node.get("state") or "Unknown")
+    cells: list[str | Text] = [
+        str(node.get("name", "-")),
+        Text(state, style=NODE_STATE_STYLES.get(state, "")),
+        used_of(node, "cpu"),
+        used_of(node, "memory"),
+        used_of(node, "gpu"),
+        str(len(node.get("items") or [])),
+    ]
+    if wide:
+        cells += [
+            str(node.get("address") or "-"),
+            "yes" if node.get("virtual") else "no",
+            labels_text(node.get("labels")),
+        ]
+    return cells
+
+
+def nodes_table(nodes: list[dict[str, Any]], wide: bool = False) -> Table:
+    table = Table(box=None, header_style="bold", pad_edge=False)
+    for column in NODE_WIDE_COLUMNS if wide else NODE_COLUMNS:
+        table.add_column(column, no_wrap=True)
+    for node in nodes:
+        table.add_row(*node_row(node, wide))
+    return table
+
+
+def pending_table(pending: list[dict[str, Any]]) -> Table | None:
+    """Items no node can take now, each with the scheduler's reason; ``None`` if none."""
+    if not pending:
+        return None
+    table = Table(box=None, header_style="bold", pad_edge=False)
+    for column in ("ID", "OWNER", "REQUESTS"):
+        table.add_column(column, no_wrap=True)
+    table.add_column("REASON")
+    for item in pending:
+        table.add_row(
+            str(item.get("id", "-")),
+            str(item.get("owner") or "-"),
+            requests_text(item.get("requests")),
+            Text(str(item.get("reason") or "-"), style="yellow"),
+        )
+    return table
+
+
+def nodes_view(body: dict[str, Any], wide: bool = False) -> Group:
+    """``get nodes``: the nodes, then a PENDING section when something waits for room."""
+    parts: list[RenderableType] = [nodes_table(body.get("items") or [], wide)]
+    pending = pending_table(body.get("pending") or [])
+    if pending is not None:
+        parts += [Text(""), Text("PENDING", style="bold"), pending]
+    return Group(*parts)
+
+
+def node_items_table(items: list[dict[str, Any]]) -> Table:
+    table = Table(box=None, header_style="bold", pad_edge=False)
+    for column in ("ID", "OWNER", "ROLE", "PHASE", "REQUESTS", "GPUS"):
+        table.add_column(column, no_wrap=True)
+    for item in items:
+        phase = str(item.get("phase") or "-")
+        table.add_row(
+            str(item.get("id", "-")),
+            str(item.get("owner") or "-"),
+            str(item.get("role") or "-"),
+            Text(phase, style=ITEM_PHASE_STYLES.get(phase, "")),
+            requests_text(item.get("requests")),
+            ",".join(str(g) for g in item.get("gpus") or []) or "-",
+        )
+    return table
+
+
+def node_view(node: dict[str, Any]) -> Group:
+    """``describe node``: identity, capacity against allocations, GPUs and their holders, items."""
+    state = str(node.get("state") or "Unknown")
+    grid = Table.grid(padding=(0, 2))
+    grid.add_column(style="bold", no_wrap=True)
+    grid.add_column()
+    grid.add_row("Name:", str(node.get("name", "-")))
+    grid.add_row("State:", Text(state, style=NODE_STATE_STYLES.get(state, "")))
+    grid.add_row("Address:", str(node.get("address") or "-"))
+    grid.add_row("Virtual:", "yes" if node.get("virtual") else "no (this machine)")
+    grid.add_row("Labels:", labels_text(node.get("labels")))
+
+    resources = Table(box=None, header_style="bold", pad_edge=False)
+    for column in ("RESOURCE", "CAPACITY", "ALLOCATED", "FREE"):
+        resources.add_column(column, no_wrap=True)
+    for resource in ("cpu", "memory", "gpu"):
+        resources.add_row(
+            resource,
+            _amount((node.get("capacity") or {}).get(resource)),
+            _amount((node.get("allocated") or {}).get(resource)),
+            _amount((node.get("free") or {}).get(resource)),
+        )
+
+    parts: list[RenderableType] = [grid, Text("Resources:", style="bold")]
+    parts.append(Padding(resources, (0, 0, 0, 2), expand=False))
+    gpus = node.get("gpus") or []
+    parts.append(Text("GPUs:" + ("" if gpus else "  <none>"), style="bold"))
+    if gpus:
+        table = Table(box=None, header_style="bold", pad_edge=False)
+        table.add_column("ID", no_wrap=True)
+        table.add_column("ASSIGNED-TO", no_wrap=True)
+        for gpu in gpus:
+            holder = gpu.get("assignedTo")
+            table.add_row(str(gpu.get("id", "-")), str(holder) if holder else "-")
+        parts.append(Padding(table, (0, 0, 0, 2), expand=False))
+    items = node.get("items") or []
+    parts.append(Text("Items:" + ("" if items else "  <none>"), style="bold"))
+    if items:
+        parts.append(Padding(node_items_table(items), (0, 0, 0, 2), expand=False))
+    return Group(*parts)
+
+
+def evicted_lines(before: dict[str, Any], body: dict[str, Any]) -> list[str]:
+    """What a drain (or fail) took off a node, one ``id (owner)`` line each.
+
+    The answer's ``evicted`` list when the server sends one, else the items the node
+    held before that it no longer runs (gone, or terminating).
+    """
+    evicted = body.get("evicted")
+    if evicted is None:
+        after = {
+            i.get("id"): i
+            for i in (body.get("node") or {}).get("items") or []
+            if i.get("phase") != "Terminating"
+        }
+        evicted = [i for i in before.get("items") or [] if i.get("id") not in after]
+    lines = []
+    for item in evicted:
+        if isinstance(item, dict):
+            owner = f" ({item['owner']})" if item.get("owner") else ""
+            lines.append(f"{item.get('id', '-')}{owner}")
+        else:
+            lines.append(str(item))
+    return lines

@@ -29,6 +29,8 @@ class Context:
     runtime: Runtime
     registry: BaseRegistry
     clock: Callable[[], float]
+    #: wake another key now (set by the manager)
+    trigger: Callable[[str, str], None] | None = None
 
     def event(self, kind: str, name: str, type_: str, reason: str, message: str) -> None:
         self.store.record_event(kind, name, type_, reason, message)

@@ -32,7 +32,7 @@ class History:
         if entry is None or not isinstance(entry.get("replicaSpec"), dict):
             return None
         try:
-            return ReplicaSpec(**entry["replicaSpec"])
+            return ReplicaSpec.from_dict(entry["replicaSpec"])
         except TypeError:
             return None
 

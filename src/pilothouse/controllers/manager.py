@@ -14,7 +14,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 
-from pilothouse.controllers import modeldeployment, queue, trainingjob
+from pilothouse.controllers import modeldeployment, queue, scheduler, trainingjob
 from pilothouse.controllers.base import Context, Result, TerminalError
 
 log = logging.getLogger("pilothouse.controllers")
@@ -24,7 +24,10 @@ RECONCILERS: dict[str, Reconciler] = {
     "ModelDeployment": modeldeployment.reconcile,
     "TrainingJob": trainingjob.reconcile,
     "Queue": queue.reconcile,
+    scheduler.KIND: scheduler.reconcile,
 }
+#: keys that are not stored objects but are always reconciled
+SINGLETONS = ((scheduler.KIND, scheduler.KEY),)
 RETRY_AFTER_ERROR = 5.0
 RESYNC_EVERY = 10.0
 
@@ -32,7 +35,8 @@ RESYNC_EVERY = 10.0
 class Manager:
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
-        self._due: dict[tuple[str, str], float] = {}
+        ctx.trigger = self.trigger
+        self._due: dict[tuple[str, str], float] = {key: 0.0 for key in SINGLETONS}
         self._wake = asyncio.Event()
         self._stopping = False
         self.last_pass_seconds: dict[str, float] = {}
@@ -88,6 +92,8 @@ class Manager:
             if now >= next_resync:
                 for obj in self.ctx.store.list_objects():
                     key = (obj["kind"], obj["metadata"]["name"])
+                    self._due.setdefault(key, now)
+                for key in SINGLETONS:
                     self._due.setdefault(key, now)
                 next_resync = now + RESYNC_EVERY
             for key in [k for k, t in self._due.items() if t <= now]:

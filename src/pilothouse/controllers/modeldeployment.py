@@ -25,7 +25,8 @@ from pilothouse.policy.analysis import AnalysisState, verdict_of
 from pilothouse.policy.replicas import ObservedReplica, ReplicaPolicyState, plan_revisions
 from pilothouse.policy.rollout import Gate, Requests, RevisionCounts, RolloutState, plan_rollout
 from pilothouse.registry.local import ModelNotFound
-from pilothouse.runtime.port import ReplicaSpec, ReplicaStatus, Traffic
+from pilothouse.runtime.port import ProbeSpec, ReplicaSpec, ReplicaStatus, Traffic
+from pilothouse.runtime.port import Requests as ResourceRequests
 from pilothouse.spec.resources import ModelDeploymentSpec, Rollout
 from pilothouse.store.sqlite import NotFound
 
@@ -99,6 +100,18 @@ async def reconcile(ctx: Context, name: str) -> Result:
         failure_threshold=spec.probes.readiness.failure_threshold,
         max_batch_size=spec.batching.max_batch_size,
         max_batch_delay=spec.batching.max_delay,
+        readiness_command=tuple(spec.probes.readiness.command or ()),
+        liveness=ProbeSpec(
+            path=spec.probes.liveness.path,
+            command=tuple(spec.probes.liveness.command or ()),
+            period=spec.probes.liveness.period,
+            timeout=spec.probes.liveness.timeout,
+            failure_threshold=spec.probes.liveness.failure_threshold,
+            initial_delay=spec.probes.liveness.initial_delay,
+        ),
+        requests=ResourceRequests(spec.resources.cpu, spec.resources.memory, spec.resources.gpu),
+        priority=spec.priority,
+        grace=spec.termination_grace_period,
     )
     revision = revision_of(
         version.version,
@@ -189,12 +202,18 @@ async def reconcile(ctx: Context, name: str) -> Result:
     for replica_id in plan.stop:
         replica = by_id.get(replica_id)
         if replica is not None and replica.exited:
+            if replica.disrupted:
+                why = replica.disrupted
+            elif replica.exit_code is None:
+                why = replica.message
+            else:
+                why = f"exited with code {replica.exit_code}"
             ctx.event(
                 KIND,
                 name,
                 "Warning",
                 "ReplicaExited",
-                f"replica {replica_id} exited with code {replica.exit_code}; replacing it",
+                f"replica {replica_id} {why}; replacing it",
             )
         await ctx.runtime.stop_replica(replica_id)
     for rev, count in plan.starts.items():
@@ -214,6 +233,7 @@ async def reconcile(ctx: Context, name: str) -> Result:
 
     current = [r for r in await ctx.runtime.list_replicas(name) if not r.exited]
     ready = [r for r in current if r.ready]
+    waiting = [r for r in current if r.pending]
     url = await ctx.runtime.set_traffic(name, ready, traffic)
     counts = _counts(current)
     stable = state.stable or revision
@@ -250,6 +270,7 @@ async def reconcile(ctx: Context, name: str) -> Result:
                 {
                     "id": r.id,
                     "revision": r.revision,
+                    "node": r.node,
                     "ready": r.ready,
                     "pid": r.pid,
                     "endpoint": r.endpoint,
@@ -257,7 +278,8 @@ async def reconcile(ctx: Context, name: str) -> Result:
                 }
                 for r in current
             ],
-            "message": state.message or plan.reason,
+            "message": state.message
+            or (waiting[0].message if waiting and not plan.converged else plan.reason),
             "rolloutState": state.to_dict(),
             "analysisState": analysis_state.to_dict(),
             "analysisRun": analysis_meta,
@@ -282,6 +304,14 @@ async def reconcile(ctx: Context, name: str) -> Result:
         bool(ready),
         "Serving" if ready else "NoReadyReplica",
         f"{len(ready)} ready replica(s) behind {url}",
+        now,
+    )
+    status["conditions"] = set_condition(
+        status["conditions"],
+        "Scheduled",
+        not waiting,
+        "Unschedulable" if waiting else "Scheduled",
+        waiting[0].message if waiting else "every replica is placed",
         now,
     )
     if is_ready and not was_ready:

@@ -20,8 +20,8 @@ from pilothouse.policy.training import (
     decide_training,
 )
 from pilothouse.registry.local import RegistryError
-from pilothouse.runtime.port import WorkerSpec, WorkerStatus
-from pilothouse.spec.resources import TrainingJobSpec
+from pilothouse.runtime.port import Requests, WorkerSpec, WorkerStatus
+from pilothouse.spec.resources import CheckpointPolicy, QueueSpec, TrainingJobSpec
 from pilothouse.store.sqlite import NotFound
 
 KIND = "TrainingJob"
@@ -31,7 +31,10 @@ def _observe(workers: list[WorkerStatus], attempt: int, size: int) -> GangObserv
     current = [w for w in workers if w.attempt == attempt]
     if not current:
         return None
-    failed = [w for w in current if not w.running and w.exit_code not in (None, 0)]
+    disrupted = next((w.disrupted for w in current if w.disrupted), "")
+    failed = [
+        w for w in current if not w.running and not w.pending and w.exit_code not in (None, 0)
+    ]
     return GangObservation(
         running=sum(1 for w in current if w.running),
         succeeded=sum(1 for w in current if not w.running and w.exit_code == 0),
@@ -39,6 +42,8 @@ def _observe(workers: list[WorkerStatus], attempt: int, size: int) -> GangObserv
         workers=size,
         exit_code=failed[0].exit_code if failed else None,
         message=(failed[0].message or f"exit code {failed[0].exit_code}") if failed else "",
+        pending=sum(1 for w in current if w.pending),
+        disrupted=disrupted,
     )
 
 
@@ -49,7 +54,44 @@ def _state(status: dict[str, Any]) -> TrainingState:
         restarts=int(status.get("restarts", 0)),
         next_start_at=float(status.get("nextStartAt", 0.0)),
         message=str(status.get("message", "")),
+        disruptions=int(status.get("disruptions", 0)),
     )
+
+
+def _queue_priority(ctx: Context, queue: str) -> int:
+    try:
+        return int(QueueSpec.model_validate(ctx.store.get("Queue", queue)["spec"]).priority)
+    except NotFound:
+        return 0
+
+
+def _gang(
+    ctx: Context, name: str, obj: dict[str, Any], spec: TrainingJobSpec, attempt: int
+) -> list[WorkerSpec]:
+    env = {e.name: e.value for e in spec.env}
+    checkpoint = spec.checkpoint or CheckpointPolicy()
+    requests = Requests(spec.resources.cpu, spec.resources.memory, spec.resources.gpu)
+    queue_priority = _queue_priority(ctx, spec.queue)
+    return [
+        WorkerSpec(
+            job=name,
+            attempt=attempt,
+            rank=rank,
+            world_size=spec.workers,
+            command=[*spec.command, *spec.args],
+            env=env,
+            working_dir=spec.working_dir,
+            requests=requests,
+            queue=spec.queue,
+            priority=spec.priority,
+            queue_priority=queue_priority,
+            grace=spec.termination_grace_period,
+            checkpoint_id=str(obj["metadata"]["uid"]),
+            checkpoint_interval=checkpoint.interval,
+            checkpoint_keep=checkpoint.keep,
+        )
+        for rank in range(spec.workers)
+    ]
 
 
 async def reconcile(ctx: Context, name: str) -> Result:
@@ -80,38 +122,27 @@ async def reconcile(ctx: Context, name: str) -> Result:
 
     if decision.action == Action.START:
         await ctx.runtime.stop_workers(name)  # the previous attempt's leftovers, if any
-        env = {e.name: e.value for e in spec.env}
-        for rank in range(spec.workers):
-            await ctx.runtime.start_worker(
-                WorkerSpec(
-                    job=name,
-                    attempt=new.attempt,
-                    rank=rank,
-                    world_size=spec.workers,
-                    command=[*spec.command, *spec.args],
-                    env=env,
-                    working_dir=spec.working_dir,
-                )
-            )
+        await ctx.runtime.start_gang(_gang(ctx, name, obj, spec, new.attempt))
         status.setdefault("startTime", timestamp(now))
         ctx.event(
             KIND,
             name,
             "Normal",
-            "Started",
-            f"attempt {new.attempt}: started {spec.workers} worker(s)",
+            "Submitted",
+            f"attempt {new.attempt}: {spec.workers} worker(s) waiting to be placed together",
         )
     elif new.phase == Phase.RESTARTING and state.phase == Phase.RUNNING:
-        logs = [w for w in workers if w.attempt == state.attempt and w.exit_code not in (None, 0)]
         detail = ""
         files = ctx.runtime.log_files(KIND, name)
-        if files:
+        if files and gang is not None and not gang.disrupted:
             detail = tail(str(files[-1]), 3)
         await ctx.runtime.stop_workers(name)
-        ctx.event(
-            KIND, name, "Warning", "BackOff", new.message + (f" — {detail}" if detail else "")
-        )
-        del logs
+        if gang is not None and gang.disrupted:
+            ctx.event(KIND, name, "Warning", "Disrupted", new.message)
+        else:
+            ctx.event(
+                KIND, name, "Warning", "BackOff", new.message + (f" — {detail}" if detail else "")
+            )
     elif decision.action == Action.FAIL:
         await ctx.runtime.stop_workers(name)
         ctx.event(KIND, name, "Warning", "Failed", new.message)
@@ -120,6 +151,7 @@ async def reconcile(ctx: Context, name: str) -> Result:
         # copying and hashing the output is file I/O: keep it off the event loop
         new = await asyncio.to_thread(_register, ctx, name, obj, spec, new, status, now)
 
+    current = [w for w in await ctx.runtime.list_workers(name) if w.attempt == new.attempt]
     status.update(
         {
             "phase": new.phase.value,
@@ -127,21 +159,53 @@ async def reconcile(ctx: Context, name: str) -> Result:
             "restarts": new.restarts,
             "nextStartAt": new.next_start_at,
             "message": new.message,
+            "disruptions": new.disruptions,
             "observedGeneration": obj["metadata"]["generation"],
             "workers": [
                 {
                     "rank": w.rank,
                     "attempt": w.attempt,
+                    "node": w.node,
                     "pid": w.pid,
                     "running": w.running,
+                    "pending": w.pending,
                     "exitCode": w.exit_code,
+                    **({"message": w.message} if w.message else {}),
                 }
-                for w in await ctx.runtime.list_workers(name)
-                if w.attempt == new.attempt
+                for w in current
             ],
         }
     )
+    waiting = [w for w in current if w.pending]
+    if waiting and new.phase == Phase.RUNNING:
+        status["message"] = waiting[0].message or new.message
+    if (
+        gang is not None
+        and gang.pending == 0
+        and state.phase == Phase.RUNNING
+        and new.phase == Phase.RUNNING
+        and gang.running > 0
+        and status.get("scheduledAttempt") != new.attempt
+    ):
+        status["scheduledAttempt"] = new.attempt
+        nodes = sorted({w.node for w in current if w.node})
+        ctx.event(
+            KIND,
+            name,
+            "Normal",
+            "Started",
+            f"attempt {new.attempt}: started {spec.workers} worker(s) on {', '.join(nodes)}",
+        )
     conditions: list[dict[str, Any]] = list(status.get("conditions") or [])
+    if new.phase == Phase.RUNNING:
+        conditions = set_condition(
+            conditions,
+            "Scheduled",
+            not waiting,
+            "Unschedulable" if waiting else "Scheduled",
+            status["message"] if waiting else "every worker is placed",
+            now,
+        )
     running = new.phase in (Phase.RUNNING, Phase.RESTARTING, Phase.REGISTERING)
     conditions = set_condition(conditions, "Running", running, new.phase.value, new.message, now)
     conditions = set_condition(

@@ -6,7 +6,7 @@ Restarting (waiting out a backoff) between failed attempts while restarts remain
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import StrEnum
 
 from pilothouse.policy.backoff import BackoffParams, restart_delay
@@ -39,6 +39,10 @@ class GangObservation:
     workers: int
     exit_code: int | None = None
     message: str = ""
+    #: workers waiting for a node (the gang starts when all are placed)
+    pending: int = 0
+    #: the platform stopped the gang (node lost, drained, preempted): not the job's failure
+    disrupted: str = ""
 
 
 @dataclass(frozen=True)
@@ -48,6 +52,8 @@ class TrainingState:
     restarts: int = 0
     next_start_at: float = 0.0
     message: str = ""
+    #: attempts ended by the platform (not counted against maxRestarts)
+    disruptions: int = 0
 
 
 @dataclass(frozen=True)
@@ -76,7 +82,8 @@ def decide_training(
             phase=Phase.RUNNING,
             attempt=state.attempt + 1,
             restarts=state.restarts,
-            message=f"attempt {state.attempt + 1} started",
+            message=f"attempt {state.attempt + 1} submitted",
+            disruptions=state.disruptions,
         )
         return TrainingDecision(Action.START, started, 0.5)
     # Running (or Restarting with a gang still reported): look at the workers.
@@ -90,6 +97,18 @@ def decide_training(
             workers=1,
             message=f"the workers of attempt {state.attempt} are gone",
         )
+    if gang.disrupted:
+        # Not the job's fault: restart at once, from its newest checkpoint, without using
+        # up a restart (as a Job's pod failure policy ignores disruptions).
+        again = TrainingState(
+            phase=Phase.RESTARTING,
+            attempt=state.attempt,
+            restarts=state.restarts,
+            next_start_at=now,
+            message=f"attempt {state.attempt} disrupted ({gang.disrupted}); restarting",
+            disruptions=state.disruptions + 1,
+        )
+        return TrainingDecision(Action.WAIT, again, 0.0)
     if gang.failed:
         detail = gang.message or f"exit code {gang.exit_code}"
         if state.restarts >= max_restarts:
@@ -98,6 +117,7 @@ def decide_training(
                 attempt=state.attempt,
                 restarts=state.restarts,
                 message=f"failed after {state.restarts} restart(s): {detail}",
+                disruptions=state.disruptions,
             )
             return TrainingDecision(Action.FAIL, failed, None)
         delay = restart_delay(state.restarts + 1, backoff)
@@ -107,6 +127,7 @@ def decide_training(
             restarts=state.restarts + 1,
             next_start_at=now + delay,
             message=f"attempt {state.attempt} failed ({detail}); restarting in {delay:.0f}s",
+            disruptions=state.disruptions,
         )
         # The caller stops the rest of the gang: it restarts together.
         return TrainingDecision(Action.WAIT, again, delay)
@@ -116,6 +137,13 @@ def decide_training(
             attempt=state.attempt,
             restarts=state.restarts,
             message="all workers succeeded",
+            disruptions=state.disruptions,
         )
         return TrainingDecision(Action.REGISTER, done, 0.0)
+    if gang.pending:
+        waiting = replace(state, message=f"attempt {state.attempt}: waiting for a node")
+        return TrainingDecision(Action.NONE, waiting, 1.0)
+    if gang.running and state.message.endswith(("waiting for a node", "submitted")):
+        running = replace(state, message=f"attempt {state.attempt} running")
+        return TrainingDecision(Action.NONE, running, 1.0)
     return TrainingDecision(Action.NONE, state, 1.0)

@@ -8,7 +8,28 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
+
+
+@dataclass(frozen=True)
+class Requests:
+    """What one replica or worker needs on a node."""
+
+    cpu: int = 0  # millicores
+    memory: int = 0  # bytes
+    gpu: int = 0
+
+
+@dataclass(frozen=True)
+class ProbeSpec:
+    """HTTP GET of ``path`` (2xx healthy) or ``command`` (exit 0 healthy)."""
+
+    path: str = "/v2/health/ready"
+    command: tuple[str, ...] = ()
+    period: float = 2.0
+    timeout: float = 1.0
+    failure_threshold: int = 3
+    initial_delay: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -23,6 +44,25 @@ class ReplicaSpec:
     failure_threshold: int = 3
     max_batch_size: int = 64
     max_batch_delay: float = 0.0
+    readiness_command: tuple[str, ...] = ()
+    liveness: ProbeSpec | None = None
+    requests: Requests = field(default_factory=Requests)
+    priority: int = 0
+    grace: float = 10.0
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ReplicaSpec:
+        """Back from ``dataclasses.asdict`` (as stored in JSON); TypeError if it does not fit."""
+        fields = dict(data)
+        if isinstance(fields.get("requests"), dict):
+            fields["requests"] = Requests(**fields["requests"])
+        if isinstance(fields.get("liveness"), dict):
+            live = dict(fields["liveness"])
+            live["command"] = tuple(live.get("command") or ())
+            fields["liveness"] = ProbeSpec(**live)
+        if "readiness_command" in fields:
+            fields["readiness_command"] = tuple(fields["readiness_command"] or ())
+        return cls(**fields)
 
 
 @dataclass(frozen=True)
@@ -38,6 +78,11 @@ class ReplicaStatus:
     exited_at: float | None = None
     message: str = ""
     ever_ready: bool = False
+    #: waiting for a node (``message`` says why); not started, holds nothing
+    pending: bool = False
+    node: str | None = None
+    #: stopped by the platform, not by its own fault (node lost, drained, preempted)
+    disrupted: str = ""
 
 
 @dataclass(frozen=True)
@@ -49,6 +94,16 @@ class WorkerSpec:
     command: list[str]
     env: dict[str, str] = field(default_factory=dict)
     working_dir: str | None = None
+    requests: Requests = field(default_factory=Requests)
+    queue: str = "default"
+    priority: int = 0
+    queue_priority: int = 0
+    grace: float = 30.0
+    #: names the job's checkpoint folder (PILOTHOUSE_CHECKPOINT_DIR), which survives
+    #: attempts: the job's uid, so a new job of the same name starts afresh
+    checkpoint_id: str = ""
+    checkpoint_interval: float = 0.0
+    checkpoint_keep: int = 3
 
 
 @dataclass(frozen=True)
@@ -64,6 +119,56 @@ class WorkerStatus:
     pid: int | None = None
     message: str = ""
     output_dir: str = ""
+    #: waiting for a node (``message`` says why)
+    pending: bool = False
+    node: str | None = None
+    #: stopped by the platform, not by its own fault (node lost, drained, preempted)
+    disrupted: str = ""
+
+
+@dataclass(frozen=True)
+class NodeStatus:
+    """A node as the runtime sees it (capacity, and whether it takes new work)."""
+
+    name: str
+    address: str
+    capacity: Requests
+    gpu_ids: tuple[str, ...] = ()
+    #: Ready | Cordoned | Draining | Lost
+    state: str = "Ready"
+    virtual: bool = False
+    labels: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Placement:
+    """One replica or worker: waiting for a node (``node`` None) or placed on one."""
+
+    id: str
+    owner_kind: str
+    owner_name: str
+    role: str
+    requests: Requests
+    created: float
+    node: str | None = None
+    gpus: tuple[str, ...] = ()
+    #: Pending | Starting | Running | Terminating
+    phase: str = "Pending"
+    reason: str = ""
+    gang: str | None = None
+    gang_size: int = 1
+    queue: str | None = None
+    priority: int = 0
+    queue_priority: int = 0
+    preemptible: bool = False
+    spread: bool = True
+
+
+@dataclass(frozen=True)
+class Bind:
+    id: str
+    node: str
+    gpus: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -165,13 +270,33 @@ class Runtime(Protocol):
 
     async def remove_traffic(self, deployment: str) -> None: ...
 
-    async def start_worker(self, spec: WorkerSpec) -> WorkerStatus: ...
+    async def start_gang(self, specs: list[WorkerSpec]) -> None:
+        """Submit a job attempt's workers; they start together once the scheduler places
+        all of them (``bind``), or none."""
+        ...
 
     async def list_workers(self, job: str) -> list[WorkerStatus]: ...
 
     async def stop_workers(self, job: str) -> None: ...
 
     def output_dir(self, job: str, attempt: int) -> Path: ...
+
+    # -- scheduling: the scheduler controller places what waits -------------------------
+
+    async def nodes(self) -> list[NodeStatus]: ...
+
+    async def placements(self) -> list[Placement]:
+        """Everything that waits for a node or holds room on one."""
+        ...
+
+    async def bind(self, bindings: list[Bind], reasons: dict[str, str]) -> None:
+        """Start what was placed; record why the rest waits."""
+        ...
+
+    async def evict(self, ids: list[str], reason: str) -> None:
+        """Stop these (SIGTERM, then SIGKILL after their grace period) as a disruption:
+        their owners replace them without counting it as their failure."""
+        ...
 
     def log_files(self, kind: str, name: str) -> list[Path]: ...
 

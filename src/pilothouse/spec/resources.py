@@ -110,6 +110,11 @@ class TrainingJobSpec(SpecModel):
     checkpoint: CheckpointPolicy | None = None
     restart_policy: RestartPolicy = Field(default_factory=RestartPolicy)
     output: TrainingOutput | None = None
+    termination_grace_period: Duration = Field(
+        default=30.0,
+        description="After SIGTERM (preemption, drain, delete) how long workers may take to "
+        "checkpoint and exit before SIGKILL",
+    )
 
 
 class Replicas(SpecModel):
@@ -148,16 +153,42 @@ ReplicasField = Annotated[
 ]
 
 
-class HttpProbe(SpecModel):
+class Probe(SpecModel):
+    """An HTTP GET of ``path`` on the replica (2xx = healthy), or a ``command`` run on its
+    node (exit 0 = healthy), every ``period``; ``failureThreshold`` failures in a row count."""
+
     path: str = Field(default="/v2/health/ready", pattern=r"^/")
+    command: list[str] | None = Field(
+        default=None,
+        min_length=1,
+        description="Run this instead of the HTTP GET (exit 0 = healthy); "
+        "PILOTHOUSE_REPLICA_ENDPOINT is set to host:port",
+    )
     period: Duration = 2.0
     timeout: Duration = 1.0
     failure_threshold: int = Field(default=3, ge=1, le=100)
+    initial_delay: Duration = Field(
+        default=0.0,
+        description="Liveness only: failures count from this long after the start "
+        "(0: from the first success, so a slow model load is never killed)",
+    )
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> Probe:
+        if self.command is not None and "path" in self.model_fields_set:
+            raise ValueError("set either path (HTTP probe) or command (command probe), not both")
+        if self.period <= 0 or self.timeout <= 0:
+            raise ValueError("period and timeout must be greater than 0")
+        return self
+
+
+#: the name it had when probes were HTTP only
+HttpProbe = Probe
 
 
 class Probes(SpecModel):
-    readiness: HttpProbe = Field(default_factory=HttpProbe)
-    liveness: HttpProbe = Field(default_factory=lambda: HttpProbe(path="/v2/health/live"))
+    readiness: Probe = Field(default_factory=Probe)
+    liveness: Probe = Field(default_factory=lambda: Probe(path="/v2/health/live"))
 
 
 class Batching(SpecModel):
@@ -527,10 +558,26 @@ class Rollout(SpecModel):
         return self
 
 
+def _replica_requests() -> ResourceRequests:
+    return ResourceRequests(cpu=250, memory=256 * 2**20)
+
+
 class ModelDeploymentSpec(SpecModel):
     model: ModelRef = Field(description="'name', 'name:VERSION', 'name:latest' or 'name@STAGE'")
     runtime: Literal["auto", "sklearn", "xgboost", "lightgbm", "onnx", "custom"] = "auto"
-    resources: ResourceRequests = Field(default_factory=ResourceRequests)
+    resources: ResourceRequests = Field(
+        default_factory=_replica_requests,
+        description="What one replica needs (default cpu 250m, memory 256Mi)",
+    )
+    priority: int = Field(
+        default=0,
+        ge=-1000,
+        le=1000,
+        description="Replicas may preempt training jobs of a lower priority to get room",
+    )
+    termination_grace_period: Duration = Field(
+        default=10.0, description="How long a stopped replica may take to finish its requests"
+    )
     replicas: ReplicasField = Field(default_factory=Replicas)
     probes: Probes = Field(default_factory=Probes)
     batching: Batching = Field(default_factory=Batching)

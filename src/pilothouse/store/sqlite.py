@@ -56,6 +56,8 @@ CREATE TABLE IF NOT EXISTS processes (
     pid INTEGER NOT NULL,
     record TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS placements (id TEXT PRIMARY KEY, record TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS node_states (name TEXT PRIMARY KEY, state TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS requests (
     kind TEXT NOT NULL,
@@ -367,3 +369,35 @@ class Store:
     def processes(self) -> list[dict[str, Any]]:
         rows = self._query("SELECT record FROM processes ORDER BY id")
         return [json.loads(r["record"]) for r in rows]
+
+    # -- placements and node states (owned by runtime.local: its scheduler's bookkeeping) --
+
+    def put_placement(self, record: dict[str, Any]) -> None:
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO placements(id, record) VALUES (?,?)"
+                " ON CONFLICT(id) DO UPDATE SET record=excluded.record",
+                (record["id"], json.dumps(record, sort_keys=True)),
+            )
+
+    def delete_placement(self, placement_id: str) -> None:
+        with self._tx() as db:
+            db.execute("DELETE FROM placements WHERE id=?", (placement_id,))
+
+    def placements(self) -> list[dict[str, Any]]:
+        rows = self._query("SELECT record FROM placements ORDER BY id")
+        return [json.loads(r["record"]) for r in rows]
+
+    def set_node_state(self, name: str, state: str) -> None:
+        with self._tx() as db:
+            if state == "Ready":
+                db.execute("DELETE FROM node_states WHERE name=?", (name,))
+            else:
+                db.execute(
+                    "INSERT INTO node_states(name, state) VALUES (?,?)"
+                    " ON CONFLICT(name) DO UPDATE SET state=excluded.state",
+                    (name, state),
+                )
+
+    def node_states(self) -> dict[str, str]:
+        return {r["name"]: r["state"] for r in self._query("SELECT name, state FROM node_states")}

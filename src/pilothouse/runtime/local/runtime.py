@@ -1,9 +1,19 @@
 """LocalRuntime: the runtime port implemented with local processes.
 
-Replicas are ``pilothouse serve`` processes, each given an already-bound
-listening socket on 127.0.0.1 (no port races), probed over HTTP for readiness,
-and put behind the embedded router only while ready. Training workers are the
-job's own command with the torchrun-style environment and an output folder.
+Replicas and training workers are items placed on nodes (the machine itself, or
+virtual nodes from ``nodes.yaml``) by the scheduler controller: they wait, with the
+scheduler's reason, until it binds them. Replicas are ``pilothouse serve`` processes,
+each given an already-bound listening socket on its node's address (no port races),
+probed for readiness and liveness (HTTP or a command, as kubelet does), and put behind
+the embedded router only while ready; one that stops answering its liveness probe is
+killed and replaced. Training workers start as a gang once all of them are placed, with
+the torchrun environment (RANK, LOCAL_RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT), the
+GPUs they were given (CUDA_VISIBLE_DEVICES), an output folder and a checkpoint folder
+that survives attempts; a small launcher records their exit code.
+
+Every item is recorded in SQLite: a daemon killed with SIGKILL and started again
+adopts the processes that still run (and learns how the others ended) instead of
+starting duplicates.
 """
 
 from __future__ import annotations
@@ -13,58 +23,185 @@ import contextlib
 import logging
 import os
 import shutil
+import signal
 import socket
 import sys
 import time
 import uuid
 from collections import deque
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 
 from pilothouse.router.metrics import LATENCY_BOUNDS
 from pilothouse.router.proxy import Backend, Router, TrafficPolicy
-from pilothouse.runtime.local.supervisor import Child, Supervisor
+from pilothouse.runtime.local.nodes import NodeSpec, machine_node
+from pilothouse.runtime.local.supervisor import UNKNOWN_EXIT, Child, Supervisor
 from pilothouse.runtime.port import (
+    Bind,
     DeploymentLoad,
     LoadSample,
     MirrorPair,
+    NodeStatus,
+    Placement,
+    ProbeSpec,
     ReplicaSpec,
     ReplicaStatus,
+    Requests,
     Responses,
     ResponseSample,
     Traffic,
     WorkerSpec,
     WorkerStatus,
 )
+from pilothouse.spec.quantity import format_bytes, format_cpu_millis
 from pilothouse.store.sqlite import Store
 
 log = logging.getLogger("pilothouse.runtime.local")
 
 
 @dataclass
-class _Replica:
-    spec: ReplicaSpec
-    child: Child
-    host: str
-    port: int
+class _Item:
+    """One replica or training worker: waiting for a node, placed and running, or ended.
+
+    Kubernetes would call it a pod. It holds room on its node from the moment it is bound
+    until its process is gone; its record in SQLite lets a restarted daemon find it again.
+    """
+
+    id: str
+    role: str  # "replica" | "worker"
+    owner_kind: str
+    owner_name: str
+    requests: Requests
+    created: float
+    replica: ReplicaSpec | None = None
+    worker: WorkerSpec | None = None
+    node: str | None = None
+    gpus: tuple[str, ...] = ()
+    #: Pending | Starting | Running | Terminating
+    phase: str = "Pending"
+    reason: str = ""
+    child: Child | None = None
+    host: str = ""
+    port: int = 0
     ready: bool = False
     ever_ready: bool = False
     failures: int = 0
-    message: str = "starting"
-    probe: asyncio.Task[None] | None = None
+    message: str = "waiting for a node"
+    #: stopped by the platform (node lost, drained, preempted): not the item's own failure
+    disrupted: str = ""
+    #: the platform is stopping it (liveness failure, eviction): its owner replaces it now
+    doomed: bool = False
+    #: its owner let go of it (it still holds room until its process is gone)
+    released: bool = False
+    #: how it ended when there is no process to ask (could not start; lost with a daemon)
+    ended_code: int | None = None
+    started_at: float = 0.0
+    ended_at: float | None = None
+    output_dir: str = ""
+    state_file: str = ""
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+    @property
+    def gang(self) -> str | None:
+        return f"{self.worker.job}-a{self.worker.attempt}" if self.worker else None
+
+    def exit_code(self) -> int | None:
+        if self.ended_code is not None:
+            return self.ended_code
+        return self.child.poll() if self.child is not None else None
+
+    def alive(self) -> bool:
+        """Its process runs (or is about to: bound, not yet spawned)."""
+        if self.node is None or self.ended_code is not None:
+            return False
+        return self.child is None or self.child.poll() is None
+
+    def record(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "role": self.role,
+            "ownerKind": self.owner_kind,
+            "ownerName": self.owner_name,
+            "requests": asdict(self.requests),
+            "created": self.created,
+            "node": self.node,
+            "gpus": list(self.gpus),
+            "phase": self.phase,
+            "reason": self.reason,
+            "host": self.host,
+            "port": self.port,
+            "disrupted": self.disrupted,
+            "doomed": self.doomed,
+            "released": self.released,
+            "endedCode": self.ended_code,
+            "startedAt": self.started_at,
+            "everReady": self.ever_ready,
+            "outputDir": self.output_dir,
+            "stateFile": self.state_file,
+            "message": self.message,
+            "replica": asdict(self.replica) if self.replica else None,
+            "worker": asdict(self.worker) if self.worker else None,
+        }
+
+    @classmethod
+    def from_record(cls, r: dict[str, Any]) -> _Item:
+        worker = None
+        if isinstance(r.get("worker"), dict):
+            w = dict(r["worker"])
+            w["requests"] = Requests(**(w.get("requests") or {}))
+            worker = WorkerSpec(**w)
+        replica = (
+            ReplicaSpec.from_dict(r["replica"]) if isinstance(r.get("replica"), dict) else None
+        )
+        return cls(
+            id=r["id"],
+            role=r["role"],
+            owner_kind=r["ownerKind"],
+            owner_name=r["ownerName"],
+            requests=Requests(**(r.get("requests") or {})),
+            created=float(r.get("created") or 0.0),
+            replica=replica,
+            worker=worker,
+            node=r.get("node"),
+            gpus=tuple(r.get("gpus") or ()),
+            phase=str(r.get("phase") or "Pending"),
+            reason=str(r.get("reason") or ""),
+            host=str(r.get("host") or ""),
+            port=int(r.get("port") or 0),
+            disrupted=str(r.get("disrupted") or ""),
+            doomed=bool(r.get("doomed")),
+            released=bool(r.get("released")),
+            ended_code=r.get("endedCode"),
+            started_at=float(r.get("startedAt") or 0.0),
+            ever_ready=bool(r.get("everReady")),
+            output_dir=str(r.get("outputDir") or ""),
+            state_file=str(r.get("stateFile") or ""),
+            message=str(r.get("message") or ""),
+        )
 
 
 @dataclass
-class _Worker:
-    spec: WorkerSpec
-    child: Child | None
-    started_at: float
-    output_dir: str
-    failed_to_start: str = ""
-    finished_at: float | None = None
-    extra: dict[str, str] = field(default_factory=dict)
+class _Node:
+    spec: NodeSpec
+    state: str = "Ready"
+
+    def status(self) -> NodeStatus:
+        return NodeStatus(
+            name=self.spec.name,
+            address=self.spec.address,
+            capacity=Requests(self.spec.cpu, self.spec.memory, len(self.spec.gpus)),
+            gpu_ids=self.spec.gpus,
+            state=self.state,
+            virtual=self.spec.virtual,
+            labels=dict(self.spec.labels),
+        )
+
+
+LAUNCHER = Path(__file__).with_name("launch.py")
 
 
 def _child_env(extra: dict[str, str]) -> dict[str, str]:
@@ -99,42 +236,346 @@ def _start_failure(exc: OSError, program: str, cwd: str | None) -> str:
 
 
 class LocalRuntime:
-    def __init__(self, store: Store, home: Path, router: Router, host: str = "127.0.0.1") -> None:
+    def __init__(
+        self,
+        store: Store,
+        home: Path,
+        router: Router,
+        host: str = "127.0.0.1",
+        nodes: list[NodeSpec] | None = None,
+    ) -> None:
         self.home = home
         self.host = host
         self.router = router
+        self.store = store
         self.supervisor = Supervisor(store, home / "logs")
-        self._replicas: dict[str, _Replica] = {}
-        self._workers: dict[str, _Worker] = {}
+        specs = nodes if nodes else [machine_node(host)]
+        states = store.node_states()
+        self._nodes: dict[str, _Node] = {
+            n.name: _Node(n, states.get(n.name, "Ready")) for n in specs
+        }
+        self._items: dict[str, _Item] = {}
         self._http = httpx.AsyncClient(timeout=2.0)
         self._cpu_seen: dict[str, tuple[int, float]] = {}
         self._cpu_history: dict[str, deque[tuple[float, dict[str, float]]]] = {}
         self._cpu_task: asyncio.Task[None] | None = None
+        #: called when something waits for a node (the scheduler should look)
+        self.on_pending: Callable[[], None] = lambda: None
 
     async def start(self) -> list[str]:
-        """Stop what a crashed predecessor left running; returns their ids."""
+        """Adopt what a previous daemon left running (re-attach its replicas and workers);
+        stop processes nobody knows about. Returns the ids of the stopped ones."""
+        adopted = await asyncio.to_thread(self._adopt)
+        if adopted:
+            log.info("adopted %d process(es) of a previous daemon: %s", len(adopted), adopted)
         stopped = await asyncio.to_thread(self.supervisor.reap_orphans)
+        for item in self._items.values():
+            if item.role == "replica" and item.alive() and item.child is not None:
+                self._watch_replica(item)
         self._cpu_task = asyncio.create_task(self._sample_cpu(), name="cpu-sampler")
         return [r["id"] for r in stopped]
+
+    def _adopt(self) -> list[str]:
+        processes = {r["id"]: r for r in self.store.processes()}
+        adopted = []
+        for record in self.store.placements():
+            try:
+                item = _Item.from_record(record)
+            except (KeyError, TypeError, ValueError):
+                log.warning("dropping an unreadable placement record: %s", record.get("id"))
+                self.store.delete_placement(str(record.get("id")))
+                continue
+            if item.node is not None and item.ended_code is None:
+                proc = processes.get(item.id)
+                if proc is None:
+                    # bound, but no process was recorded: it never started
+                    item.ended_code = UNKNOWN_EXIT
+                    item.disrupted = item.disrupted or "lost while the control plane was down"
+                else:
+                    item.child = self.supervisor.adopt(proc)
+                    item.ready = False
+                    if item.child.poll() is None:
+                        adopted.append(item.id)
+                        item.message = "adopted; probing" if item.role == "replica" else ""
+                    elif not item.disrupted and item.role == "replica":
+                        item.message = "exited while the control plane was down"
+            self._items[item.id] = item
+        return adopted
 
     async def close(self) -> None:
         if self._cpu_task is not None:
             self._cpu_task.cancel()
-        for replica in self._replicas.values():
-            if replica.probe:
-                replica.probe.cancel()
+        for item in self._items.values():
+            for task in item.tasks:
+                task.cancel()
         await asyncio.to_thread(self.supervisor.stop_all)
+        # Workers stopped with the control plane resume when it is back (their job sees a
+        # disruption, not a failure); replicas are simply started again.
+        for item in list(self._items.values()):
+            if item.role == "worker" and item.node is not None and not item.released:
+                item.disrupted = item.disrupted or "the control plane was stopped"
+                code = item.exit_code()
+                item.ended_code = code if code is not None else 143
+                self.store.put_placement(item.record())
+            else:
+                self.store.delete_placement(item.id)
         await self.router.close()
         await self._http.aclose()
 
-    # -- replicas -------------------------------------------------------------------
+    def _save(self, item: _Item) -> None:
+        self.store.put_placement(item.record())
+
+    def _forget(self, item_id: str) -> None:
+        item = self._items.pop(item_id, None)
+        if item is not None:
+            for task in item.tasks:
+                task.cancel()
+        self.store.delete_placement(item_id)
+
+    # -- scheduling ----------------------------------------------------------------------
+
+    async def nodes(self) -> list[NodeStatus]:
+        return [n.status() for n in self._nodes.values()]
+
+    def node_specs(self) -> list[_Node]:
+        return list(self._nodes.values())
+
+    async def placements(self) -> list[Placement]:
+        out = []
+        for item in self._items.values():
+            if item.node is None and item.released:
+                continue
+            if item.node is not None and not item.alive():
+                continue
+            spec = item.worker
+            out.append(
+                Placement(
+                    id=item.id,
+                    owner_kind=item.owner_kind,
+                    owner_name=item.owner_name,
+                    role=item.role,
+                    requests=item.requests,
+                    created=item.created,
+                    node=item.node,
+                    gpus=item.gpus,
+                    phase="Terminating" if item.doomed or item.released else item.phase,
+                    reason=item.reason,
+                    gang=item.gang,
+                    gang_size=spec.world_size if spec else 1,
+                    queue=spec.queue if spec else None,
+                    priority=spec.priority
+                    if spec
+                    else (item.replica.priority if item.replica else 0),
+                    queue_priority=spec.queue_priority if spec else 0,
+                    preemptible=spec is not None,
+                    spread=spec is None,
+                )
+            )
+        return out
+
+    async def bind(self, bindings: list[Bind], reasons: dict[str, str]) -> None:
+        for item_id, reason in reasons.items():
+            item = self._items.get(item_id)
+            if item is None or item.node is not None:
+                continue
+            message = f"waiting for a node: {reason}"
+            if item.message != message:
+                item.reason, item.message = reason, message
+                self._save(item)
+        gangs: set[str] = set()
+        for binding in bindings:
+            item = self._items.get(binding.id)
+            if item is None or item.node is not None or binding.node not in self._nodes:
+                continue
+            item.node, item.gpus = binding.node, tuple(binding.gpus)
+            item.phase, item.reason, item.message = "Starting", "", "starting"
+            self._save(item)
+            if item.role == "replica":
+                await self._spawn_replica(item)
+            elif item.gang is not None:
+                gangs.add(item.gang)
+        for gang in sorted(gangs):
+            members = sorted(
+                (i for i in self._items.values() if i.gang == gang and not i.released),
+                key=lambda i: i.worker.rank if i.worker else 0,
+            )
+            size = members[0].worker.world_size if members and members[0].worker else 0
+            waiting = [m for m in members if m.node is None]
+            if len(members) == size and not waiting and all(m.child is None for m in members):
+                await self._spawn_gang(members)
+
+    async def evict(self, ids: list[str], reason: str) -> None:
+        for item_id in ids:
+            item = self._items.get(item_id)
+            if item is None:
+                continue
+            if item.node is None:
+                self._forget(item_id)
+                continue
+            if not item.alive() or item.doomed:
+                continue
+            item.disrupted, item.doomed, item.phase = reason, True, "Terminating"
+            item.ready, item.message = False, reason
+            self._save(item)
+            if item.replica is not None:
+                self.router.remove_backend(item.owner_name, item.id)
+            grace = (
+                item.worker.grace if item.worker else (item.replica.grace if item.replica else 10)
+            )
+            item.tasks.append(
+                asyncio.create_task(self._terminate(item, grace), name=f"evict-{item_id}")
+            )
+        self.on_pending()
+
+    async def _terminate(self, item: _Item, grace: float) -> None:
+        """SIGTERM (and SIGCONT: a stopped process must run to handle it), SIGKILL after
+        ``grace``; forget the item once it is gone if its owner let go of it already."""
+        if item.child is not None:
+            self.supervisor.signal(item.id, signal.SIGTERM)
+            self.supervisor.signal(item.id, signal.SIGCONT)
+            if not await _gone(item.child, grace):
+                self.supervisor.kill(item.id)
+                await _gone(item.child, 3600.0)
+        if item.released:
+            await asyncio.to_thread(self.supervisor.stop, item.id, 0.0)
+            self._items.pop(item.id, None)
+            self.store.delete_placement(item.id)
+        self.on_pending()  # its room is free
+
+    # -- nodes -----------------------------------------------------------------------------
+
+    def node_view(self) -> dict[str, Any]:
+        """Every node with capacity, allocated, free and what runs on it; and what waits."""
+        items: list[dict[str, Any]] = []
+        for node in self._nodes.values():
+            on_node = [i for i in self._items.values() if i.node == node.spec.name and i.alive()]
+            cap = node.status().capacity
+            used = Requests(
+                sum(i.requests.cpu for i in on_node),
+                sum(i.requests.memory for i in on_node),
+                sum(i.requests.gpu for i in on_node),
+            )
+            holders = {g: i.id for i in on_node for g in i.gpus}
+            items.append(
+                {
+                    "name": node.spec.name,
+                    "address": node.spec.address,
+                    "state": node.state,
+                    "virtual": node.spec.virtual,
+                    "labels": dict(node.spec.labels),
+                    "capacity": _quantities(cap),
+                    "allocated": _quantities(used),
+                    "free": _quantities(
+                        Requests(cap.cpu - used.cpu, cap.memory - used.memory, cap.gpu - used.gpu)
+                    ),
+                    "gpus": [{"id": g, "assignedTo": holders.get(g)} for g in node.spec.gpus],
+                    "items": [
+                        {
+                            "id": i.id,
+                            "owner": f"{i.owner_kind}/{i.owner_name}",
+                            "role": i.role,
+                            "requests": _quantities(i.requests),
+                            "gpus": list(i.gpus),
+                            "phase": "Terminating" if i.doomed or i.released else i.phase,
+                            "pid": i.child.pid if i.child is not None else None,
+                        }
+                        for i in sorted(on_node, key=lambda i: i.id)
+                    ],
+                }
+            )
+        pending = [
+            {
+                "id": i.id,
+                "owner": f"{i.owner_kind}/{i.owner_name}",
+                "role": i.role,
+                "requests": _quantities(i.requests),
+                "reason": i.reason or "waiting for the scheduler",
+            }
+            for i in sorted(self._items.values(), key=lambda i: i.created)
+            if i.node is None and not i.released
+        ]
+        return {"items": items, "pending": pending}
+
+    async def node_action(self, name: str, action: str) -> str:
+        """cordon | uncordon | drain | fail; KeyError: no such node; ValueError: not now."""
+        node = self._nodes.get(name)
+        if node is None:
+            known = ", ".join(sorted(self._nodes))
+            raise KeyError(f"node {name!r} not found; nodes: {known}")
+        on_node = [i for i in self._items.values() if i.node == name and i.alive() and not i.doomed]
+        if action == "cordon":
+            if node.state == "Lost":
+                raise ValueError(f"node {name} is lost; `node uncordon {name}` brings it back")
+            message = f"node {name} cordoned: no new work is placed on it"
+            node.state = "Cordoned"
+        elif action == "uncordon":
+            message = (
+                f"node {name} is back (it was lost)"
+                if node.state == "Lost"
+                else f"node {name} uncordoned: it takes new work"
+            )
+            node.state = "Ready"
+        elif action == "drain":
+            if node.state == "Lost":
+                raise ValueError(f"node {name} is lost: there is nothing to drain")
+            node.state = "Cordoned"
+            await self.evict([i.id for i in on_node], f"node {name} drained")
+            message = f"node {name} drained: {len(on_node)} item(s) evicted" + (
+                f" ({', '.join(i.id for i in on_node)})" if on_node else ""
+            )
+        elif action == "fail":
+            if node.state == "Lost":
+                raise ValueError(f"node {name} is already lost")
+            node.state = "Lost"
+            for item in on_node:
+                item.disrupted, item.doomed, item.phase = f"node {name} lost", True, "Terminating"
+                item.ready, item.message = False, f"node {name} lost"
+                if item.replica is not None:
+                    self.router.remove_backend(item.owner_name, item.id)
+                self.supervisor.kill(item.id)
+                self._save(item)
+                item.tasks.append(
+                    asyncio.create_task(self._terminate(item, 0.0), name=f"lost-{item.id}")
+                )
+            message = (
+                f"node {name} failed: {len(on_node)} item(s) lost; they are replaced elsewhere"
+            )
+        else:
+            raise ValueError(
+                f"unknown node action {action!r}; expected cordon, uncordon, drain or fail"
+            )
+        self.store.set_node_state(name, node.state)
+        self.on_pending()
+        return message
+
+    # -- replicas -------------------------------------------------------------------------
 
     async def start_replica(self, spec: ReplicaSpec) -> str:
         replica_id = f"{spec.deployment}-{spec.revision}-{uuid.uuid4().hex[:4]}"
+        item = _Item(
+            id=replica_id,
+            role="replica",
+            owner_kind="ModelDeployment",
+            owner_name=spec.deployment,
+            requests=spec.requests,
+            created=time.time(),
+            replica=spec,
+        )
+        self._items[replica_id] = item
+        self._save(item)
+        self.on_pending()
+        return replica_id
+
+    async def _spawn_replica(self, item: _Item) -> None:
+        spec = item.replica
+        assert spec is not None
+        assert item.node is not None
+        node = self._nodes[item.node]
+        host = node.spec.address
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         try:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.bind((self.host, 0))
+            sock.bind((host, 0))
             sock.listen(1024)
             sock.set_inheritable(True)
             port = sock.getsockname()[1]
@@ -154,81 +595,198 @@ class LocalRuntime:
                 "--max-batch-delay",
                 str(spec.max_batch_delay),
             ]
-            child = await asyncio.to_thread(
-                self.supervisor.spawn,
-                replica_id,
-                owner_kind="ModelDeployment",
-                owner_name=spec.deployment,
-                role="replica",
-                argv=argv,
-                env=_child_env({"PILOTHOUSE_REPLICA_ID": replica_id}),
-                cwd=None,
-                log_name=f"modeldeployments/{spec.deployment}/{replica_id}.log",
-                pass_fds=(sock.fileno(),),
-                extra={"endpoint": f"{self.host}:{port}", "revision": spec.revision},
-            )
+            env = {
+                "PILOTHOUSE_REPLICA_ID": item.id,
+                "PILOTHOUSE_NODE": node.spec.name,
+                "CUDA_VISIBLE_DEVICES": ",".join(item.gpus),
+            }
+            try:
+                child = await asyncio.to_thread(
+                    self.supervisor.spawn,
+                    item.id,
+                    owner_kind="ModelDeployment",
+                    owner_name=spec.deployment,
+                    role="replica",
+                    argv=argv,
+                    env=_child_env(env),
+                    cwd=None,
+                    log_name=f"modeldeployments/{spec.deployment}/{item.id}.log",
+                    pass_fds=(sock.fileno(),),
+                    extra={"endpoint": f"{host}:{port}", "revision": spec.revision},
+                )
+            except OSError as exc:
+                item.ended_code, item.message = 127, f"cannot start the model server: {exc}"
+                item.ended_at = time.time()
+                self._save(item)
+                return
         finally:
             sock.close()
-        replica = _Replica(spec=spec, child=child, host=self.host, port=port)
-        replica.probe = asyncio.create_task(self._probe(replica), name=f"probe-{replica_id}")
-        self._replicas[replica_id] = replica
-        log.info("started replica %s on %s:%d", replica_id, self.host, port)
-        return replica_id
+        item.child, item.host, item.port = child, host, port
+        item.started_at, item.phase, item.message = child.started_at, "Running", "starting"
+        self._save(item)
+        self._watch_replica(item)
+        log.info("started replica %s on %s (%s:%d)", item.id, node.spec.name, host, port)
 
-    async def _probe(self, replica: _Replica) -> None:
-        spec = replica.spec
-        url = f"http://{replica.host}:{replica.port}{spec.readiness_path}"
-        while replica.child.poll() is None:
-            try:
-                response = await self._http.get(url, timeout=spec.probe_timeout)
-                ok = response.status_code == 200
-                detail = "" if ok else response.text[:200]
-            except httpx.HTTPError as exc:
-                ok, detail = False, type(exc).__name__
-            if ok:
-                replica.ready, replica.failures, replica.message = True, 0, "ready"
-                replica.ever_ready = True
-            else:
-                replica.failures += 1
-                if replica.ready and replica.failures >= spec.failure_threshold:
-                    replica.ready = False
-                replica.message = f"readiness probe failed: {detail}"
-            await asyncio.sleep(
-                spec.probe_period if replica.ready else min(0.25, spec.probe_period)
+    def _watch_replica(self, item: _Item) -> None:
+        item.tasks.append(asyncio.create_task(self._readiness(item), name=f"ready-{item.id}"))
+        spec = item.replica
+        if spec is not None and spec.liveness is not None:
+            item.tasks.append(
+                asyncio.create_task(self._liveness(item, spec.liveness), name=f"live-{item.id}")
             )
-        replica.ready = False
-        replica.message = f"exited with code {replica.child.exit_code}"
+
+    async def _check(self, item: _Item, probe: ProbeSpec) -> tuple[bool, str]:
+        """One probe: (healthy, what went wrong)."""
+        if probe.command:
+            try:
+                proc = await asyncio.create_subprocess_exec(
+                    *probe.command,
+                    stdin=asyncio.subprocess.DEVNULL,
+                    stdout=asyncio.subprocess.PIPE,
+                    stderr=asyncio.subprocess.STDOUT,
+                    env=_child_env({"PILOTHOUSE_REPLICA_ENDPOINT": f"{item.host}:{item.port}"}),
+                    start_new_session=True,
+                )
+            except OSError as exc:
+                return False, f"cannot run {probe.command[0]!r}: {exc.strerror or exc}"
+            try:
+                out, _ = await asyncio.wait_for(proc.communicate(), probe.timeout)
+            except TimeoutError:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                await proc.wait()
+                return False, f"command timed out after {probe.timeout:g}s"
+            if proc.returncode == 0:
+                return True, ""
+            text = out.decode("utf-8", "replace").strip().splitlines()
+            return False, f"exit code {proc.returncode}" + (f": {text[-1][:160]}" if text else "")
+        url = f"http://{item.host}:{item.port}{probe.path}"
+        try:
+            response = await self._http.get(url, timeout=probe.timeout)
+        except httpx.TimeoutException:
+            return False, f"no answer within {probe.timeout:g}s"
+        except httpx.HTTPError as exc:
+            return False, type(exc).__name__
+        if 200 <= response.status_code < 300:
+            return True, ""
+        return False, f"HTTP {response.status_code} {response.text[:160]}"
+
+    async def _readiness(self, item: _Item) -> None:
+        spec = item.replica
+        assert spec is not None
+        assert item.child is not None
+        probe = ProbeSpec(
+            path=spec.readiness_path,
+            command=spec.readiness_command,
+            period=spec.probe_period,
+            timeout=spec.probe_timeout,
+            failure_threshold=spec.failure_threshold,
+        )
+        while item.child.poll() is None and not item.doomed:
+            ok, detail = await self._check(item, probe)
+            if item.doomed:
+                break
+            if ok:
+                if not item.ready:
+                    item.message = "ready"
+                item.ready, item.failures = True, 0
+                if not item.ever_ready:
+                    item.ever_ready = True
+                    self._save(item)
+            else:
+                item.failures += 1
+                if item.ready and item.failures >= probe.failure_threshold:
+                    item.ready = False
+                item.message = f"readiness probe failed: {detail}"
+            await asyncio.sleep(probe.period if item.ready else min(0.25, probe.period))
+        item.ready = False
+        if not item.doomed:
+            item.message = f"exited with code {item.child.poll()}"
+
+    async def _liveness(self, item: _Item, probe: ProbeSpec) -> None:
+        """Kill a replica that stops answering (hung, deadlocked, SIGSTOPped), as kubelet does.
+
+        Failures count once the probe passed (a model that loads slowly is not killed) or,
+        with ``initial_delay``, from that long after the start."""
+        assert item.child is not None
+        counting = False
+        failures = 0
+        started = time.monotonic()
+        while item.child.poll() is None and not item.doomed:
+            await asyncio.sleep(probe.period)
+            ok, detail = await self._check(item, probe)
+            if ok:
+                counting, failures = True, 0
+                continue
+            if probe.initial_delay and time.monotonic() - started >= probe.initial_delay:
+                counting = True
+            if not counting:
+                continue
+            failures += 1
+            if failures >= probe.failure_threshold and item.child.poll() is None:
+                item.doomed, item.ready, item.phase = True, False, "Terminating"
+                item.message = (
+                    f"liveness probe failed {failures} times ({detail}); killed and replaced"
+                )
+                self._save(item)
+                self.router.remove_backend(item.owner_name, item.id)
+                log.warning("replica %s: %s", item.id, item.message)
+                grace = item.replica.grace if item.replica else 10.0
+                item.tasks.append(
+                    asyncio.create_task(self._terminate(item, grace), name=f"kill-{item.id}")
+                )
+                return
 
     async def stop_replica(self, replica_id: str) -> None:
-        replica = self._replicas.pop(replica_id, None)
-        if replica is None:
+        item = self._items.get(replica_id)
+        if item is None or item.released:
             return
-        replica.ready = False
-        if replica.probe:
-            replica.probe.cancel()
+        item.ready = False
         # No new requests first; the replica then drains and finishes what it has.
-        self.router.remove_backend(replica.spec.deployment, replica_id)
-        await asyncio.to_thread(self.supervisor.stop, replica_id)
+        self.router.remove_backend(item.owner_name, replica_id)
+        if item.node is None:
+            self._forget(replica_id)
+            return
+        if item.doomed and item.alive():
+            # already being stopped (liveness, eviction, lost node): let that finish
+            item.released = True
+            self._save(item)
+            return
+        item.released, item.phase = True, "Terminating"
+        for task in item.tasks:
+            task.cancel()
+        grace = item.replica.grace if item.replica else 10.0
+        await asyncio.to_thread(self.supervisor.stop, replica_id, grace)
+        self._items.pop(replica_id, None)
+        self.store.delete_placement(replica_id)
+        self.on_pending()
 
     async def list_replicas(self, deployment: str) -> list[ReplicaStatus]:
         out = []
-        for replica_id, r in self._replicas.items():
-            if r.spec.deployment != deployment:
+        for item in self._items.values():
+            if item.role != "replica" or item.owner_name != deployment or item.released:
                 continue
-            code = r.child.poll()
+            code = item.exit_code()
+            pending = item.node is None
+            exited = not pending and (code is not None or item.doomed or not item.alive())
             out.append(
                 ReplicaStatus(
-                    id=replica_id,
-                    revision=r.spec.revision,
-                    ready=r.ready and code is None,
-                    exited=code is not None,
-                    started_at=r.child.started_at,
-                    endpoint=f"{r.host}:{r.port}",
-                    pid=r.child.popen.pid,
+                    id=item.id,
+                    revision=item.replica.revision if item.replica else "",
+                    ready=item.ready and not exited and not pending,
+                    exited=exited,
+                    started_at=item.started_at or item.created,
+                    endpoint=f"{item.host}:{item.port}" if item.port else None,
+                    pid=item.child.pid if item.child is not None else None,
                     exit_code=code,
-                    exited_at=r.child.finished_at,
-                    message=r.message,
-                    ever_ready=r.ever_ready,
+                    exited_at=(item.child.finished_at if item.child else item.ended_at)
+                    if exited
+                    else None,
+                    message=item.message,
+                    ever_ready=item.ever_ready,
+                    pending=pending,
+                    node=item.node,
+                    disrupted=item.disrupted,
                 )
             )
         return sorted(out, key=lambda s: s.started_at)
@@ -240,15 +798,15 @@ class LocalRuntime:
         url = await self.router.ensure_route(deployment, t.port)
         backends = []
         for status in ready:
-            replica = self._replicas.get(status.id)
-            if replica is not None:
+            item = self._items.get(status.id)
+            if item is not None and item.replica is not None and item.port:
                 backends.append(
                     Backend(
                         status.id,
-                        replica.host,
-                        replica.port,
+                        item.host,
+                        item.port,
                         status.revision,
-                        replica.spec.readiness_path,
+                        item.replica.readiness_path,
                     )
                 )
         self.router.set_policy(
@@ -297,12 +855,23 @@ class LocalRuntime:
         }
         return DeploymentLoad(revisions, queued=route.queued)
 
+    def _running_replicas(self, deployment: str | None = None) -> list[_Item]:
+        return [
+            i
+            for i in self._items.values()
+            if i.role == "replica"
+            and i.replica is not None
+            and i.child is not None
+            and (deployment is None or i.owner_name == deployment)
+            and i.child.poll() is None
+        ]
+
     async def _sample_cpu(self) -> None:
         """Once a second: cores used by each revision's replicas during that second."""
         while True:
             await asyncio.sleep(1.0)
             now = time.time()
-            for deployment in {r.spec.deployment for r in self._replicas.values()}:
+            for deployment in {i.owner_name for i in self._running_replicas()}:
                 history = self._cpu_history.setdefault(deployment, deque(maxlen=180))
                 history.append((now, self._cpu_by_revision(deployment)))
 
@@ -310,18 +879,19 @@ class LocalRuntime:
         """Cores each revision's replicas used since the previous call (from /proc)."""
         now = time.monotonic()
         totals: dict[str, float] = {}
-        for replica in self._replicas.values():
-            if replica.spec.deployment != deployment or replica.child.poll() is not None:
-                continue
-            ticks = _cpu_ticks(replica.child.popen.pid)
+        for item in self._running_replicas(deployment):
+            assert item.child is not None
+            assert item.replica is not None
+            ticks = _cpu_ticks(item.child.pid)
             if ticks is None:
                 continue
-            previous = self._cpu_seen.get(replica.child.id)
-            self._cpu_seen[replica.child.id] = (ticks, now)
+            previous = self._cpu_seen.get(item.id)
+            self._cpu_seen[item.id] = (ticks, now)
             if previous is None or now <= previous[1]:
                 continue
             cores = (ticks - previous[0]) / _CLOCK_TICKS / (now - previous[1])
-            totals[replica.spec.revision] = totals.get(replica.spec.revision, 0.0) + cores
+            revision = item.replica.revision
+            totals[revision] = totals.get(revision, 0.0) + cores
         return totals
 
     async def responses(self, deployment: str, since: float) -> Responses:
@@ -351,12 +921,9 @@ class LocalRuntime:
 
     async def scrape(self, deployment: str, revision: str) -> list[str]:
         targets = [
-            (r.host, r.port)
-            for r in self._replicas.values()
-            if r.spec.deployment == deployment
-            and r.spec.revision == revision
-            and r.ready
-            and r.child.poll() is None
+            (i.host, i.port)
+            for i in self._running_replicas(deployment)
+            if i.replica is not None and i.replica.revision == revision and i.ready
         ]
         if not targets:
             return []
@@ -379,94 +946,191 @@ class LocalRuntime:
     def output_dir(self, job: str, attempt: int) -> Path:
         return self.home / "outputs" / job / f"attempt-{attempt}"
 
-    async def start_worker(self, spec: WorkerSpec) -> WorkerStatus:
-        worker_id = f"{spec.job}-a{spec.attempt}-r{spec.rank}"
-        output = self.output_dir(spec.job, spec.attempt)
-        output.mkdir(parents=True, exist_ok=True)
-        env = _child_env(
-            {
+    def checkpoint_dir(self, job: str, checkpoint_id: str) -> Path:
+        return self.home / "checkpoints" / (f"{job}-{checkpoint_id[:8]}" if checkpoint_id else job)
+
+    async def start_gang(self, specs: list[WorkerSpec]) -> None:
+        now = time.time()
+        for spec in specs:
+            worker_id = f"{spec.job}-a{spec.attempt}-r{spec.rank}"
+            if worker_id in self._items:
+                continue
+            item = _Item(
+                id=worker_id,
+                role="worker",
+                owner_kind="TrainingJob",
+                owner_name=spec.job,
+                requests=spec.requests,
+                created=now,
+                worker=spec,
+                output_dir=str(self.output_dir(spec.job, spec.attempt)),
+            )
+            self._items[worker_id] = item
+            self._save(item)
+        self.on_pending()
+
+    async def _spawn_gang(self, members: list[_Item]) -> None:
+        """Start a placed gang: every worker with its rank, its node's GPUs and the address
+        of rank 0 (MASTER_ADDR:MASTER_PORT) the ranks rendezvous at, as torchrun sets them."""
+        first = members[0]
+        assert first.worker is not None
+        assert first.node is not None
+        master = self._nodes[first.node].spec.address
+        master_port = await asyncio.to_thread(_free_port, master)
+        node_order: list[str] = []
+        for m in members:
+            if m.node not in node_order and m.node is not None:
+                node_order.append(m.node)
+        for m in members:
+            spec = m.worker
+            assert spec is not None
+            assert m.node is not None
+            same_node = [x for x in members if x.node == m.node]
+            env = {
                 **spec.env,
                 "PILOTHOUSE_JOB": spec.job,
                 "PILOTHOUSE_ATTEMPT": str(spec.attempt),
-                "PILOTHOUSE_OUTPUT_DIR": str(output),
+                "PILOTHOUSE_OUTPUT_DIR": m.output_dir,
+                "PILOTHOUSE_NODE": m.node,
+                "PILOTHOUSE_CHECKPOINT_DIR": str(self.checkpoint_dir(spec.job, spec.checkpoint_id)),
+                "PILOTHOUSE_CHECKPOINT_INTERVAL": f"{spec.checkpoint_interval:g}",
+                "PILOTHOUSE_CHECKPOINT_KEEP": str(spec.checkpoint_keep),
                 "RANK": str(spec.rank),
-                "LOCAL_RANK": str(spec.rank),
+                "LOCAL_RANK": str(same_node.index(m)),
+                "LOCAL_WORLD_SIZE": str(len(same_node)),
+                "GROUP_RANK": str(node_order.index(m.node)),
+                "NODE_RANK": str(node_order.index(m.node)),
                 "WORLD_SIZE": str(spec.world_size),
-                "MASTER_ADDR": "127.0.0.1",
+                "MASTER_ADDR": master,
+                "MASTER_PORT": str(master_port),
+                "TORCHELASTIC_RESTART_COUNT": str(max(0, spec.attempt - 1)),
+                "CUDA_VISIBLE_DEVICES": ",".join(m.gpus),
             }
-        )
+            await self._spawn_worker(m, env)
+
+    async def _spawn_worker(self, item: _Item, extra_env: dict[str, str]) -> None:
+        spec = item.worker
+        assert spec is not None
         log_name = f"trainingjobs/{spec.job}/worker-{spec.rank}.log"
         log_path = self.supervisor.log_dir / log_name
-        log_path.parent.mkdir(parents=True, exist_ok=True)
         stamp = time.strftime("%Y-%m-%dT%H:%M:%S")
-        with log_path.open("a", encoding="utf-8") as handle:
-            handle.write(f"--- pilothouse: attempt {spec.attempt} of {spec.job} at {stamp}\n")
+        await asyncio.to_thread(
+            _prepare_worker,
+            [Path(item.output_dir), Path(extra_env["PILOTHOUSE_CHECKPOINT_DIR"])],
+            log_path,
+            f"--- pilothouse: attempt {spec.attempt} of {spec.job} at {stamp} on node {item.node}",
+        )
+        env = _child_env(extra_env)
         cwd = spec.working_dir
-        try:
-            child = await asyncio.to_thread(
-                self.supervisor.spawn,
-                worker_id,
-                owner_kind="TrainingJob",
-                owner_name=spec.job,
-                role="worker",
-                argv=spec.command,
-                env=env,
-                cwd=cwd,
-                log_name=log_name,
-                extra={"attempt": spec.attempt, "rank": spec.rank},
-            )
-        except OSError as exc:
-            reason = _start_failure(exc, spec.command[0], cwd)
+        problem = _cannot_start(spec.command[0], cwd, env.get("PATH", ""))
+        state_file = self.home / "run" / f"{item.id}.json"
+        child = None
+        if problem is None:
+            state_file.parent.mkdir(parents=True, exist_ok=True)
+            state_file.unlink(missing_ok=True)
+            try:
+                child = await asyncio.to_thread(
+                    self.supervisor.spawn,
+                    item.id,
+                    owner_kind="TrainingJob",
+                    owner_name=spec.job,
+                    role="worker",
+                    argv=[
+                        sys.executable,
+                        "-I",
+                        str(LAUNCHER),
+                        str(state_file),
+                        "--",
+                        *spec.command,
+                    ],
+                    env=env,
+                    cwd=cwd,
+                    log_name=log_name,
+                    extra={"attempt": spec.attempt, "rank": spec.rank},
+                    state_file=str(state_file),
+                )
+            except OSError as exc:
+                problem = _start_failure(exc, spec.command[0], cwd)
+        if child is None:
+            reason = problem or "cannot start"
             with log_path.open("a", encoding="utf-8") as handle:
                 handle.write(f"--- pilothouse: {reason}\n")
-            worker = _Worker(spec, None, time.time(), str(output), failed_to_start=reason)
-            worker.finished_at = worker.started_at
-            self._workers[worker_id] = worker
-            return self._worker_status(worker_id, worker)
-        worker = _Worker(spec, child, child.started_at, str(output))
-        self._workers[worker_id] = worker
-        return self._worker_status(worker_id, worker)
+            item.ended_code, item.message, item.ended_at = 127, reason, time.time()
+            item.started_at = item.ended_at
+            self._save(item)
+            return
+        item.child, item.state_file = child, str(state_file)
+        item.started_at, item.phase, item.message = child.started_at, "Running", ""
+        self._save(item)
 
-    def _worker_status(self, worker_id: str, worker: _Worker) -> WorkerStatus:
-        if worker.child is None:
-            return WorkerStatus(
-                id=worker_id,
-                job=worker.spec.job,
-                attempt=worker.spec.attempt,
-                rank=worker.spec.rank,
-                running=False,
-                exit_code=127,
-                started_at=worker.started_at,
-                finished_at=worker.finished_at,
-                message=worker.failed_to_start,
-                output_dir=worker.output_dir,
-            )
-        code = worker.child.poll()
+    def _worker_status(self, item: _Item) -> WorkerStatus:
+        spec = item.worker
+        assert spec is not None
+        pending = item.node is None
+        code = None if pending else item.exit_code()
+        running = not pending and code is None and item.alive()
+        if pending:
+            message = item.message
+        elif item.disrupted:
+            message = item.disrupted
+        elif code is not None and code != 0:
+            message = item.message or f"exit code {code}"
+            if code == UNKNOWN_EXIT and item.child is not None and item.child.adopted:
+                message = "ended while the control plane was down (exit code unknown)"
+        else:
+            message = ""
+        pid = item.child.pid if item.child is not None else None
+        if item.child is not None:
+            command_pid = item.child.launcher_state().get("pid")
+            if isinstance(command_pid, int) and command_pid > 0:
+                pid = command_pid
         return WorkerStatus(
-            id=worker_id,
-            job=worker.spec.job,
-            attempt=worker.spec.attempt,
-            rank=worker.spec.rank,
-            running=code is None,
+            id=item.id,
+            job=spec.job,
+            attempt=spec.attempt,
+            rank=spec.rank,
+            running=running,
             exit_code=code,
-            started_at=worker.started_at,
-            finished_at=worker.child.finished_at,
-            pid=worker.child.popen.pid,
-            message="" if code in (None, 0) else f"exit code {code}",
-            output_dir=worker.output_dir,
+            started_at=item.started_at or item.created,
+            finished_at=(item.child.finished_at if item.child else item.ended_at)
+            if code is not None
+            else None,
+            pid=pid,
+            message=message,
+            output_dir=item.output_dir,
+            pending=pending,
+            node=item.node,
+            disrupted=item.disrupted,
         )
 
     async def list_workers(self, job: str) -> list[WorkerStatus]:
         return sorted(
-            (self._worker_status(wid, w) for wid, w in self._workers.items() if w.spec.job == job),
+            (
+                self._worker_status(i)
+                for i in self._items.values()
+                if i.role == "worker" and i.owner_name == job and not i.released
+            ),
             key=lambda s: (s.attempt, s.rank),
         )
 
     async def stop_workers(self, job: str) -> None:
-        for worker_id in [wid for wid, w in self._workers.items() if w.spec.job == job]:
-            worker = self._workers.pop(worker_id)
-            if worker.child is not None:
-                await asyncio.to_thread(self.supervisor.stop, worker_id)
+        items = [i for i in self._items.values() if i.role == "worker" and i.owner_name == job]
+
+        async def stop(item: _Item) -> None:
+            item.released = True
+            for task in item.tasks:
+                task.cancel()
+            if item.child is not None:
+                grace = item.worker.grace if item.worker else 30.0
+                await asyncio.to_thread(self.supervisor.stop, item.id, grace)
+            self._items.pop(item.id, None)
+            self.store.delete_placement(item.id)
+            if item.state_file:
+                await asyncio.to_thread(Path(item.state_file).unlink, missing_ok=True)
+
+        await asyncio.gather(*(stop(i) for i in items))
+        if items:
+            self.on_pending()
 
     def log_files(self, kind: str, name: str) -> list[Path]:
         folder = self.supervisor.log_dir / f"{kind.lower()}s" / name
@@ -482,3 +1146,48 @@ class LocalRuntime:
     async def stop_everything(self) -> None:
         with contextlib.suppress(Exception):
             await self.close()
+
+
+async def _gone(child: Child, within: float) -> bool:
+    """Whether ``child`` ended within ``within`` seconds (polled every 50 ms)."""
+    for _ in range(max(1, int(within / 0.05))):
+        if child.poll() is not None:
+            return True
+        await asyncio.sleep(0.05)
+    return child.poll() is not None
+
+
+def _prepare_worker(folders: list[Path], log_path: Path, banner: str) -> None:
+    for folder in folders:
+        folder.mkdir(parents=True, exist_ok=True)
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with log_path.open("a", encoding="utf-8") as handle:
+        handle.write(banner + "\n")
+
+
+def _quantities(r: Requests) -> dict[str, Any]:
+    return {"cpu": format_cpu_millis(r.cpu), "memory": format_bytes(r.memory), "gpu": r.gpu}
+
+
+def _free_port(host: str) -> int:
+    """A port free on ``host`` now (rank 0 binds it moments later, as torchrun's does)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def _cannot_start(program: str, cwd: str | None, path: str) -> str | None:
+    """Why ``program`` cannot be started from ``cwd``, or None (checked before launching, so
+    the job says "command not found" instead of a launcher's exit code)."""
+    if cwd is not None and not Path(cwd).is_dir():
+        return f"working directory does not exist: {cwd}"
+    if "/" in program:
+        target = Path(program) if Path(program).is_absolute() else Path(cwd or ".") / program
+        if not target.is_file():
+            return f"command not found: {program}"
+        if not os.access(target, os.X_OK):
+            return f"command is not executable: {program}"
+        return None
+    if shutil.which(program, path=path) is None:
+        return f"command not found: {program}"
+    return None

@@ -9,6 +9,7 @@ of our processes from an unrelated one that reused the PID.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -58,21 +59,61 @@ def terminate_group(pid: int, start_ticks: int | None, grace: float = 10.0) -> N
 
 @dataclass
 class Child:
+    """A process we started, or one a previous daemon started that we adopted.
+
+    For an adopted process we are not the parent: liveness comes from /proc (PID plus
+    start time), and the exit code from the launcher's state file when there is one.
+    """
+
     id: str
-    popen: subprocess.Popen[bytes]
+    popen: subprocess.Popen[bytes] | None
     record: dict[str, Any]
     started_at: float
     finished_at: float | None = None
     exit_code: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    pid_: int = 0
+    start_ticks: int | None = None
+    #: written by launch.py: {"pid": command pid, "exitCode": ...}
+    state_file: str | None = None
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid if self.popen is not None else self.pid_
+
+    @property
+    def adopted(self) -> bool:
+        return self.popen is None
+
+    def launcher_state(self) -> dict[str, Any]:
+        if not self.state_file:
+            return {}
+        try:
+            data = json.loads(Path(self.state_file).read_text())
+        except (OSError, ValueError):
+            return {}
+        return data if isinstance(data, dict) else {}
 
     def poll(self) -> int | None:
         if self.exit_code is None:
-            code = self.popen.poll()
+            if self.popen is not None:
+                code = self.popen.poll()
+            elif is_same_process(self.pid_, self.start_ticks):
+                code = None
+            else:
+                recorded = self.launcher_state().get("exitCode")
+                # gone while nobody could wait for it, and no launcher said how it ended
+                code = int(recorded) if isinstance(recorded, int) else UNKNOWN_EXIT
             if code is not None:
+                if code < 0:  # killed by a signal: report it as a shell would
+                    code = 128 - code
                 self.exit_code = code
                 self.finished_at = time.time()
         return self.exit_code
+
+
+#: the exit code of an adopted process that ended with nothing recording how
+UNKNOWN_EXIT = 255
 
 
 class Supervisor:
@@ -108,6 +149,7 @@ class Supervisor:
         log_name: str,
         pass_fds: tuple[int, ...] = (),
         extra: dict[str, Any] | None = None,
+        state_file: str | None = None,
     ) -> Child:
         """Start one process; raises OSError (e.g. FileNotFoundError) if it cannot start."""
         log_path = self.log_dir / log_name
@@ -132,39 +174,82 @@ class Supervisor:
             "startTicks": process_start_ticks(popen.pid),
             "argv": argv,
             "log": str(log_path),
+            "startedAt": time.time(),
+            "stateFile": state_file,
             **(extra or {}),
         }
         self.store.put_process(record)
-        child = Child(process_id, popen, record, time.time(), extra=dict(extra or {}))
+        child = Child(
+            process_id,
+            popen,
+            record,
+            time.time(),
+            extra=dict(extra or {}),
+            pid_=popen.pid,
+            start_ticks=record["startTicks"],
+            state_file=state_file,
+        )
         self.children[process_id] = child
+        return child
+
+    def adopt(self, record: dict[str, Any]) -> Child:
+        """Take over a process a previous daemon started. If it no longer runs (same PID and
+        start time), the child reports it ended (with the launcher's exit code if recorded)."""
+        pid, ticks = int(record["pid"]), record.get("startTicks")
+        child = Child(
+            record["id"],
+            None,
+            record,
+            float(record.get("startedAt") or time.time()),
+            extra={k: v for k, v in record.items() if k in ("endpoint", "revision")},
+            pid_=pid,
+            start_ticks=ticks,
+            state_file=record.get("stateFile"),
+        )
+        self.children[record["id"]] = child
         return child
 
     def stop(self, process_id: str, grace: float = 10.0) -> None:
         child = self.children.pop(process_id, None)
         if child is not None and child.poll() is None:
-            terminate_group(child.popen.pid, child.record.get("startTicks"), grace)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                child.popen.wait(timeout=1.0)
+            terminate_group(child.pid, child.start_ticks, grace)
+            if child.popen is not None:
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    child.popen.wait(timeout=1.0)
         self.store.delete_process(process_id)
+
+    def kill(self, process_id: str) -> None:
+        """SIGKILL the process group at once (a lost node, a hung process); keep the record
+        until ``stop`` so its exit is still observed."""
+        child = self.children.get(process_id)
+        if child is not None and child.poll() is None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(child.pid, signal.SIGKILL)
+
+    def signal(self, process_id: str, signum: int) -> None:
+        child = self.children.get(process_id)
+        if child is not None and child.poll() is None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(child.pid, signum)
 
     def stop_all(self, grace: float = 10.0) -> None:
         """SIGTERM every child at once, then wait for all within one grace period."""
         for child in self.children.values():
             if child.poll() is None:
                 with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.killpg(child.popen.pid, signal.SIGTERM)
+                    os.killpg(child.pid, signal.SIGTERM)
         deadline = time.monotonic() + grace
         for process_id in list(self.children):
             child = self.children[process_id]
-            remaining = max(0.1, deadline - time.monotonic())
-            try:
-                child.popen.wait(timeout=remaining)
-            except subprocess.TimeoutExpired:
-                terminate_group(child.popen.pid, child.record.get("startTicks"), grace=0.0)
-                with contextlib.suppress(subprocess.TimeoutExpired):
-                    child.popen.wait(timeout=2.0)
+            while child.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.05)
+            if child.poll() is None:
+                terminate_group(child.pid, child.start_ticks, grace=0.0)
+                if child.popen is not None:
+                    with contextlib.suppress(subprocess.TimeoutExpired):
+                        child.popen.wait(timeout=2.0)
             # a process group may outlive its leader
             with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(child.popen.pid, signal.SIGKILL)
+                os.killpg(child.pid, signal.SIGKILL)
             self.store.delete_process(process_id)
             del self.children[process_id]
