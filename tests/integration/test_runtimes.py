@@ -366,6 +366,159 @@ def test_broken_custom_code(
         load_predictor(register(registry, folder, "custom"))
 
 
+# ------------------------------------------------------------- custom, rows x k answers
+
+TOP_K_MODEL = """
+import numpy as np
+
+
+class Model:
+    def load(self, path):
+        self.k = int((path / "k.txt").read_text(encoding="utf-8"))
+
+    def predict(self, features):
+        # row r -> [10 * x_r0 + j for j < k]: every row's answer names its row
+        return features[:, :1] * 10 + np.arange(self.k)
+"""
+
+
+def top_k_version(tmp_path: Path, registry: LocalRegistry, k: int, name: str = "topk") -> Any:
+    folder = out_dir(tmp_path, name)
+    (folder / "model.py").write_text(TOP_K_MODEL, encoding="utf-8")
+    (folder / "k.txt").write_text(str(k), encoding="utf-8")
+    return register(registry, folder, "custom", name)
+
+
+def expected_top_k(x: np.ndarray[Any, Any], k: int) -> np.ndarray[Any, Any]:
+    return np.asarray(x[:, :1] * 10 + np.arange(k), dtype=np.float64)
+
+
+def test_custom_model_may_answer_rows_by_k(tmp_path: Path, registry: LocalRegistry) -> None:
+    x = np.arange(12, dtype=np.float64).reshape(4, 3)
+    out = load_predictor(top_k_version(tmp_path, registry, k=5)).predict(x)
+    assert out.shape == (4, 5)
+    assert out.dtype == np.float64
+    np.testing.assert_array_equal(out, expected_top_k(x, 5))
+
+
+def test_custom_rows_by_one_is_one_score_per_row(tmp_path: Path, registry: LocalRegistry) -> None:
+    x = np.arange(6, dtype=np.float64).reshape(3, 2)
+    out = load_predictor(top_k_version(tmp_path, registry, k=1)).predict(x)
+    np.testing.assert_array_equal(out, [0.0, 20.0, 40.0])
+
+
+@pytest.mark.parametrize(
+    ("answer", "match"),
+    [
+        ("np.zeros((len(features), 2, 2))", r"shape \(3, 2, 2\)"),
+        ("np.zeros((len(features) + 1, 4))", r"shape \(4, 4\) for 3 rows"),
+        ("np.zeros((len(features), 0))", r"shape \(3, 0\)"),
+        ("[[1.0, 2.0], [3.0], [4.0, 5.0]]", "not an array of numbers"),
+        ("[1.0, 2.0]", r"shape \(2,\) for 3 rows"),
+    ],
+    ids=["3-d", "wrong-rows", "zero-width", "ragged", "too-few"],
+)
+def test_custom_answers_of_the_wrong_shape_are_a_broken_model(
+    tmp_path: Path, registry: LocalRegistry, answer: str, match: str
+) -> None:
+    folder = out_dir(tmp_path, "bad")
+    source = (
+        "import numpy as np\n"
+        "class Model:\n"
+        "    def load(self, path): pass\n"
+        f"    def predict(self, features): return {answer}\n"
+    )
+    (folder / "model.py").write_text(source, encoding="utf-8")
+    predictor = load_predictor(register(registry, folder, "custom", "bad"))
+    with pytest.raises(RuntimeError, match=match):
+        predictor.predict(np.zeros((3, 2)))
+
+
+def test_batched_rows_by_k_answers_split_back_per_request(
+    tmp_path: Path, registry: LocalRegistry
+) -> None:
+    import asyncio
+
+    from pilothouse.serving.batching import Batcher
+
+    predictor = load_predictor(top_k_version(tmp_path, registry, k=3))
+    requests = [np.array([[float(i), 0.0]] * (i % 3 + 1)) for i in range(7)]
+    batches: list[int] = []
+
+    async def run() -> list[np.ndarray[Any, Any]]:
+        batcher = Batcher(predictor.predict, max_batch_size=64, on_batch=batches.append)
+        return list(await asyncio.gather(*(batcher.submit(r) for r in requests)))
+
+    answers = asyncio.run(run())
+    assert max(batches) > requests[0].shape[0], "no two requests shared a model call"
+    assert sum(batches) == sum(r.shape[0] for r in requests)
+    for request, answer in zip(requests, answers, strict=True):
+        np.testing.assert_array_equal(answer, expected_top_k(request, 3))
+
+
+def test_replica_serves_rows_by_k_over_v1_and_v2(tmp_path: Path, registry: LocalRegistry) -> None:
+    """A real replica: tensors of shape [rows, k], v1 lists of lists, and concurrent
+    (batched) requests that each get their own rows back."""
+    import asyncio
+
+    import httpx
+
+    from tests.integration.conftest import wait_for
+    from tests.integration.servers import run_replica
+
+    version = top_k_version(tmp_path, registry, k=4)
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    with run_replica(version.path, logs, "--max-batch-delay", "0.05", name="topk") as replica:
+        wait_for(
+            "model ready",
+            lambda: httpx.get(f"{replica.url}/v2/health/ready").status_code == 200,
+            timeout=60,
+        )
+        rows = [[1.0, 0.5], [2.0, 0.5]]
+        v2 = httpx.post(
+            f"{replica.url}/v2/models/topk/infer",
+            json={
+                "id": "r1",
+                "inputs": [{"name": "x", "shape": [2, 2], "datatype": "FP64", "data": rows}],
+            },
+        )
+        assert v2.status_code == 200, v2.text
+        body = v2.json()
+        assert body["id"] == "r1"
+        assert body["outputs"] == [
+            {
+                "name": "score",
+                "shape": [2, 4],
+                "datatype": "FP64",
+                "data": [10.0, 11.0, 12.0, 13.0, 20.0, 21.0, 22.0, 23.0],
+            }
+        ]
+        v1 = httpx.post(f"{replica.url}/v1/models/topk:predict", json={"instances": rows})
+        assert v1.status_code == 200, v1.text
+        assert v1.json() == {"predictions": [[10.0, 11.0, 12.0, 13.0], [20.0, 21.0, 22.0, 23.0]]}
+
+        async def one(client: httpx.AsyncClient, user: int) -> tuple[int, Any]:
+            response = await client.post(
+                f"{replica.url}/v1/models/topk:predict", json={"instances": [[user, 0.0]]}
+            )
+            return user, response.json()["predictions"]
+
+        async def many() -> list[tuple[int, Any]]:
+            async with httpx.AsyncClient(timeout=30) as client:
+                return list(await asyncio.gather(*(one(client, u) for u in range(40))))
+
+        for user, predictions in asyncio.run(many()):
+            assert predictions == [[10.0 * user + j for j in range(4)]]
+        metrics = httpx.get(f"{replica.url}/metrics").text
+        calls = next(
+            float(line.split()[-1])
+            for line in metrics.splitlines()
+            if line.startswith("pilothouse_model_batch_rows_count")
+        )
+        assert calls < 42, "40 concurrent requests never shared a model call"
+
+
 # --------------------------------------------------------------------------- failures
 
 

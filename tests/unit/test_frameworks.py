@@ -114,6 +114,22 @@ def test_custom_folder_wins_over_its_own_artifacts(tmp_path: Path) -> None:
     assert detect_framework(tmp_path / "model.py") == "custom"
 
 
+def test_custom_folder_with_numpy_weights(tmp_path: Path) -> None:
+    """What examples/recommendation writes: model.py beside .npz/.npy data and metadata."""
+    (tmp_path / "model.py").write_text("class Model: ...\n", encoding="utf-8")
+    np.savez(tmp_path / "weights.npz", users=np.zeros((3, 2)), items=np.ones((4, 2)))
+    np.save(tmp_path / "seen.npy", np.arange(3))
+    (tmp_path / "metrics.json").write_text('{"recall_at_10": 0.3}', encoding="utf-8")
+    (tmp_path / "signature.json").write_text('{"inputs": []}', encoding="utf-8")
+    assert detect_framework(tmp_path) == "custom"
+
+
+def test_numpy_weights_alone_are_not_a_model(tmp_path: Path) -> None:
+    np.savez(tmp_path / "weights.npz", users=np.zeros((3, 2)))
+    with pytest.raises(ValueError, match="cannot detect"):
+        detect_framework(tmp_path)
+
+
 def test_nested_model_py_is_not_custom(tmp_path: Path) -> None:
     (tmp_path / "lib").mkdir()
     (tmp_path / "lib" / "model.py").write_text("x = 1\n", encoding="utf-8")

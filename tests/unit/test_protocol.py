@@ -1,4 +1,4 @@
-"""Unit tests for v1 / OIP v2 request decoding."""
+"""Unit tests for v1 / OIP v2 request decoding and response encoding."""
 
 from __future__ import annotations
 
@@ -9,7 +9,14 @@ from typing import Any
 import numpy as np
 import pytest
 
-from pilothouse.serving.protocol import BadRequest, decode_v1, decode_v2, feature_names
+from pilothouse.serving.protocol import (
+    BadRequest,
+    decode_v1,
+    decode_v2,
+    encode_v1,
+    encode_v2_output,
+    feature_names,
+)
 
 SIG: dict[str, Any] = {"inputs": [{"name": n, "datatype": "FP64"} for n in ["a", "b", "c"]]}
 
@@ -260,3 +267,52 @@ def test_v2_per_feature_tensors_need_a_signature() -> None:
 def test_huge_integers_are_a_bad_request(decode: Decoder, body: Any) -> None:
     with pytest.raises(BadRequest):
         decode(body, SIG)
+
+
+# --- responses -------------------------------------------------------------------------
+
+
+def test_one_score_per_row_encodes_as_before() -> None:
+    scores = np.array([0.25, 0.5, 1.0])
+    assert encode_v1(scores) == {"predictions": [0.25, 0.5, 1.0]}
+    assert encode_v2_output(scores) == {
+        "name": "score",
+        "shape": [3],
+        "datatype": "FP64",
+        "data": [0.25, 0.5, 1.0],
+    }
+    assert all(type(v) is float for v in encode_v1(scores)["predictions"])
+
+
+def test_rows_by_k_encode_as_lists_and_a_row_major_tensor() -> None:
+    top = np.array([[7.0, 3.0, 9.0], [1.0, 2.0, 4.0]])
+    assert encode_v1(top) == {"predictions": [[7.0, 3.0, 9.0], [1.0, 2.0, 4.0]]}
+    out = encode_v2_output(top)
+    assert out["shape"] == [2, 3]
+    assert out["data"] == [7.0, 3.0, 9.0, 1.0, 2.0, 4.0]
+    # The v2 tensor decodes back to the same matrix with the request decoder's rules.
+    again = decode_v2({"inputs": [{**out, "name": "x"}]}, None)
+    np.testing.assert_array_equal(again, top)
+
+
+def test_an_encoded_2d_output_is_what_rollout_analysis_reads_per_row() -> None:
+    import json
+
+    from pilothouse.policy.analysis import predictions_from_body
+
+    top = np.array([[7.0, 3.0], [1.0, 2.0], [5.0, 6.0]])
+    v2 = json.dumps({"outputs": [encode_v2_output(top)]}).encode()
+    v1 = json.dumps(encode_v1(top)).encode()
+    expected = ((7.0, 3.0), (1.0, 2.0), (5.0, 6.0))
+    assert predictions_from_body(v2) == expected
+    assert predictions_from_body(v1) == expected
+
+
+def test_empty_answer_encodes_as_an_empty_tensor() -> None:
+    assert encode_v2_output(np.empty(0))["shape"] == [0]
+    assert encode_v1(np.empty(0)) == {"predictions": []}
+
+
+def test_more_than_two_dimensions_are_not_an_answer() -> None:
+    with pytest.raises(ValueError, match="1-D or 2-D"):
+        encode_v2_output(np.zeros((2, 2, 2)))

@@ -23,8 +23,8 @@ import uvicorn
 
 from pilothouse.api.home import Home
 from pilothouse.api.server import create_app, daemon_info
-from pilothouse.controllers.base import Context
 from pilothouse.controllers import scheduler
+from pilothouse.controllers.base import Context
 from pilothouse.controllers.manager import Manager
 from pilothouse.registry.objectstore import open_registry
 from pilothouse.router.proxy import Router

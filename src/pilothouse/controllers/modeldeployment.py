@@ -204,7 +204,7 @@ async def reconcile(ctx: Context, name: str) -> Result:
         if replica is not None and replica.exited:
             if replica.disrupted:
                 why = replica.disrupted
-            elif replica.exit_code is None:
+            elif replica.exit_code is None or replica.message.startswith("liveness"):
                 why = replica.message
             else:
                 why = f"exited with code {replica.exit_code}"

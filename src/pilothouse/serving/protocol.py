@@ -1,8 +1,9 @@
-"""Request decoding for the Open Inference Protocol v2 and the v1 ``:predict`` protocol.
+"""Request decoding and response encoding for the Open Inference Protocol v2 and v1 ``:predict``.
 
 Pure functions from JSON bodies to a feature matrix, raising ``BadRequest``
 with a message that says which input was wrong and how; the HTTP layer maps
-that to a 400.
+that to a 400. And back: a predictor's answer (one score per row, or rows x k
+values from a custom model) as a v1 ``predictions`` list or a v2 output tensor.
 """
 
 from __future__ import annotations
@@ -228,3 +229,29 @@ def _flatten(data: Any, where: str, depth: int = 0) -> list[Any]:
         else:
             raise BadRequest(f"{where}.data: expected numbers, got {type(value).__name__}")
     return out
+
+
+# --- responses -------------------------------------------------------------------------
+
+
+def _answer(outputs: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+    array = np.asarray(outputs, dtype=np.float64)
+    if array.ndim not in (1, 2):
+        raise ValueError(f"a predictor answers 1-D or 2-D arrays, got shape {array.shape}")
+    return array
+
+
+def encode_v1(outputs: npt.NDArray[np.float64]) -> dict[str, Any]:
+    """``{"predictions": [...]}``: a number per row, or a list of k numbers per row (rows x k)."""
+    return {"predictions": _answer(outputs).tolist()}
+
+
+def encode_v2_output(outputs: npt.NDArray[np.float64], name: str = "score") -> dict[str, Any]:
+    """One OIP v2 output tensor: shape ``[rows]`` or ``[rows, k]``, data flat in row-major order."""
+    array = _answer(outputs)
+    return {
+        "name": name,
+        "shape": list(array.shape),
+        "datatype": "FP64",
+        "data": array.reshape(-1).tolist(),
+    }

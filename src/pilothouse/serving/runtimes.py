@@ -13,7 +13,8 @@ custom     ``model.py`` defining ``class Model`` (see below)                 wha
 ========== =============================================================== =====================
 
 Every predictor takes a 2-D float64 array (rows x features, in signature order)
-and returns a 1-D float64 array with one score per row:
+and returns a float64 array with one row per input row: 1-D, one score per row,
+for every framework, as follows (a ``custom`` model may also answer 2-D, see below):
 
 * binary classifiers: the probability of the positive class (the second class in
   the model's class order, i.e. ``predict_proba(X)[:, 1]``);
@@ -35,6 +36,12 @@ A ``custom`` version is a folder whose ``model.py`` defines::
     class Model:
         def load(self, path: pathlib.Path) -> None: ...      # path: the version's folder
         def predict(self, features: numpy.ndarray) -> Sequence[float] | numpy.ndarray: ...
+
+``predict`` answers one number per row (a sequence, or a 1-D array; rows x 1 is
+read as 1-D), or a 2-D array of rows x k numbers, k >= 1 the same for every row:
+a recommender's top-k item ids, a multi-output regressor's k values. The server
+returns the latter as an OIP v2 tensor of shape [rows, k] and as v1 predictions
+that are lists of k numbers; batched requests get back exactly their own rows.
 
 Custom code is executed only after checksum verification, and it is executed
 from the very bytes that were hashed (never from a bytecode cache, never by
@@ -112,6 +119,24 @@ def _scores(values: Any, rows: int, what: str) -> Scores:
             "pilothouse serves exactly one score per row"
         )
     return out
+
+
+def _outputs(values: Any, rows: int, what: str) -> Scores:
+    """A custom model's answer: one score per row (1-D), or rows x k values (2-D, k >= 1)."""
+    try:
+        out = np.asarray(values, dtype=np.float64)
+    except (TypeError, ValueError) as exc:  # ragged rows, strings, objects
+        raise RuntimeError(
+            f"{what} returned something that is not an array of numbers: {exc}"
+        ) from exc
+    if out.ndim == 2 and out.shape[1] == 1:
+        out = out[:, 0]
+    if out.ndim in (1, 2) and out.shape[0] == rows and (out.ndim == 1 or out.shape[1] > 0):
+        return out
+    raise RuntimeError(
+        f"{what} returned an array of shape {out.shape} for {rows} rows; a custom model "
+        "answers one number per row, or a 2-D array of rows x k numbers"
+    )
 
 
 def _empty() -> Scores:
@@ -322,7 +347,7 @@ class CustomPredictor:
         x = _rows(features, None)
         with self._lock:
             out = self._model.predict(x)
-        return _scores(out, x.shape[0], f"custom {type(self._model).__name__}.predict")
+        return _outputs(out, x.shape[0], f"custom {type(self._model).__name__}.predict")
 
 
 def _require(version: ModelVersion, module: str, pip: str) -> ModuleType:

@@ -32,7 +32,14 @@ from starlette.routing import Route
 from pilothouse.registry.local import ModelVersion, RegistryError, read_version
 from pilothouse.serving.batching import Batcher
 from pilothouse.serving.openapi import openapi_document
-from pilothouse.serving.protocol import BadRequest, decode_v1, decode_v2, split_binary
+from pilothouse.serving.protocol import (
+    BadRequest,
+    decode_v1,
+    decode_v2,
+    encode_v1,
+    encode_v2_output,
+    split_binary,
+)
 from pilothouse.serving.runtimes import Predictor, UnsupportedFramework, load_predictor
 
 log = logging.getLogger("pilothouse.serving")
@@ -220,16 +227,13 @@ def create_app(slot: ModelSlot, options: ServerOptions | None = None) -> Starlet
             except ValueError as exc:
                 status = 400
                 return _error(400, f"the model rejected the input: {exc}")
-            values = [float(s) for s in scores]
             status = 200
             if protocol == "v1":
-                return JSONResponse({"predictions": values})
+                return JSONResponse(encode_v1(scores))
             response: dict[str, Any] = {
                 "model_name": checked.name,
                 "model_version": str(checked.version.version),
-                "outputs": [
-                    {"name": "score", "shape": [len(values)], "datatype": "FP64", "data": values}
-                ],
+                "outputs": [encode_v2_output(scores)],
             }
             if isinstance(body, dict) and isinstance(body.get("id"), str):
                 response["id"] = body["id"]

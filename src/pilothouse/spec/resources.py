@@ -559,7 +559,7 @@ class Rollout(SpecModel):
 
 
 def _replica_requests() -> ResourceRequests:
-    return ResourceRequests(cpu=250, memory=256 * 2**20)
+    return ResourceRequests.model_validate({"cpu": "250m", "memory": "256Mi"})
 
 
 class ModelDeploymentSpec(SpecModel):

@@ -599,6 +599,7 @@ class LocalRuntime:
                 "PILOTHOUSE_REPLICA_ID": item.id,
                 "PILOTHOUSE_NODE": node.spec.name,
                 "CUDA_VISIBLE_DEVICES": ",".join(item.gpus),
+                "CUDA_DEVICE_ORDER": "PCI_BUS_ID",
             }
             try:
                 child = await asyncio.to_thread(
@@ -1005,6 +1006,7 @@ class LocalRuntime:
                 "MASTER_PORT": str(master_port),
                 "TORCHELASTIC_RESTART_COUNT": str(max(0, spec.attempt - 1)),
                 "CUDA_VISIBLE_DEVICES": ",".join(m.gpus),
+                "CUDA_DEVICE_ORDER": "PCI_BUS_ID",
             }
             await self._spawn_worker(m, env)
 
