@@ -8,6 +8,7 @@ job's status (so a restarted daemon continues where it was).
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 from typing import Any
 
 from pilothouse.controllers.base import Context, Result, set_condition, tail, timestamp
@@ -231,7 +232,7 @@ def _register(
     """Register the output once (idempotent by job uid + attempt), then succeed."""
     status["completionTime"] = timestamp(now)
     if spec.output is None:
-        return TrainingState(Phase.SUCCEEDED, state.attempt, state.restarts, 0.0, "completed")
+        return replace(state, phase=Phase.SUCCEEDED, next_start_at=0.0, message="completed")
     uid = obj["metadata"]["uid"]
     existing = [
         v
@@ -259,7 +260,7 @@ def _register(
     except (RegistryError, OSError, ValueError) as exc:
         message = f"could not register the output as model '{spec.output.model}': {exc}"
         ctx.event(KIND, name, "Warning", "RegistrationFailed", message)
-        return TrainingState(Phase.FAILED, state.attempt, state.restarts, 0.0, message)
+        return replace(state, phase=Phase.FAILED, next_start_at=0.0, message=message)
     status["outputModel"] = {
         "name": version.name,
         "version": version.version,
@@ -275,4 +276,4 @@ def _register(
         message += f" ({shown})"
     if not existing:
         ctx.event(KIND, name, "Normal", "ModelRegistered", message)
-    return TrainingState(Phase.SUCCEEDED, state.attempt, state.restarts, 0.0, message)
+    return replace(state, phase=Phase.SUCCEEDED, next_start_at=0.0, message=message)
