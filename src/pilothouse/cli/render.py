@@ -45,9 +45,9 @@ def _condition(obj: dict[str, Any], type_: str) -> str | None:
 
 def columns(kind: str) -> list[str]:
     return {
-        "TrainingJob": ["NAME", "PHASE", "ATTEMPT", "RESTARTS", "OUTPUT", "AGE"],
+        "TrainingJob": ["NAME", "PHASE", "ATTEMPT", "RESTARTS", "QUEUE", "OUTPUT", "AGE"],
         "ModelDeployment": ["NAME", "MODEL", "READY", "URL", "AGE"],
-        "Queue": ["NAME", "WEIGHT", "PRIORITY", "AGE"],
+        "Queue": ["NAME", "WEIGHT", "PRIORITY", "USED / QUOTA", "WAITING", "AGE"],
     }[kind]
 
 
@@ -57,11 +57,18 @@ def row(obj: dict[str, Any]) -> list[str]:
     created = age(meta.get("creationTimestamp"))
     if obj["kind"] == "TrainingJob":
         output = (status.get("outputModel") or {}).get("ref", "-")
+        phase = status.get("phase", "Pending")
+        if phase == "Running" and _condition(obj, "Scheduled") == "False":
+            phase = "Pending"  # submitted, waiting for a node (its message says why)
+        restarts = str(status.get("restarts", 0))
+        if status.get("disruptions"):
+            restarts += f" (+{status['disruptions']} disrupted)"
         return [
             name,
-            status.get("phase", "Pending"),
+            phase,
             str(status.get("attempt", 0)),
-            str(status.get("restarts", 0)),
+            restarts,
+            spec.get("queue", "default"),
             output,
             created,
         ]
@@ -81,7 +88,21 @@ def row(obj: dict[str, Any]) -> list[str]:
             status.get("url", "-"),
             created,
         ]
-    return [name, str(spec.get("weight", 1.0)), str(spec.get("priority", 0)), created]
+    used, quota = status.get("used") or {}, spec.get("quota") or {}
+    shares = [
+        f"{key} {used.get(key, 0)}/{quota[key]}"
+        if quota.get(key) is not None
+        else f"{key} {used.get(key, 0)}"
+        for key in ("cpu", "memory", "gpu")
+    ]
+    return [
+        name,
+        str(spec.get("weight", 1.0)),
+        str(spec.get("priority", 0)),
+        ", ".join(shares),
+        str(status.get("pendingWorkers", 0)),
+        created,
+    ]
 
 
 def print_table(kind: str, objects: list[dict[str, Any]]) -> None:
