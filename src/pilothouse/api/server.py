@@ -201,6 +201,12 @@ def create_app(
         queues |= {r.metadata.name for r in resources if isinstance(r, Queue)}
         errors: list[dict[str, Any]] = []
         for number, resource in enumerate(resources, start=1):
+            try:
+                stored = store.get(resource.KIND, resource.metadata.name)
+            except NotFound:
+                stored = None
+            if stored is not None and stored.get("spec") == resource_doc(resource)["spec"]:
+                continue  # unchanged: applying it again must not fail on today's nodes
             if isinstance(resource, TrainingJob):
                 spec = resource.spec
                 count, field = spec.workers, "spec.resources"

@@ -80,7 +80,7 @@ def start_background(home: Home, host: str, port: int, timeout: float = 30.0) ->
     raise StartFailed(f"the daemon did not answer within {timeout:.0f}s; see {home.daemon_log}")
 
 
-def stop(home: Home, timeout: float = 30.0) -> tuple[bool, int]:
+def stop(home: Home, timeout: float = 60.0) -> tuple[bool, int]:
     """Stop the daemon (it stops its children), then anything left in the process table.
 
     Returns (whether a daemon was running, how many leftover processes were stopped).

@@ -177,7 +177,14 @@ async def reconcile(ctx: Context, name: str) -> Result:
         decision.targets,
         [
             ObservedReplica(
-                r.id, r.revision, r.ready, r.exited, r.started_at, r.exited_at, r.ever_ready
+                r.id,
+                r.revision,
+                r.ready,
+                r.exited,
+                r.started_at,
+                r.exited_at,
+                # stopped by the platform (drain, lost node): no crash back-off for that
+                r.ever_ready or bool(r.disrupted),
             )
             for r in observed
         ],

@@ -162,21 +162,23 @@ async def reconcile(ctx: Context, name: str) -> Result:
             "message": new.message,
             "disruptions": new.disruptions,
             "observedGeneration": obj["metadata"]["generation"],
-            "workers": [
-                {
-                    "rank": w.rank,
-                    "attempt": w.attempt,
-                    "node": w.node,
-                    "pid": w.pid,
-                    "running": w.running,
-                    "pending": w.pending,
-                    "exitCode": w.exit_code,
-                    **({"message": w.message} if w.message else {}),
-                }
-                for w in current
-            ],
         }
     )
+    if current or new.phase not in (Phase.SUCCEEDED, Phase.FAILED):
+        # a finished job keeps the last word on its workers (their records are let go)
+        status["workers"] = [
+            {
+                "rank": w.rank,
+                "attempt": w.attempt,
+                "node": w.node,
+                "pid": w.pid,
+                "running": w.running,
+                "pending": w.pending,
+                "exitCode": w.exit_code,
+                **({"message": w.message} if w.message else {}),
+            }
+            for w in current
+        ]
     waiting = [w for w in current if w.pending]
     if waiting and new.phase == Phase.RUNNING:
         status["message"] = waiting[0].message or new.message
@@ -217,6 +219,8 @@ async def reconcile(ctx: Context, name: str) -> Result:
     )
     status["conditions"] = conditions
     ctx.store.set_status(KIND, name, status)
+    if new.phase == Phase.SUCCEEDED and state.phase != Phase.SUCCEEDED:
+        await ctx.runtime.stop_workers(name)  # they ended: let go of their records
     return Result(requeue_after=decision.requeue_after)
 
 

@@ -143,7 +143,8 @@ def decide_training(
     if gang.pending:
         waiting = replace(state, message=f"attempt {state.attempt}: waiting for a node")
         return TrainingDecision(Action.NONE, waiting, 1.0)
-    if gang.running and state.message.endswith(("waiting for a node", "submitted")):
+    waiting_text = "waiting for a node" in state.message or state.message.endswith("submitted")
+    if gang.running and not gang.pending and waiting_text:
         running = replace(state, message=f"attempt {state.attempt} running")
         return TrainingDecision(Action.NONE, running, 1.0)
     return TrainingDecision(Action.NONE, state, 1.0)

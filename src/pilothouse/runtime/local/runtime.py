@@ -270,7 +270,17 @@ class LocalRuntime:
             log.info("adopted %d process(es) of a previous daemon: %s", len(adopted), adopted)
         stopped = await asyncio.to_thread(self.supervisor.reap_orphans)
         for item in self._items.values():
-            if item.role == "replica" and item.alive() and item.child is not None:
+            if not item.alive() or item.child is None:
+                continue
+            if item.doomed or item.released:
+                # it was being stopped when the previous daemon died: finish that
+                grace = item.worker.grace if item.worker else 10.0
+                if item.replica is not None:
+                    grace = item.replica.grace
+                item.tasks.append(
+                    asyncio.create_task(self._terminate(item, grace), name=f"stop-{item.id}")
+                )
+            elif item.role == "replica":
                 self._watch_replica(item)
         self._cpu_task = asyncio.create_task(self._sample_cpu(), name="cpu-sampler")
         return [r["id"] for r in stopped]
@@ -294,6 +304,9 @@ class LocalRuntime:
                 else:
                     item.child = self.supervisor.adopt(proc)
                     item.ready = False
+                    if item.role == "replica" and not item.port and proc.get("endpoint"):
+                        host, _, port = str(proc["endpoint"]).rpartition(":")
+                        item.host, item.port = host, int(port)
                     if item.child.poll() is None:
                         adopted.append(item.id)
                         item.message = "adopted; probing" if item.role == "replica" else ""
@@ -308,14 +321,22 @@ class LocalRuntime:
         for item in self._items.values():
             for task in item.tasks:
                 task.cancel()
-        await asyncio.to_thread(self.supervisor.stop_all)
         # Workers stopped with the control plane resume when it is back (their job sees a
-        # disruption, not a failure); replicas are simply started again.
+        # disruption, not a failure): those still running now, and those still waiting for
+        # a node. One that already ended keeps how it ended. Replicas are started afresh.
+        running = {i.id for i in self._items.values() if i.alive() and not i.released}
+        graces = [
+            i.worker.grace if i.worker else (i.replica.grace if i.replica else 10.0)
+            for i in self._items.values()
+            if i.id in running
+        ]
+        await asyncio.to_thread(self.supervisor.stop_all, min(max(graces, default=10.0), 45.0))
         for item in list(self._items.values()):
-            if item.role == "worker" and item.node is not None and not item.released:
-                item.disrupted = item.disrupted or "the control plane was stopped"
-                code = item.exit_code()
-                item.ended_code = code if code is not None else 143
+            if item.role == "worker" and not item.released:
+                if item.id in running:
+                    item.disrupted = item.disrupted or "the control plane was stopped"
+                    code = item.exit_code()
+                    item.ended_code = code if code is not None else 143
                 self.store.put_placement(item.record())
             else:
                 self.store.delete_placement(item.id)
@@ -439,7 +460,10 @@ class LocalRuntime:
         if item.released:
             await asyncio.to_thread(self.supervisor.stop, item.id, 0.0)
             self._items.pop(item.id, None)
+            self._cpu_seen.pop(item.id, None)
             self.store.delete_placement(item.id)
+            if item.state_file:
+                await asyncio.to_thread(Path(item.state_file).unlink, missing_ok=True)
         self.on_pending()  # its room is free
 
     # -- nodes -----------------------------------------------------------------------------
@@ -623,7 +647,15 @@ class LocalRuntime:
         finally:
             sock.close()
         item.child, item.host, item.port = child, host, port
-        item.started_at, item.phase, item.message = child.started_at, "Running", "starting"
+        item.started_at, item.phase = child.started_at, "Running"
+        if item.doomed or item.released:
+            # evicted (drain, lost node) while it was being started: stop it now
+            self._save(item)
+            item.tasks.append(
+                asyncio.create_task(self._terminate(item, spec.grace), name=f"stop-{item.id}")
+            )
+            return
+        item.message = "starting"
         self._save(item)
         self._watch_replica(item)
         log.info("started replica %s on %s (%s:%d)", item.id, node.spec.name, host, port)
@@ -752,6 +784,14 @@ class LocalRuntime:
             # already being stopped (liveness, eviction, lost node): let that finish
             item.released = True
             self._save(item)
+            if not any(
+                t.get_name().startswith(("evict-", "kill-", "lost-", "stop-")) and not t.done()
+                for t in item.tasks
+            ):
+                grace = item.replica.grace if item.replica else 10.0
+                item.tasks.append(
+                    asyncio.create_task(self._terminate(item, grace), name=f"stop-{item.id}")
+                )
             return
         item.released, item.phase = True, "Terminating"
         for task in item.tasks:
@@ -1064,6 +1104,11 @@ class LocalRuntime:
         item.child, item.state_file = child, str(state_file)
         item.started_at, item.phase, item.message = child.started_at, "Running", ""
         self._save(item)
+        if item.doomed or item.released:
+            # evicted (drain, lost node) while it was being started: stop it now
+            item.tasks.append(
+                asyncio.create_task(self._terminate(item, spec.grace), name=f"stop-{item.id}")
+            )
 
     def _worker_status(self, item: _Item) -> WorkerStatus:
         spec = item.worker
@@ -1116,21 +1161,26 @@ class LocalRuntime:
         )
 
     async def stop_workers(self, job: str) -> None:
+        """Let go of the job's workers: SIGTERM now, SIGKILL after their grace period, in
+        the background (a new attempt waits for their room; no controller waits)."""
         items = [i for i in self._items.values() if i.role == "worker" and i.owner_name == job]
-
-        async def stop(item: _Item) -> None:
+        for item in items:
+            if item.released:
+                continue
             item.released = True
-            for task in item.tasks:
-                task.cancel()
-            if item.child is not None:
-                grace = item.worker.grace if item.worker else 30.0
-                await asyncio.to_thread(self.supervisor.stop, item.id, grace)
-            self._items.pop(item.id, None)
-            self.store.delete_placement(item.id)
-            if item.state_file:
-                await asyncio.to_thread(Path(item.state_file).unlink, missing_ok=True)
-
-        await asyncio.gather(*(stop(i) for i in items))
+            if not item.alive():
+                if item.child is not None:
+                    await asyncio.to_thread(self.supervisor.stop, item.id, 0.0)
+                self._forget(item.id)
+                if item.state_file:
+                    await asyncio.to_thread(Path(item.state_file).unlink, missing_ok=True)
+                continue
+            item.phase = "Terminating"
+            self._save(item)
+            grace = item.worker.grace if item.worker else 30.0
+            item.tasks.append(
+                asyncio.create_task(self._terminate(item, grace), name=f"stop-{item.id}")
+            )
         if items:
             self.on_pending()
 
