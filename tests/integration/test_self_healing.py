@@ -124,6 +124,7 @@ def test_training_killed_mid_run_resumes_and_ends_like_an_uninterrupted_run(
           resources: {{cpu: 500m, memory: 512Mi}}
           checkpoint: {{interval: 500ms}}
           restartPolicy: {{maxRestarts: 2, backoff: {{initial: 1s, max: 1s}}}}
+          output: {{model: {name}-recommender, framework: custom}}
         """
         assert apply(platform, tmp_path, text).returncode == 0
 
@@ -145,6 +146,30 @@ def test_training_killed_mid_run_resumes_and_ends_like_an_uninterrupted_run(
     assert "resumed from checkpoint step" in log
     # the resumed run ends bit-identical to the one never interrupted
     assert _weights(platform, "broken", 2) == _weights(platform, "whole", 1)
+    assert broken["outputModel"]["metrics"] == whole["outputModel"]["metrics"]
+
+    # and the resumed model serves: top-10 items per user, as the example's deployment does
+    deployment = (example / "modeldeployment.yaml").read_text()
+    deployment = deployment.replace("recommender:latest", broken["outputModel"]["ref"])
+    deployment = deployment.replace("replicas: 2", "replicas: 1")
+    (tmp_path / "md.yaml").write_text(deployment)
+    result = platform.cli("apply", "-f", str(tmp_path / "md.yaml"))
+    assert result.returncode == 0, result.stderr
+    wait_for(
+        "the recommender to be ready",
+        lambda: status(platform, "md", "recommender").get("readyReplicas") == 1,
+        60,
+    )
+    url = status(platform, "md", "recommender")["url"]
+    request = json.loads((example / "sample-request.json").read_text())
+    model = broken["outputModel"]["name"]
+    response = httpx.post(f"{url}/v2/models/{model}/infer", json=request, timeout=10)
+    assert response.status_code == 200, response.text
+    [output] = response.json()["outputs"]
+    assert output["shape"] == [2, 10]
+    for row in range(2):
+        items = output["data"][row * 10 : (row + 1) * 10]
+        assert len(set(items)) == 10  # ten different items, best first
 
 
 def test_control_plane_killed_and_restarted_adopts_its_processes(
@@ -190,3 +215,46 @@ def test_control_plane_killed_and_restarted_adopts_its_processes(
     assert serve_pids(platform) == {r["pid"] for r in replicas}
     nodes = json.loads(platform.cli("get", "nodes", "-o", "json").stdout)
     assert sum(len(n["items"]) for n in nodes["items"]) == 2
+
+
+def test_command_probes_gate_traffic_and_kill_what_fails_them(
+    platform: Platform, tmp_path: Path
+) -> None:
+    gate = tmp_path / "ready-gate"
+    alive = tmp_path / "alive"
+    alive.touch()
+    probes = f"""  probes:
+        readiness: {{command: [sh, -c, "test -f {gate}"], period: 500ms}}
+        liveness: {{command: [sh, -c, "test -f {alive}"], period: 500ms, failureThreshold: 2}}
+    """
+    deploy(platform, tmp_path, replicas=1, probes=probes)
+    started = wait_for(
+        "the replica to run, not ready",
+        lambda: next(iter(status(platform, "md", "fraud").get("replicaStatuses") or []), None),
+        60,
+    )
+    wait_for("the model server to answer", lambda: _answers(started["endpoint"]), 60)
+    st = status(platform, "md", "fraud")
+    # the server answers, but its readiness command fails: no traffic for it
+    assert st["readyReplicas"] == 0
+    assert "readiness probe failed: exit code 1" in st["replicaStatuses"][0]["message"]
+    gate.touch()
+    wait_for("the replica to be ready", lambda: ready_replicas(platform, 1), 30)
+    assert predict(platform) == 200
+    alive.unlink()  # liveness now fails: the replica is killed and replaced
+
+    def replaced() -> list[dict[str, Any]] | None:
+        ready = ready_replicas(platform, 1)
+        return ready if ready and ready[0]["id"] != started["id"] else None
+
+    alive_again = wait_for("the replica to be killed", lambda: not pid_alive(started["pid"]), 30)
+    assert alive_again
+    alive.touch()
+    wait_for("a new replica to be ready", replaced, 60)
+
+
+def _answers(endpoint: str) -> bool:
+    try:
+        return httpx.get(f"http://{endpoint}/v2/health/live", timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False

@@ -138,3 +138,41 @@ def test_gang_disappearing_without_restarts_left_fails() -> None:
     assert decision.action == Action.FAIL
     assert decision.state.phase == Phase.FAILED
     assert "gone" in decision.state.message
+
+
+def test_a_disrupted_gang_restarts_at_once_without_using_a_restart() -> None:
+    state = running(attempt=2, restarts=3)
+    observed = GangObservation(0, 0, 1, 3, 143, "exit code 143", disrupted="node gpu-1 lost")
+    decision = decide_training(state, observed, 3, BACKOFF, NOW)
+    # maxRestarts (3) is used up, yet a disruption is not the job's failure
+    assert decision.state.phase == Phase.RESTARTING
+    assert decision.state.restarts == 3
+    assert decision.state.disruptions == 1
+    assert decision.state.next_start_at == NOW
+    assert "node gpu-1 lost" in decision.state.message
+    again = decide_training(decision.state, None, 3, BACKOFF, NOW)
+    assert again.action == Action.START
+    assert again.state.attempt == 3
+    assert again.state.disruptions == 1
+
+
+def test_a_failure_after_disruptions_still_counts_and_fails_at_the_limit() -> None:
+    state = TrainingState(phase=Phase.RUNNING, attempt=4, restarts=1, disruptions=2)
+    decision = decide_training(state, gang(failed=1, exit_code=1), 1, BACKOFF, NOW)
+    assert decision.action == Action.FAIL
+    assert decision.state.disruptions == 2
+    assert "failed after 1 restart" in decision.state.message
+
+
+def test_a_gang_waiting_for_a_node_says_so_then_says_it_runs() -> None:
+    waiting = GangObservation(0, 0, 0, 2, pending=2)
+    decision = decide_training(running(), waiting, 3, BACKOFF, NOW)
+    assert decision.action == Action.NONE
+    assert decision.state.message == "attempt 1: waiting for a node"
+    # the controller shows the scheduler's reason in the same message
+    shown = TrainingState(
+        phase=Phase.RUNNING, attempt=1, message="waiting for a node: gang of 2 × (gpu 2)"
+    )
+    placed = decide_training(shown, GangObservation(2, 0, 0, 2), 3, BACKOFF, NOW)
+    assert placed.state.message == "attempt 1 running"
+    assert placed.state.phase == Phase.RUNNING

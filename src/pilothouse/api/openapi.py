@@ -128,6 +128,38 @@ def openapi_document() -> dict[str, Any]:
                 "responses": {"200": {"description": "text/plain log lines"}, **_error_responses()},
             },
         }
+    node_param = [{"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}]
+    paths["/api/v1/nodes"] = {
+        "get": {
+            "summary": "Nodes: capacity, allocated, free, GPUs, what runs on each; what waits",
+            "responses": {"200": {"description": "{items: [node], pending: [item]}"}},
+        }
+    }
+    paths["/api/v1/nodes/{name}"] = {
+        "parameters": node_param,
+        "get": {
+            "summary": "One node",
+            "responses": {"200": {"description": "The node"}, **_error_responses()},
+        },
+    }
+    paths["/api/v1/nodes/{name}/{action}"] = {
+        "parameters": [
+            *node_param,
+            {
+                "name": "action",
+                "in": "path",
+                "required": True,
+                "schema": {"enum": ["cordon", "uncordon", "drain", "fail"]},
+            },
+        ],
+        "post": {
+            "summary": "Cordon, uncordon, drain (evict with grace) or fail (lose) a node",
+            "responses": {
+                "200": {"description": "{node, message, evicted}"},
+                **_error_responses(),
+            },
+        },
+    }
     return {
         "openapi": "3.1.0",
         "info": {"title": "pilothouse control API", "version": __version__},

@@ -1,4 +1,5 @@
-"""Queue controller: records the queue as accepted; admission by quota arrives with the scheduler."""
+"""Queue controller: records the queue as accepted. Admission by quota and priority is the
+scheduler's (controllers/scheduler.py), which also writes the queue's usage into its status."""
 
 from __future__ import annotations
 

@@ -154,8 +154,9 @@ ReplicasField = Annotated[
 
 
 class Probe(SpecModel):
-    """An HTTP GET of ``path`` on the replica (2xx = healthy), or a ``command`` run on its
-    node (exit 0 = healthy), every ``period``; ``failureThreshold`` failures in a row count."""
+    """An HTTP GET of ``path`` on the replica (2xx = healthy) or, when ``command`` is set,
+    that command instead (exit 0 = healthy), every ``period``; ``failureThreshold``
+    failures in a row count."""
 
     path: str = Field(default="/v2/health/ready", pattern=r"^/")
     command: list[str] | None = Field(
@@ -174,9 +175,7 @@ class Probe(SpecModel):
     )
 
     @model_validator(mode="after")
-    def _one_kind(self) -> Probe:
-        if self.command is not None and "path" in self.model_fields_set:
-            raise ValueError("set either path (HTTP probe) or command (command probe), not both")
+    def _positive_times(self) -> Probe:
         if self.period <= 0 or self.timeout <= 0:
             raise ValueError("period and timeout must be greater than 0")
         return self
