@@ -889,7 +889,7 @@ class _Pass:
             return f"needs {need}; most free on any node: " + ", ".join(short)
 
         def closeness(j: int) -> float:
-            return min(free[j] / req for _, req, _, free, _ in dims if req > 0)
+            return min((free[j] / req for _, req, _, free, _ in dims if req > 0), default=1.0)
 
         j = max(range(self.n), key=closeness)
         free_text = _describe(max(self.fc[j], 0), max(self.fm[j], 0), self.fg[j])
