@@ -79,7 +79,7 @@ def placed_nowhere(platform: Platform, name: str) -> dict[str, Any] | None:
     """The job's status once every worker waits and the scheduler has said why."""
     st = status(platform, "tj", name)
     workers = st.get("workers") or []
-    if workers and all(w["pending"] for w in workers) and "waiting for a node:" in st["message"]:
+    if workers and all(w["pending"] for w in workers) and "waiting to be placed:" in st["message"]:
         return st
     return None
 
@@ -175,6 +175,15 @@ def test_gang_is_all_or_nothing_and_starts_when_room_frees(
     scheduled = [c for c in st["conditions"] if c["type"] == "Scheduled"]
     assert scheduled[0]["status"] == "False"
     assert scheduled[0]["reason"] == "Unschedulable"
+    # it is not running: phase, condition and `wait` all say so
+    assert st["phase"] == "Pending"
+    assert "startTime" not in st
+    running = [c for c in st["conditions"] if c["type"] == "Running"]
+    assert running[0]["status"] == "False"
+    waited = platform.cli("wait", "trainingjob/second", "--for=condition=Running", "--timeout=1s")
+    assert waited.returncode != 0
+    table = platform.cli("get", "tj", "second").stdout
+    assert "Pending" in table.splitlines()[1]
     assert any(e["reason"] == "FailedScheduling" for e in events(platform, "tj", "second"))
 
     hold.touch()
@@ -457,3 +466,31 @@ def test_machine_node_by_default(platform: Platform) -> None:
     assert node["virtual"] is False
     cores = os.sched_getaffinity(0)
     assert node["capacity"]["cpu"] == str(len(cores))
+
+
+def test_a_job_its_queue_could_never_hold_is_refused_and_a_used_queue_stays(
+    fresh_platform: Platform, tmp_path: Path
+) -> None:
+    platform = start_cluster(fresh_platform, tmp_path, THREE_GPU_NODES)
+    queue = """
+    apiVersion: pilothouse.dev/v1alpha1
+    kind: Queue
+    metadata: {name: research}
+    spec: {quota: {gpu: 2}}
+    """
+    too_big = job("too-big", args=[], workers=2, gpu=2, queue="research")
+    result = apply(platform, tmp_path, queue + "---" + too_big)
+    assert result.returncode != 0
+    assert "spec.workers" in result.stderr
+    assert "gpu 4 in all but queue 'research' allows 2" in result.stderr
+    assert platform.get_json("queues")["items"] == []  # nothing of the batch was stored
+
+    hold = tmp_path / "hold"
+    fits = job("fits", args=["--steps", "2", "--hold", str(hold)], gpu=2, queue="research")
+    assert apply(platform, tmp_path, queue + "---" + fits).returncode == 0
+    refused = platform.cli("delete", "queue", "research")
+    assert refused.returncode != 0
+    assert "in use by trainingjob(s) fits" in refused.stderr
+    hold.touch()
+    wait_for("'fits' to finish", lambda: phase_is(platform, "fits", "Succeeded"), 60)
+    assert platform.cli("delete", "queue", "research").returncode == 0

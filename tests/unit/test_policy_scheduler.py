@@ -345,7 +345,7 @@ def test_quota_blocks_the_dimension_it_limits() -> None:
         *workers("cpu-only", 2, cpu=16, queue="research"),
     ]
     result = run(nodes, pending, running, queues)
-    assert result.pending == {"more-w0": "queue 'research' quota: gpu 4 in use of 4, needs 2 more"}
+    assert result.pending == {"more-w0": "queue 'research' quota: gpu 4 in use of 4; this needs 2"}
     assert sorted(placed(result)) == ["cpu-only-w0", "cpu-only-w1"]
 
 
@@ -356,8 +356,8 @@ def test_quota_counts_this_pass_and_each_dimension() -> None:
     pending.append(item("big", cpu=0.5, mem=200, queue="q", created=5))
     result = run(nodes, pending, queues=queues)
     assert placed(result) == {"x0": "a"}
-    assert result.pending["x1"] == "queue 'q' quota: cpu 3 in use of 4, needs 3 more"
-    assert result.pending["big"] == "queue 'q' quota: memory 1Gi in use of 100Gi, needs 200Gi more"
+    assert result.pending["x1"] == "queue 'q' quota: cpu 3 in use of 4; this needs 3"
+    assert result.pending["big"] == "queue 'q' quota: memory 1Gi in use of 100Gi; this needs 200Gi"
 
 
 def test_unknown_queue_is_unlimited() -> None:
@@ -433,7 +433,8 @@ def test_never_preempts_replicas() -> None:
     replica = [bound("svc", "a", gpu=4, gpus=("0", "1", "2", "3"), owner="ModelDeployment/m")]
     result = run(nodes, workers("urgent", 1, gpu=4, priority=100), replica)
     assert result.preemptions == []
-    assert result.pending["urgent-w0"].startswith(f"gang of 1 {X} (cpu 1, memory 1Gi, gpu 4)")
+    # a gang of one is described like any single item
+    assert result.pending["urgent-w0"].startswith("needs cpu 1, memory 1Gi, gpu 4")
 
 
 def test_picks_the_lowest_priority_then_the_newest_victims() -> None:

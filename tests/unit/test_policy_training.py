@@ -116,7 +116,11 @@ def test_partial_gang_keeps_waiting() -> None:
     state = running()
     decision = decide_training(state, gang(running=1, succeeded=2), 3, BACKOFF, NOW)
     assert decision.action == Action.NONE
-    assert decision.state == state
+    assert decision.state.phase == Phase.RUNNING
+    assert decision.state.attempt == state.attempt
+    assert decision.state.message == "attempt 1 running"
+    again = decide_training(decision.state, gang(running=1, succeeded=2), 3, BACKOFF, NOW)
+    assert again.state == decision.state
 
 
 def test_gang_disappearing_while_running_restarts() -> None:
@@ -168,10 +172,10 @@ def test_a_gang_waiting_for_a_node_says_so_then_says_it_runs() -> None:
     waiting = GangObservation(0, 0, 0, 2, pending=2)
     decision = decide_training(running(), waiting, 3, BACKOFF, NOW)
     assert decision.action == Action.NONE
-    assert decision.state.message == "attempt 1: waiting for a node"
+    assert decision.state.message == "attempt 1: waiting to be placed"
     # the controller shows the scheduler's reason in the same message
     shown = TrainingState(
-        phase=Phase.RUNNING, attempt=1, message="waiting for a node: gang of 2 × (gpu 2)"
+        phase=Phase.RUNNING, attempt=1, message="waiting to be placed: gang of 2 x (gpu 2)"
     )
     placed = decide_training(shown, GangObservation(2, 0, 0, 2), 3, BACKOFF, NOW)
     assert placed.state.message == "attempt 1 running"

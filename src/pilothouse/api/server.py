@@ -39,12 +39,14 @@ from pilothouse.policy.scheduler import NodeInfo, Resources, check_fits
 from pilothouse.registry.local import BaseRegistry, ModelNotFound
 from pilothouse.runtime.port import NodeStatus
 from pilothouse.spec.loader import validate_document
+from pilothouse.spec.quantity import format_bytes, format_cpu_millis
 from pilothouse.spec.resources import (
     API_VERSION,
     KINDS,
     TEMPLATE_FIELDS,
     ModelDeployment,
     Queue,
+    QueueSpec,
     Resource,
     TrainingJob,
     kind_for_plural,
@@ -193,12 +195,14 @@ def create_app(
             )
             for n in nodes()
         ]
-        queues = {"default"} | {
-            q["metadata"]["name"]
+        quotas: dict[str, Any] = {
+            q["metadata"]["name"]: QueueSpec.model_validate(q.get("spec") or {}).quota
             for q in store.list_objects(Queue.KIND)
             if not q["metadata"].get("deletionTimestamp")
         }
-        queues |= {r.metadata.name for r in resources if isinstance(r, Queue)}
+        quotas.update({r.metadata.name: r.spec.quota for r in resources if isinstance(r, Queue)})
+        applied = sorted(quotas)
+        queues = {"default", *quotas}
         errors: list[dict[str, Any]] = []
         for number, resource in enumerate(resources, start=1):
             try:
@@ -216,8 +220,30 @@ def create_app(
                             "source": "request",
                             "document": number,
                             "field": "spec.queue",
-                            "message": f"queue '{spec.queue}' does not exist; queues: "
-                            f"{', '.join(sorted(queues))} (apply the Queue first or with it)",
+                            "message": f"queue '{spec.queue}' does not exist (applied queues: "
+                            f"{', '.join(applied) or 'none'}; 'default' needs no Queue object); "
+                            "apply the Queue first or in the same batch",
+                        }
+                    )
+                quota = quotas.get(spec.queue)
+                r = spec.resources
+                over = [
+                    f"{dim} {shown(total)} in all but queue '{spec.queue}' allows {shown(limit)}"
+                    for dim, total, limit, shown in (
+                        ("cpu", r.cpu * count, quota.cpu if quota else None, format_cpu_millis),
+                        ("memory", r.memory * count, quota.memory if quota else None, format_bytes),
+                        ("gpu", r.gpu * count, quota.gpu if quota else None, str),
+                    )
+                    if limit is not None and total > limit
+                ]
+                if over:
+                    errors.append(
+                        {
+                            "source": "request",
+                            "document": number,
+                            "field": "spec.workers" if count > 1 else "spec.resources",
+                            "message": f"can never start: {count} worker(s) need "
+                            + "; ".join(over),
                         }
                     )
             elif isinstance(resource, ModelDeployment):
@@ -474,6 +500,21 @@ def create_app(
     async def delete_object(request: Request) -> Response:
         cls = _kind(request.path_params["plural"])
         name = request.path_params["name"]
+        if cls is Queue:
+            users = [
+                j["metadata"]["name"]
+                for j in store.list_objects(TrainingJob.KIND)
+                if (j.get("spec") or {}).get("queue", "default") == name
+                and (j.get("status") or {}).get("phase") not in ("Succeeded", "Failed")
+                and not j["metadata"].get("deletionTimestamp")
+            ]
+            if users:
+                raise ApiError(
+                    409,
+                    "Conflict",
+                    f"queue '{name}' is in use by trainingjob(s) {', '.join(sorted(users))}; "
+                    "delete them or wait until they finish",
+                )
         obj = store.mark_deleted(cls.KIND, name)
         on_change(cls.KIND, name)
         return JSONResponse(obj, 202)

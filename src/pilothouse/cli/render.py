@@ -118,7 +118,11 @@ def dump(data: Any, output: str) -> None:
     if output == "json":
         print(json.dumps(data, indent=2, sort_keys=False))
     else:
-        print(yaml.safe_dump(data, sort_keys=False, default_flow_style=False).rstrip())
+        print(
+            yaml.safe_dump(
+                data, sort_keys=False, default_flow_style=False, allow_unicode=True
+            ).rstrip()
+        )
 
 
 def describe(obj: dict[str, Any], events: list[dict[str, Any]]) -> None:
@@ -139,7 +143,10 @@ def describe(obj: dict[str, Any], events: list[dict[str, Any]]) -> None:
         console.print(f"[bold red]Deleting since {meta['deletionTimestamp']}[/]")
     console.print("[bold]Spec:[/]")
     console.print(
-        "  " + yaml.safe_dump(obj.get("spec"), sort_keys=False).rstrip().replace("\n", "\n  "),
+        "  "
+        + yaml.safe_dump(obj.get("spec"), sort_keys=False, allow_unicode=True)
+        .rstrip()
+        .replace("\n", "\n  "),
         highlight=False,
     )
     # the rollout and its history get their own sections below, from status.rollout;
@@ -159,7 +166,10 @@ def describe(obj: dict[str, Any], events: list[dict[str, Any]]) -> None:
     if shown:
         console.print("[bold]Status:[/]")
         console.print(
-            "  " + yaml.safe_dump(shown, sort_keys=False).rstrip().replace("\n", "\n  "),
+            "  "
+            + yaml.safe_dump(shown, sort_keys=False, allow_unicode=True)
+            .rstrip()
+            .replace("\n", "\n  "),
             highlight=False,
         )
     if status.get("rollout"):

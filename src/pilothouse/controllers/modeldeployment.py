@@ -234,8 +234,9 @@ async def reconcile(ctx: Context, name: str) -> Result:
                 KIND,
                 name,
                 "Normal",
-                "ReplicaStarted",
-                f"started replica {replica_id} of revision {rev} ({history.model(rev)})",
+                "ReplicaCreated",
+                f"created replica {replica_id} of revision {rev} ({history.model(rev)}); "
+                "it starts once placed on a node",
             )
 
     current = [r for r in await ctx.runtime.list_replicas(name) if not r.exited]

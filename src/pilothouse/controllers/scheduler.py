@@ -18,6 +18,7 @@ from typing import Any
 
 from pilothouse.controllers.base import Context, Result, set_condition
 from pilothouse.policy.scheduler import (
+    Binding,
     Bound,
     NodeInfo,
     Pending,
@@ -120,12 +121,40 @@ async def reconcile(ctx: Context, name: str) -> Result:
             [Bind(b.id, b.node, tuple(b.gpus)) for b in decision.bindings], decision.pending
         )
         _report_waiting(ctx, by_id, decision.pending)
-        for binding in decision.bindings:
-            placed = by_id.get(binding.id)
-            if placed is not None and ctx.trigger is not None:
-                ctx.trigger(placed.owner_kind, placed.owner_name)
+        _report_placed(ctx, by_id, decision.bindings)
     _queue_status(ctx, known_queues, await ctx.runtime.placements())
     return Result(requeue_after=1.0 if waiting else 5.0)
+
+
+def _report_placed(ctx: Context, by_id: dict[str, Placement], bindings: list[Binding]) -> None:
+    """A Scheduled event per replica, one per gang (all its workers at once), and wake the
+    owners so they see their items start."""
+    gangs: dict[str, list[tuple[Placement, Binding]]] = defaultdict(list)
+    for binding in bindings:
+        placed = by_id.get(binding.id)
+        if placed is None:
+            continue
+        gpus = f" (gpu {','.join(binding.gpus)})" if binding.gpus else ""
+        if placed.gang is not None:
+            gangs[placed.gang].append((placed, binding))
+        else:
+            ctx.event(
+                placed.owner_kind,
+                placed.owner_name,
+                "Normal",
+                "Scheduled",
+                f"{placed.role} {placed.id} placed on node {binding.node}{gpus}",
+            )
+        if ctx.trigger is not None:
+            ctx.trigger(placed.owner_kind, placed.owner_name)
+    for gang, members in gangs.items():
+        first = members[0][0]
+        where = ", ".join(
+            f"rank {p.id.rsplit('-r', 1)[-1]} on {b.node}"
+            + (f" (gpu {','.join(b.gpus)})" if b.gpus else "")
+            for p, b in sorted(members, key=lambda m: (len(m[0].id), m[0].id))
+        )
+        ctx.event(first.owner_kind, first.owner_name, "Normal", "Scheduled", f"{gang}: {where}")
 
 
 def _report_waiting(ctx: Context, by_id: dict[str, Placement], reasons: dict[str, str]) -> None:

@@ -42,15 +42,43 @@ def _observe(workers: list[WorkerStatus], attempt: int, size: int) -> GangObserv
         failed=len(failed),
         workers=size,
         exit_code=failed[0].exit_code if failed else None,
-        message=(failed[0].message or f"exit code {failed[0].exit_code}") if failed else "",
+        message=(
+            f"worker {failed[0].rank}: "
+            + (
+                failed[0].message
+                if failed[0].message and not failed[0].message.startswith("exit code")
+                else f"exited with code {failed[0].exit_code}"
+            )
+        )
+        if failed
+        else "",
         pending=sum(1 for w in current if w.pending),
         disrupted=disrupted,
     )
 
 
+def _failure_detail(ctx: Context, name: str, observed: list[WorkerStatus]) -> str:
+    """The last lines the failed worker wrote (its own log, not another rank's)."""
+    failed = [w for w in observed if not w.running and w.exit_code not in (None, 0)]
+    if not failed:
+        return ""
+    wanted = f"worker-{failed[0].rank}.log"
+    for path in ctx.runtime.log_files(KIND, name):
+        if path.name == wanted:
+            lines = [
+                line
+                for line in tail(str(path), 12).split(" | ")
+                if line and not line.startswith("--- pilothouse:")
+            ]
+            return " | ".join(lines[-3:])
+    return ""
+
+
 def _state(status: dict[str, Any]) -> TrainingState:
     return TrainingState(
-        phase=Phase(status.get("phase", Phase.PENDING)),
+        # status.phase is what users see (Pending while the gang waits for nodes);
+        # policyPhase is the state machine's own
+        phase=Phase(status.get("policyPhase", status.get("phase", Phase.PENDING))),
         attempt=int(status.get("attempt", 0)),
         restarts=int(status.get("restarts", 0)),
         next_start_at=float(status.get("nextStartAt", 0.0)),
@@ -121,41 +149,50 @@ async def reconcile(ctx: Context, name: str) -> Result:
     decision = decide_training(state, gang, spec.restart_policy.max_restarts, backoff, now)
     new = decision.state
 
+    observed = [w for w in workers if w.attempt == state.attempt]
     if decision.action == Action.START:
         await ctx.runtime.stop_workers(name)  # the previous attempt's leftovers, if any
         await ctx.runtime.start_gang(_gang(ctx, name, obj, spec, new.attempt))
-        status.setdefault("startTime", timestamp(now))
         ctx.event(
             KIND,
             name,
             "Normal",
             "Submitted",
-            f"attempt {new.attempt}: {spec.workers} worker(s) waiting to be placed together",
+            f"attempt {new.attempt}: "
+            + (
+                f"{spec.workers} workers waiting to be placed together"
+                if spec.workers > 1
+                else "the worker is waiting to be placed"
+            ),
         )
     elif new.phase == Phase.RESTARTING and state.phase == Phase.RUNNING:
-        detail = ""
-        files = ctx.runtime.log_files(KIND, name)
-        if files and gang is not None and not gang.disrupted:
-            detail = tail(str(files[-1]), 3)
         await ctx.runtime.stop_workers(name)
         if gang is not None and gang.disrupted:
             ctx.event(KIND, name, "Warning", "Disrupted", new.message)
         else:
+            detail = _failure_detail(ctx, name, observed)
             ctx.event(
                 KIND, name, "Warning", "BackOff", new.message + (f" — {detail}" if detail else "")
             )
     elif decision.action == Action.FAIL:
         await ctx.runtime.stop_workers(name)
-        ctx.event(KIND, name, "Warning", "Failed", new.message)
+        detail = _failure_detail(ctx, name, observed)
+        ctx.event(KIND, name, "Warning", "Failed", new.message + (f" — {detail}" if detail else ""))
         status["completionTime"] = timestamp(now)
     elif decision.action == Action.REGISTER:
         # copying and hashing the output is file I/O: keep it off the event loop
         new = await asyncio.to_thread(_register, ctx, name, obj, spec, new, status, now)
 
     current = [w for w in await ctx.runtime.list_workers(name) if w.attempt == new.attempt]
+    if not current and new.phase in (Phase.SUCCEEDED, Phase.FAILED):
+        # their records were let go: the last observation is the final word on them
+        current = [w for w in workers if w.attempt == new.attempt]
+    waiting = [w for w in current if w.pending]
+    gang_waits = new.phase == Phase.RUNNING and bool(current) and len(waiting) == len(current)
     status.update(
         {
-            "phase": new.phase.value,
+            "phase": Phase.PENDING.value if gang_waits else new.phase.value,
+            "policyPhase": new.phase.value,
             "attempt": new.attempt,
             "restarts": new.restarts,
             "nextStartAt": new.next_start_at,
@@ -165,7 +202,6 @@ async def reconcile(ctx: Context, name: str) -> Result:
         }
     )
     if current or new.phase not in (Phase.SUCCEEDED, Phase.FAILED):
-        # a finished job keeps the last word on its workers (their records are let go)
         status["workers"] = [
             {
                 "rank": w.rank,
@@ -179,7 +215,6 @@ async def reconcile(ctx: Context, name: str) -> Result:
             }
             for w in current
         ]
-    waiting = [w for w in current if w.pending]
     if waiting and new.phase == Phase.RUNNING:
         status["message"] = waiting[0].message or new.message
     if (
@@ -191,6 +226,7 @@ async def reconcile(ctx: Context, name: str) -> Result:
         and status.get("scheduledAttempt") != new.attempt
     ):
         status["scheduledAttempt"] = new.attempt
+        status.setdefault("startTime", timestamp(now))
         nodes = sorted({w.node for w in current if w.node})
         ctx.event(
             KIND,
@@ -200,7 +236,7 @@ async def reconcile(ctx: Context, name: str) -> Result:
             f"attempt {new.attempt}: started {spec.workers} worker(s) on {', '.join(nodes)}",
         )
     conditions: list[dict[str, Any]] = list(status.get("conditions") or [])
-    if new.phase == Phase.RUNNING:
+    if new.phase == Phase.RUNNING and current:
         conditions = set_condition(
             conditions,
             "Scheduled",
@@ -209,8 +245,17 @@ async def reconcile(ctx: Context, name: str) -> Result:
             status["message"] if waiting else "every worker is placed",
             now,
         )
+    elif new.phase in (Phase.SUCCEEDED, Phase.FAILED):
+        conditions = [c for c in conditions if c.get("type") != "Scheduled"]
     running = new.phase in (Phase.RUNNING, Phase.RESTARTING, Phase.REGISTERING)
-    conditions = set_condition(conditions, "Running", running, new.phase.value, new.message, now)
+    if gang_waits:
+        conditions = set_condition(
+            conditions, "Running", False, "Unschedulable", status["message"], now
+        )
+    else:
+        conditions = set_condition(
+            conditions, "Running", running, new.phase.value, new.message, now
+        )
     conditions = set_condition(
         conditions, "Complete", new.phase == Phase.SUCCEEDED, new.phase.value, new.message, now
     )

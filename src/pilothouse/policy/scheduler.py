@@ -507,7 +507,7 @@ class _Pass:
                 text = _cpu_text if name == "cpu" else _memory_text if name == "memory" else str
                 return (
                     f"queue '{unit.queue}' quota: {name} {text(in_use)} in use of "
-                    f"{text(limit)}, needs {text(need)} more"
+                    f"{text(limit)}; this needs {text(need)}"
                 )
         return None
 
@@ -917,6 +917,8 @@ class _Pass:
             fit += 1
         for i, p, ids in reversed(placed):
             self._give_back(i, p.requests, ids, "")
+        if count == 1:
+            return self._shape_reason(unit.members[0].requests.shape)
         if fit == 0:
             worst = max(unit.members, key=lambda p: p.requests.shape)
             return f"{what}: none fit now; {self._shape_reason(worst.requests.shape)}"

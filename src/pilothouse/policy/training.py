@@ -141,10 +141,9 @@ def decide_training(
         )
         return TrainingDecision(Action.REGISTER, done, 0.0)
     if gang.pending:
-        waiting = replace(state, message=f"attempt {state.attempt}: waiting for a node")
+        waiting = replace(state, message=f"attempt {state.attempt}: waiting to be placed")
         return TrainingDecision(Action.NONE, waiting, 1.0)
-    waiting_text = "waiting for a node" in state.message or state.message.endswith("submitted")
-    if gang.running and not gang.pending and waiting_text:
+    if gang.running and not gang.pending and state.message != f"attempt {state.attempt} running":
         running = replace(state, message=f"attempt {state.attempt} running")
         return TrainingDecision(Action.NONE, running, 1.0)
     return TrainingDecision(Action.NONE, state, 1.0)

@@ -90,7 +90,7 @@ class _Item:
     ready: bool = False
     ever_ready: bool = False
     failures: int = 0
-    message: str = "waiting for a node"
+    message: str = "waiting to be placed"
     #: stopped by the platform (node lost, drained, preempted): not the item's own failure
     disrupted: str = ""
     #: the platform is stopping it (liveness failure, eviction): its owner replaces it now
@@ -399,7 +399,7 @@ class LocalRuntime:
             item = self._items.get(item_id)
             if item is None or item.node is not None:
                 continue
-            message = f"waiting for a node: {reason}"
+            message = f"waiting to be placed: {reason}"
             if item.message != message:
                 item.reason, item.message = reason, message
                 self._save(item)
@@ -1218,7 +1218,18 @@ def _prepare_worker(folders: list[Path], log_path: Path, banner: str) -> None:
 
 
 def _quantities(r: Requests) -> dict[str, Any]:
-    return {"cpu": format_cpu_millis(r.cpu), "memory": format_bytes(r.memory), "gpu": r.gpu}
+    return {"cpu": format_cpu_millis(r.cpu), "memory": _readable_bytes(r.memory), "gpu": r.gpu}
+
+
+def _readable_bytes(amount: int) -> str:
+    """Memory as a person reads it: exact when it is a whole Gi/Mi, else rounded
+    (``23.5Gi``, ``191Mi``) — the machine's MemTotal is rarely a round number."""
+    gib, mib = 2**30, 2**20
+    if amount % mib == 0 or amount < mib:
+        return format_bytes(amount)
+    if amount >= gib:
+        return f"{amount / gib:.1f}Gi"
+    return f"{round(amount / mib)}Mi"
 
 
 def _free_port(host: str) -> int:
