@@ -100,7 +100,7 @@ def events(platform: Platform, kind: str, name: str) -> list[dict[str, Any]]:
 
 
 def results(platform: Platform, name: str, attempt: int) -> dict[int, dict[str, Any]]:
-    folder = platform.home.root / "outputs" / name / f"attempt-{attempt}"
+    [folder] = (platform.home.root / "outputs").glob(f"{name}-*/attempt-{attempt}")
     return {
         int(p.stem.split("-")[1]): json.loads(p.read_text()) for p in folder.glob("result-*.json")
     }
@@ -127,7 +127,7 @@ def test_gang_ranks_meet_through_master_addr_across_nodes(
 
     st = wait_for("the gang to finish", lambda: phase_is(platform, "meet", "Succeeded"), 60)
     assert st["restarts"] == 0
-    folder = platform.home.root / "outputs" / "meet" / "attempt-1"
+    folder = Path(st["outputDir"])
     ranks = {r: json.loads((folder / f"rank-{r}.json").read_text()) for r in range(3)}
     # every rank learnt every other rank's node through rank 0's MASTER_ADDR:MASTER_PORT
     nodes = {r: ranks[r]["env"]["PILOTHOUSE_NODE"] for r in range(3)}
@@ -494,3 +494,68 @@ def test_a_job_its_queue_could_never_hold_is_refused_and_a_used_queue_stays(
     hold.touch()
     wait_for("'fits' to finish", lambda: phase_is(platform, "fits", "Succeeded"), 60)
     assert platform.cli("delete", "queue", "research").returncode == 0
+
+
+SLOW_TO_STOP = """
+import os, pathlib, signal, sys, time
+out = pathlib.Path(os.environ["PILOTHOUSE_OUTPUT_DIR"])
+def stop(*_):
+    time.sleep(2)  # a long checkpoint
+    (out / "who.txt").write_text("old")
+    sys.exit(143)
+signal.signal(signal.SIGTERM, stop)
+(out / "started").write_text("")
+while True:
+    time.sleep(0.1)
+"""
+
+
+def test_a_job_deleted_and_applied_again_at_once_is_a_new_job(
+    fresh_platform: Platform, tmp_path: Path
+) -> None:
+    platform = start_cluster(fresh_platform, tmp_path, THREE_GPU_NODES)
+    script = tmp_path / "slow.py"
+    script.write_text(SLOW_TO_STOP)
+
+    def spec(command: str) -> str:
+        return f"""
+        apiVersion: pilothouse.dev/v1alpha1
+        kind: TrainingJob
+        metadata: {{name: again}}
+        spec:
+          command: {command}
+          resources: {{cpu: 500m, memory: 128Mi}}
+          restartPolicy: {{maxRestarts: 0}}
+        """
+
+    assert apply(platform, tmp_path, spec(f"[{PY}, {script}]")).returncode == 0
+    old = wait_for(
+        "the first job to run",
+        lambda: (
+            (st := status(platform, "tj", "again")).get("outputDir")
+            and (Path(st["outputDir"]) / "started").exists()
+            and st
+        ),
+        30,
+    )
+    assert platform.cli("delete", "tj", "again").returncode == 0
+    write_new = f'[{PY}, -c, "import os, pathlib; pathlib.Path(os.environ[\\"PILOTHOUSE_OUTPUT_DIR\\"], \\"who.txt\\").write_text(\\"new\\")"]'
+    wait_for(
+        "the deletion to be done",
+        lambda: platform.cli("apply", "-f", str(_write(tmp_path, spec(write_new)))).returncode == 0,
+        30,
+    )
+    st = wait_for("the new job to finish", lambda: phase_is(platform, "again", "Succeeded"), 60)
+    assert st["restarts"] == 0
+    assert st["outputDir"] != old["outputDir"]
+    new_out = Path(st["outputDir"]) / "who.txt"
+    old_out = Path(old["outputDir"]) / "who.txt"
+    wait_for("the old worker to have checkpointed", old_out.exists, 30)
+    assert old_out.read_text() == "old"
+    assert new_out.read_text() == "new"
+
+
+def _write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "again.yaml"
+    path.write_text(textwrap.dedent(text))
+    return path

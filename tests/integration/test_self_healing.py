@@ -104,7 +104,8 @@ def test_hung_replica_is_detected_killed_and_replaced(platform: Platform, tmp_pa
 
 
 def _weights(platform: Platform, name: str, attempt: int) -> str:
-    path = platform.home.root / "outputs" / name / f"attempt-{attempt}" / "weights.npz"
+    [folder] = (platform.home.root / "outputs").glob(f"{name}-*/attempt-{attempt}")
+    path = folder / "weights.npz"
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 

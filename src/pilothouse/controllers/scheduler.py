@@ -147,14 +147,15 @@ def _report_placed(ctx: Context, by_id: dict[str, Placement], bindings: list[Bin
             )
         if ctx.trigger is not None:
             ctx.trigger(placed.owner_kind, placed.owner_name)
-    for gang, members in gangs.items():
+    for members in gangs.values():
         first = members[0][0]
         where = ", ".join(
-            f"rank {p.id.rsplit('-r', 1)[-1]} on {b.node}"
-            + (f" (gpu {','.join(b.gpus)})" if b.gpus else "")
+            f"{p.id} on {b.node}" + (f" (gpu {','.join(b.gpus)})" if b.gpus else "")
             for p, b in sorted(members, key=lambda m: (len(m[0].id), m[0].id))
         )
-        ctx.event(first.owner_kind, first.owner_name, "Normal", "Scheduled", f"{gang}: {where}")
+        ctx.event(
+            first.owner_kind, first.owner_name, "Normal", "Scheduled", f"gang placed: {where}"
+        )
 
 
 def _report_waiting(ctx: Context, by_id: dict[str, Placement], reasons: dict[str, str]) -> None:

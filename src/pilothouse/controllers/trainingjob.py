@@ -198,6 +198,7 @@ async def reconcile(ctx: Context, name: str) -> Result:
             "nextStartAt": new.next_start_at,
             "message": new.message,
             "disruptions": new.disruptions,
+            "outputDir": str(ctx.runtime.output_dir(name, new.attempt, obj["metadata"]["uid"])),
             "observedGeneration": obj["metadata"]["generation"],
         }
     )
@@ -217,16 +218,10 @@ async def reconcile(ctx: Context, name: str) -> Result:
         ]
     if waiting and new.phase == Phase.RUNNING:
         status["message"] = waiting[0].message or new.message
-    if (
-        gang is not None
-        and gang.pending == 0
-        and state.phase == Phase.RUNNING
-        and new.phase == Phase.RUNNING
-        and gang.running > 0
-        and status.get("scheduledAttempt") != new.attempt
-    ):
+    if current and not waiting and status.get("scheduledAttempt") != new.attempt:
+        # placed and started (perhaps already ended: a fast gang is never seen running)
         status["scheduledAttempt"] = new.attempt
-        status.setdefault("startTime", timestamp(now))
+        status.setdefault("startTime", timestamp(min(w.started_at for w in current)))
         nodes = sorted({w.node for w in current if w.node})
         ctx.event(
             KIND,
@@ -245,8 +240,6 @@ async def reconcile(ctx: Context, name: str) -> Result:
             status["message"] if waiting else "every worker is placed",
             now,
         )
-    elif new.phase in (Phase.SUCCEEDED, Phase.FAILED):
-        conditions = [c for c in conditions if c.get("type") != "Scheduled"]
     running = new.phase in (Phase.RUNNING, Phase.RESTARTING, Phase.REGISTERING)
     if gang_waits:
         conditions = set_condition(
@@ -264,7 +257,7 @@ async def reconcile(ctx: Context, name: str) -> Result:
     )
     status["conditions"] = conditions
     ctx.store.set_status(KIND, name, status)
-    if new.phase == Phase.SUCCEEDED and state.phase != Phase.SUCCEEDED:
+    if new.phase in (Phase.SUCCEEDED, Phase.FAILED) and state.phase != new.phase:
         await ctx.runtime.stop_workers(name)  # they ended: let go of their records
     return Result(requeue_after=decision.requeue_after)
 
@@ -294,7 +287,7 @@ def _register(
             if existing
             else ctx.registry.register(
                 spec.output.model,
-                ctx.runtime.output_dir(name, state.attempt),
+                ctx.runtime.output_dir(name, state.attempt, uid),
                 framework=spec.output.framework,
                 lineage={
                     "trainingJob": name,

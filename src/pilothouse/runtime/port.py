@@ -279,7 +279,10 @@ class Runtime(Protocol):
 
     async def stop_workers(self, job: str) -> None: ...
 
-    def output_dir(self, job: str, attempt: int) -> Path: ...
+    def output_dir(self, job: str, attempt: int, incarnation: str = "") -> Path:
+        """Where an attempt's workers write (``incarnation``: the job's uid, so a job deleted
+        and applied again never shares a folder with its predecessor)."""
+        ...
 
     # -- scheduling: the scheduler controller places what waits -------------------------
 

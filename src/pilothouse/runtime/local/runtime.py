@@ -107,7 +107,11 @@ class _Item:
 
     @property
     def gang(self) -> str | None:
-        return f"{self.worker.job}-a{self.worker.attempt}" if self.worker else None
+        """The job attempt's gang; a job deleted and applied again is another gang."""
+        if self.worker is None:
+            return None
+        incarnation = f"-{self.worker.checkpoint_id[:8]}" if self.worker.checkpoint_id else ""
+        return f"{self.worker.job}-a{self.worker.attempt}{incarnation}"
 
     def exit_code(self) -> int | None:
         if self.ended_code is not None:
@@ -269,7 +273,14 @@ class LocalRuntime:
         if adopted:
             log.info("adopted %d process(es) of a previous daemon: %s", len(adopted), adopted)
         stopped = await asyncio.to_thread(self.supervisor.reap_orphans)
-        for item in self._items.values():
+        for item in list(self._items.values()):
+            if item.released and not item.alive():
+                # let go of before the previous daemon died, and ended meanwhile
+                await asyncio.to_thread(self.supervisor.stop, item.id, 0.0)
+                self._forget(item.id)
+                if item.state_file:
+                    await asyncio.to_thread(Path(item.state_file).unlink, missing_ok=True)
+                continue
             if not item.alive() or item.child is None:
                 continue
             if item.doomed or item.released:
@@ -325,12 +336,15 @@ class LocalRuntime:
         # disruption, not a failure): those still running now, and those still waiting for
         # a node. One that already ended keeps how it ended. Replicas are started afresh.
         running = {i.id for i in self._items.values() if i.alive() and not i.released}
+        stopping = {i.id for i in self._items.values() if i.alive() and (i.released or i.doomed)}
         graces = [
             i.worker.grace if i.worker else (i.replica.grace if i.replica else 10.0)
             for i in self._items.values()
-            if i.id in running
+            if i.id in running or i.id in stopping
         ]
-        await asyncio.to_thread(self.supervisor.stop_all, min(max(graces, default=10.0), 45.0))
+        await asyncio.to_thread(
+            self.supervisor.stop_all, min(max(graces, default=10.0), 45.0), stopping
+        )
         for item in list(self._items.values()):
             if item.role == "worker" and not item.released:
                 if item.id in running:
@@ -340,6 +354,8 @@ class LocalRuntime:
                 self.store.put_placement(item.record())
             else:
                 self.store.delete_placement(item.id)
+                if item.state_file:
+                    await asyncio.to_thread(Path(item.state_file).unlink, missing_ok=True)
         await self.router.close()
         await self._http.aclose()
 
@@ -457,7 +473,7 @@ class LocalRuntime:
             if not await _gone(item.child, grace):
                 self.supervisor.kill(item.id)
                 await _gone(item.child, 3600.0)
-        if item.released:
+        if item.released and self._items.get(item.id) is item:
             await asyncio.to_thread(self.supervisor.stop, item.id, 0.0)
             self._items.pop(item.id, None)
             self._cpu_seen.pop(item.id, None)
@@ -770,6 +786,14 @@ class LocalRuntime:
                 )
                 return
 
+    @staticmethod
+    def _stopping(item: _Item) -> bool:
+        """A task already terminates its process (eviction, liveness, lost node, stop)."""
+        return any(
+            t.get_name().startswith(("evict-", "kill-", "lost-", "stop-")) and not t.done()
+            for t in item.tasks
+        )
+
     async def stop_replica(self, replica_id: str) -> None:
         item = self._items.get(replica_id)
         if item is None or item.released:
@@ -784,10 +808,7 @@ class LocalRuntime:
             # already being stopped (liveness, eviction, lost node): let that finish
             item.released = True
             self._save(item)
-            if not any(
-                t.get_name().startswith(("evict-", "kill-", "lost-", "stop-")) and not t.done()
-                for t in item.tasks
-            ):
+            if not self._stopping(item):
                 grace = item.replica.grace if item.replica else 10.0
                 item.tasks.append(
                     asyncio.create_task(self._terminate(item, grace), name=f"stop-{item.id}")
@@ -984,8 +1005,9 @@ class LocalRuntime:
 
     # -- training workers ------------------------------------------------------------
 
-    def output_dir(self, job: str, attempt: int) -> Path:
-        return self.home / "outputs" / job / f"attempt-{attempt}"
+    def output_dir(self, job: str, attempt: int, incarnation: str = "") -> Path:
+        folder = f"{job}-{incarnation[:8]}" if incarnation else job
+        return self.home / "outputs" / folder / f"attempt-{attempt}"
 
     def checkpoint_dir(self, job: str, checkpoint_id: str) -> Path:
         return self.home / "checkpoints" / (f"{job}-{checkpoint_id[:8]}" if checkpoint_id else job)
@@ -994,8 +1016,12 @@ class LocalRuntime:
         now = time.time()
         for spec in specs:
             worker_id = f"{spec.job}-a{spec.attempt}-r{spec.rank}"
-            if worker_id in self._items:
-                continue
+            existing = self._items.get(worker_id)
+            if existing is not None and existing.worker is not None:
+                if existing.worker.checkpoint_id == spec.checkpoint_id and not existing.released:
+                    continue  # submitted already (idempotent)
+                # a deleted job of the same name is still stopping: keep both apart
+                worker_id = f"{worker_id}-{uuid.uuid4().hex[:4]}"
             item = _Item(
                 id=worker_id,
                 role="worker",
@@ -1004,7 +1030,7 @@ class LocalRuntime:
                 requests=spec.requests,
                 created=now,
                 worker=spec,
-                output_dir=str(self.output_dir(spec.job, spec.attempt)),
+                output_dir=str(self.output_dir(spec.job, spec.attempt, spec.checkpoint_id)),
             )
             self._items[worker_id] = item
             self._save(item)
@@ -1177,6 +1203,8 @@ class LocalRuntime:
                 continue
             item.phase = "Terminating"
             self._save(item)
+            if self._stopping(item):
+                continue  # evicted already: one SIGTERM, one grace period
             grace = item.worker.grace if item.worker else 30.0
             item.tasks.append(
                 asyncio.create_task(self._terminate(item, grace), name=f"stop-{item.id}")

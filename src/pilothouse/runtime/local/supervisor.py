@@ -232,10 +232,11 @@ class Supervisor:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(child.pid, signum)
 
-    def stop_all(self, grace: float = 10.0) -> None:
-        """SIGTERM every child at once, then wait for all within one grace period."""
-        for child in self.children.values():
-            if child.poll() is None:
+    def stop_all(self, grace: float = 10.0, signalled: set[str] | None = None) -> None:
+        """SIGTERM every child at once (not those in ``signalled``: they had theirs), then
+        wait for all within one grace period, then SIGKILL what is left."""
+        for process_id, child in self.children.items():
+            if child.poll() is None and process_id not in (signalled or set()):
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.killpg(child.pid, signal.SIGTERM)
         deadline = time.monotonic() + grace
