@@ -369,11 +369,18 @@ def logs(ref: str, follow: bool, tail: int) -> None:
     cls, name = split_ref(ref)
     if not name:
         raise click.UsageError("logs needs KIND/NAME, e.g. logs trainingjob/fraud-train")
+    c = client()
+    printed = False
     try:
-        for line in client().logs(cls.PLURAL, name, follow=follow, tail=tail):
+        for line in c.logs(cls.PLURAL, name, follow=follow, tail=tail):
             print(line, flush=True)
+            printed = True
     except KeyboardInterrupt:
         pass
+    if not printed and not follow:
+        status = c.get(cls.PLURAL, name).get("status") or {}
+        why = status.get("message") or status.get("phase") or "nothing has run yet"
+        err_console.print(f"no logs yet: {why}")
 
 
 def _duration(text: str, what: str) -> float:
