@@ -42,7 +42,10 @@ with a line on stderr, in favour of the next older one.
 The state is **pickled**: anything picklable (dicts of numpy arrays, a
 ``numpy.random.Generator``'s ``bit_generator.state``, Python ints, ...) works, and
 loading a checkpoint can run arbitrary code, exactly like ``pickle.load``. Load
-only checkpoints your own job wrote (trusted data only).
+only checkpoints your own job wrote (trusted data only). numpy arrays come back
+with a new dtype object rather than numpy's own, and a few numpy paths (``ufunc.at``)
+are several times slower on those: ``array.view(array.dtype.type)`` after loading
+fixes that without a copy (examples/recommendation/train.py does it).
 
 This module imports only the standard library, so that ``import pilothouse.sdk``
 stays cheap inside training processes; nothing in it imports the rest of
