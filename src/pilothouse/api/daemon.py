@@ -85,7 +85,7 @@ async def run(home: Home, host: str = "127.0.0.1", port: int = 0) -> None:
         on_change=manager.trigger,
         log_files=runtime.log_files,
         registry=registry,
-        nodes=lambda: [n.status() for n in runtime.node_specs()],
+        nodes=runtime.node_statuses,
         node_view=runtime.node_view,
         node_action=runtime.node_action,
         info=lambda: daemon_info(

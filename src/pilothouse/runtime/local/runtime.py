@@ -372,10 +372,10 @@ class LocalRuntime:
     # -- scheduling ----------------------------------------------------------------------
 
     async def nodes(self) -> list[NodeStatus]:
-        return [n.status() for n in self._nodes.values()]
+        return self.node_statuses()
 
-    def node_specs(self) -> list[_Node]:
-        return list(self._nodes.values())
+    def node_statuses(self) -> list[NodeStatus]:
+        return [n.status() for n in self._nodes.values()]
 
     async def placements(self) -> list[Placement]:
         out = []
