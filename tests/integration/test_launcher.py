@@ -13,7 +13,7 @@ from pathlib import Path
 from pilothouse.runtime.local.runtime import LAUNCHER
 from pilothouse.runtime.local.supervisor import UNKNOWN_EXIT, Supervisor
 from pilothouse.store.sqlite import Store
-from tests.integration.conftest import wait_for
+from tests.integration.conftest import pid_alive, wait_for
 
 
 def launch(state: Path, *command: str) -> subprocess.Popen[bytes]:
@@ -93,4 +93,28 @@ def test_an_adopted_process_that_vanished_without_a_record_is_unknown(tmp_path: 
         {"id": "gone", "pid": proc.pid, "startTicks": 1, "ownerKind": "x", "ownerName": "y"}
     )
     assert child.poll() == UNKNOWN_EXIT
+    store.close()
+
+
+def test_stopping_a_worker_whose_launcher_was_killed_stops_its_command(tmp_path: Path) -> None:
+    store = Store(tmp_path / "state.db")
+    supervisor = Supervisor(store, tmp_path / "logs")
+    state = tmp_path / "state.json"
+    child = supervisor.spawn(
+        "job-a1-r0",
+        owner_kind="TrainingJob",
+        owner_name="job",
+        role="worker",
+        argv=[sys.executable, "-I", str(LAUNCHER), str(state), "--", "sleep", "300"],
+        env=dict(os.environ),
+        cwd=None,
+        log_name="job.log",
+        state_file=str(state),
+    )
+    command = wait_for("the launcher to say the command's pid", child.launcher_state, 30)["pid"]
+    os.kill(child.pid, signal.SIGKILL)  # the launcher only: its command runs on
+    wait_for("the launcher to be reaped", lambda: child.poll() is not None, 30)
+    assert pid_alive(command)
+    supervisor.stop("job-a1-r0", grace=0.0)
+    wait_for("the orphaned command to be gone", lambda: not pid_alive(command), 30)
     store.close()

@@ -279,6 +279,7 @@ def test_failed_node_moves_replicas_and_training_elsewhere(
                 w
                 for w in status(platform, "tj", "train").get("workers") or []
                 if w["running"]
+                and w["pid"]
                 and list((platform.home.root / "checkpoints").glob("train-*/step-*"))
             ),
             None,

@@ -131,7 +131,7 @@ def test_training_killed_mid_run_resumes_and_ends_like_an_uninterrupted_run(
 
     def checkpointed() -> dict[str, Any] | None:
         st = status(platform, "tj", "broken")
-        workers = [w for w in st.get("workers") or [] if w["running"]]
+        workers = [w for w in st.get("workers") or [] if w["running"] and w["pid"]]
         done = list((platform.home.root / "checkpoints").glob("broken-*/step-*"))
         return workers[0] if workers and done else None
 
@@ -183,7 +183,11 @@ def test_control_plane_killed_and_restarted_adopts_its_processes(
     worker = wait_for(
         "the worker to run",
         lambda: next(
-            (w for w in status(platform, "tj", "train").get("workers") or [] if w["running"]),
+            (
+                w
+                for w in status(platform, "tj", "train").get("workers") or []
+                if w["running"] and w["pid"]
+            ),
             None,
         ),
         30,

@@ -1152,7 +1152,8 @@ class LocalRuntime:
                 message = "ended while the control plane was down (exit code unknown)"
         else:
             message = ""
-        pid = item.child.pid if item.child is not None else None
+        # the command's own PID (what a user would signal), once the launcher has said it
+        pid = None
         if item.child is not None:
             command_pid = item.child.launcher_state().get("pid")
             if isinstance(command_pid, int) and command_pid > 0:

@@ -42,6 +42,17 @@ def is_same_process(pid: int, start_ticks: int | None) -> bool:
     return start_ticks is None or current == start_ticks
 
 
+def kill_orphaned_group(pid: int, start_ticks: int | None) -> None:
+    """SIGKILL what is left of a process group whose leader ended (a worker whose launcher
+    was killed keeps running otherwise). Only while the group id is still ours: a process
+    that now has the leader's PID (another start time) may lead a group of that id."""
+    current = process_start_ticks(pid)
+    if current is not None and (start_ticks is None or current != start_ticks):
+        return
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, signal.SIGKILL)
+
+
 def terminate_group(pid: int, start_ticks: int | None, grace: float = 10.0) -> None:
     """SIGTERM the process group, wait up to ``grace`` seconds, then SIGKILL."""
     if not is_same_process(pid, start_ticks):
@@ -216,6 +227,10 @@ class Supervisor:
             if child.popen is not None:
                 with contextlib.suppress(subprocess.TimeoutExpired):
                     child.popen.wait(timeout=1.0)
+        if child is not None:
+            # the leader is gone; anything still in its group (a worker whose launcher was
+            # killed, a model server's stray child) goes too
+            kill_orphaned_group(child.pid, child.start_ticks)
         self.store.delete_process(process_id)
 
     def kill(self, process_id: str) -> None:
