@@ -113,6 +113,13 @@ class _Item:
         incarnation = f"-{self.worker.checkpoint_id[:8]}" if self.worker.checkpoint_id else ""
         return f"{self.worker.job}-a{self.worker.attempt}{incarnation}"
 
+    @property
+    def grace(self) -> float:
+        """Seconds between SIGTERM and SIGKILL when it is stopped."""
+        if self.worker is not None:
+            return self.worker.grace
+        return self.replica.grace if self.replica is not None else 10.0
+
     def exit_code(self) -> int | None:
         if self.ended_code is not None:
             return self.ended_code
@@ -285,11 +292,8 @@ class LocalRuntime:
                 continue
             if item.doomed or item.released:
                 # it was being stopped when the previous daemon died: finish that
-                grace = item.worker.grace if item.worker else 10.0
-                if item.replica is not None:
-                    grace = item.replica.grace
                 item.tasks.append(
-                    asyncio.create_task(self._terminate(item, grace), name=f"stop-{item.id}")
+                    asyncio.create_task(self._terminate(item, item.grace), name=f"stop-{item.id}")
                 )
             elif item.role == "replica":
                 self._watch_replica(item)
@@ -337,11 +341,7 @@ class LocalRuntime:
         # a node. One that already ended keeps how it ended. Replicas are started afresh.
         running = {i.id for i in self._items.values() if i.alive() and not i.released}
         stopping = {i.id for i in self._items.values() if i.alive() and (i.released or i.doomed)}
-        graces = [
-            i.worker.grace if i.worker else (i.replica.grace if i.replica else 10.0)
-            for i in self._items.values()
-            if i.id in running or i.id in stopping
-        ]
+        graces = [i.grace for i in self._items.values() if i.id in running or i.id in stopping]
         await asyncio.to_thread(
             self.supervisor.stop_all, min(max(graces, default=10.0), 45.0), stopping
         )
@@ -456,9 +456,7 @@ class LocalRuntime:
             self._save(item)
             if item.replica is not None:
                 self.router.remove_backend(item.owner_name, item.id)
-            grace = (
-                item.worker.grace if item.worker else (item.replica.grace if item.replica else 10)
-            )
+            grace = item.grace
             item.tasks.append(
                 asyncio.create_task(self._terminate(item, grace), name=f"evict-{item_id}")
             )
@@ -780,7 +778,7 @@ class LocalRuntime:
                 self._save(item)
                 self.router.remove_backend(item.owner_name, item.id)
                 log.warning("replica %s: %s", item.id, item.message)
-                grace = item.replica.grace if item.replica else 10.0
+                grace = item.grace
                 item.tasks.append(
                     asyncio.create_task(self._terminate(item, grace), name=f"kill-{item.id}")
                 )
@@ -809,7 +807,7 @@ class LocalRuntime:
             item.released = True
             self._save(item)
             if not self._stopping(item):
-                grace = item.replica.grace if item.replica else 10.0
+                grace = item.grace
                 item.tasks.append(
                     asyncio.create_task(self._terminate(item, grace), name=f"stop-{item.id}")
                 )
@@ -817,7 +815,7 @@ class LocalRuntime:
         item.released, item.phase = True, "Terminating"
         for task in item.tasks:
             task.cancel()
-        grace = item.replica.grace if item.replica else 10.0
+        grace = item.grace
         await asyncio.to_thread(self.supervisor.stop, replica_id, grace)
         self._items.pop(replica_id, None)
         self.store.delete_placement(replica_id)
@@ -1206,7 +1204,7 @@ class LocalRuntime:
             self._save(item)
             if self._stopping(item):
                 continue  # evicted already: one SIGTERM, one grace period
-            grace = item.worker.grace if item.worker else 30.0
+            grace = item.grace
             item.tasks.append(
                 asyncio.create_task(self._terminate(item, grace), name=f"stop-{item.id}")
             )
