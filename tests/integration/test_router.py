@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 
 from pilothouse.router import proxy
-from pilothouse.router.proxy import Backend, Router
+from pilothouse.router.proxy import Backend, Router, RouterLimits
 
 pytestmark = pytest.mark.integration
 
@@ -53,10 +54,16 @@ async def upstream(handler: Handler) -> AsyncIterator[Backend]:
 
 
 @contextlib.asynccontextmanager
-async def routed(*backends: Backend) -> AsyncIterator[tuple[str, int]]:
-    router = Router("127.0.0.1")
+async def routed(
+    *backends: Backend,
+    limits: RouterLimits | None = None,
+    policy: proxy.TrafficPolicy | None = None,
+) -> AsyncIterator[tuple[str, int]]:
+    router = Router("127.0.0.1", limits=limits)
     url = await router.ensure_route("test")
     router.set_backends("test", list(backends))
+    if policy is not None:
+        router.set_policy("test", policy)
     host, port = url.removeprefix("http://").split(":")
     try:
         yield host, int(port)
@@ -72,6 +79,13 @@ async def exchange(port: int, raw: bytes, read_timeout: float = 5.0) -> bytes:
         return await asyncio.wait_for(reader.read(65536), read_timeout)
     finally:
         writer.close()
+
+
+def free_port() -> int:
+    """A port nothing listens on (connections to it are refused, as to a killed replica)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 def run(coro: Awaitable[None]) -> None:
@@ -130,11 +144,12 @@ def test_head_keeps_the_upstream_content_length() -> None:
     run(scenario())
 
 
-def test_slow_body_times_out_with_408(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(proxy, "BODY_TIMEOUT", 0.5)
-
+def test_slow_body_times_out_with_408() -> None:
     async def scenario() -> None:
-        async with upstream(echo_upstream) as backend, routed(backend) as (_, port):
+        async with (
+            upstream(echo_upstream) as backend,
+            routed(backend, limits=RouterLimits(body_timeout=0.5)) as (_, port),
+        ):
             answer = await exchange(
                 port,
                 b"POST /x HTTP/1.1\r\nhost: a\r\ncontent-length: 100\r\n\r\nab",
@@ -145,11 +160,12 @@ def test_slow_body_times_out_with_408(monkeypatch: pytest.MonkeyPatch) -> None:
     run(scenario())
 
 
-def test_oversized_body_is_413_from_the_router(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(proxy, "MAX_BODY_BYTES", 1000)
-
+def test_oversized_body_is_413_from_the_router() -> None:
     async def scenario() -> None:
-        async with upstream(echo_upstream) as backend, routed(backend) as (_, port):
+        async with (
+            upstream(echo_upstream) as backend,
+            routed(backend, limits=RouterLimits(max_body=1000)) as (_, port),
+        ):
             answer = await exchange(
                 port, b"POST /x HTTP/1.1\r\nhost: a\r\ncontent-length: 5000\r\n\r\n"
             )
@@ -179,12 +195,45 @@ def test_connection_failure_is_retried_on_another_replica() -> None:
     run(scenario())
 
 
-def test_no_ready_replica_is_503_with_retry_after() -> None:
+def test_no_ready_replica_is_held_then_503_with_retry_after() -> None:
     async def scenario() -> None:
-        async with routed() as (_, port):
+        policy = proxy.TrafficPolicy(queue_timeout=0.5)
+        async with routed(policy=policy) as (_, port):
+            loop = asyncio.get_running_loop()
+            started = loop.time()
             answer = await exchange(port, b"GET / HTTP/1.1\r\nhost: a\r\nconnection: close\r\n\r\n")
             assert answer.startswith(b"HTTP/1.1 503")
             assert b"retry-after: 1" in answer
+            assert b"no ready replica" in answer
+            assert loop.time() - started >= 0.5, "held for the queue timeout first"
+
+    run(scenario())
+
+
+def test_a_request_with_no_ready_replica_waits_for_the_replacement() -> None:
+    """Every replica died (nothing to retry on): the request is held, not failed."""
+
+    async def scenario() -> None:
+        async with upstream(tagged_upstream(b"replacement")) as late:
+            router = Router("127.0.0.1")
+            url = await router.ensure_route("r")
+            dead = Backend("dead", "127.0.0.1", free_port(), "v1")
+            router.set_backends("r", [dead])
+            port = int(url.rsplit(":", 1)[1])
+            route = router.route("r")
+            assert route is not None
+            try:
+                pending = asyncio.create_task(post(port, 2, concurrency=2))
+                for _ in range(300):  # bounded: both requests failed on the dead one, now wait
+                    if route.queued == 2:
+                        break
+                    await asyncio.sleep(0.01)
+                assert route.queued == 2
+                router.set_backends("r", [Backend(late.id, late.host, late.port, "v1")])
+                bodies = await asyncio.wait_for(pending, 10)
+            finally:
+                await router.close()
+        assert bodies == [b"200 replacement"] * 2
 
     run(scenario())
 

@@ -54,6 +54,13 @@ EJECTIONS = Counter(
     ["deployment"],
     registry=REGISTRY,
 )
+EXCUSED = Counter(
+    "pilothouse_router_excused_failures",
+    "Failed attempts not counted against their revision: the same request failed on "
+    "another revision too (the request's fault)",
+    ["deployment"],
+    registry=REGISTRY,
+)
 SHED = Counter(
     "pilothouse_router_shed",
     "Requests refused with 503 because every replica was at capacity and the queue was full",
@@ -76,9 +83,13 @@ class Bucket:
     seconds: float
     concurrency: float
     requests: int
+    #: failed attempts held against this revision (5xx or no answer, when the request
+    #: did not fail on another revision as well)
     errors: int
     #: requests per latency bound (LATENCY_BOUNDS), not cumulative
     latency_counts: tuple[int, ...] = ()
+    #: failed attempts not held against it (the request failed on another revision too)
+    excused: int = 0
 
     @property
     def rps(self) -> float:
@@ -99,6 +110,7 @@ class RevisionMeter:
         self._bucket_integral = 0.0
         self._requests = 0
         self._errors = 0
+        self._excused = 0
         self._latency_counts = [0] * len(LATENCY_BOUNDS)
         self.buckets: deque[Bucket] = deque(maxlen=self.HISTORY)
         self._gauge = INFLIGHT.labels(deployment, revision)
@@ -119,8 +131,6 @@ class RevisionMeter:
         self.inflight -= 1
         self._gauge.dec()
         self._requests += 1
-        if status >= 500:
-            self._errors += 1
         self._latency.observe(seconds)
         self._latency_counts[bisect.bisect_left(LATENCY_BOUNDS, seconds)] += 1
         counter = self._codes.get(status)
@@ -129,6 +139,15 @@ class RevisionMeter:
                 self.deployment, self.revision, str(status)
             )
         counter.inc()
+
+    def error(self, now: float) -> None:
+        """A failed attempt that counts against this revision (decided by the router once
+        the request is over: see proxy)."""
+        self._errors += 1
+
+    def excused(self, now: float) -> None:
+        """A failed attempt the same request also met on another revision."""
+        self._excused += 1
 
     def close_bucket(self, now: float) -> Bucket:
         self._advance(now)
@@ -141,10 +160,11 @@ class RevisionMeter:
             self._requests,
             self._errors,
             tuple(self._latency_counts),
+            self._excused,
         )
         self.buckets.append(bucket)
         self._bucket_start, self._bucket_integral = now, self._integral
-        self._requests = self._errors = 0
+        self._requests = self._errors = self._excused = 0
         self._latency_counts = [0] * len(LATENCY_BOUNDS)
         return bucket
 

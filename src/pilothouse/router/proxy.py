@@ -1,17 +1,34 @@
 """Reverse proxy: least-outstanding balancing, weighted revisions, mirroring, outlier
-ejection, bounded queueing with load shedding, and holding requests while a
-deployment scales from zero.
+ejection a client cannot weaponise, bounded queueing with load shedding, holding
+requests while a revision has no ready replica, and bounded connections and memory.
 
-One listener per deployment (its ``status.url``). A request goes to a revision
-chosen by the traffic weights, then to the ready replica of that revision with
-fewer requests in flight among two picked at random (power of two choices). If
-the connection to a replica fails, or the replica dies before its response is complete
-(nothing has reached the client: responses are buffered), the request is retried on
-another replica (inference is idempotent; the
-budget is bounded). A replica that fails repeatedly is ejected for a while and
-comes back only after a successful readiness probe. When every replica is at
-its concurrency limit, requests wait in a bounded queue; beyond it the router
-answers 503 with Retry-After instead of queueing without bound.
+One listener per deployment (its ``status.url``). A request goes to a revision chosen
+by the traffic weights, then to the ready replica of that revision with fewer requests
+in flight among two picked at random (power of two choices).
+
+Retries. Responses are buffered, so nothing reaches the client until an attempt
+succeeded, and inference is idempotent: a request whose connection fails, whose replica
+dies mid-response, or that gets a 5xx is retried (at most ``RETRIES_PER_REQUEST`` times,
+within one overall deadline): first on another replica of the same revision, and once on
+another revision when there is one (so that a request which fails everywhere is known to
+be the request's fault). When no ready replica is left (all killed, or scaled to zero)
+the request waits, bounded by the queue's limit and timeout, for a replacement.
+
+Attribution. A failed attempt counts against a replica (outlier ejection) only when
+another replica of the same revision answered the same request: failures every replica
+shares are the request's, never the replica's. It counts against a revision (the
+rollout analysis' ``errorRate``) unless the request failed on another revision as well.
+4xx answers are the client's and count against nobody.
+
+Ejection. Three attributed failures in a row eject a replica for an exponentially
+growing time (reset after a healthy minute); it comes back after a successful readiness
+probe. At most ``max_ejection_percent`` of a revision's replicas are ejected at once, and
+never its last one.
+
+Bounds. Connections are capped in total (all routes of the process) and per client
+address (503 with Retry-After past either); a connection must send its first byte, its
+head and its body within timeouts; request and response bodies held by the router count
+against one budget for the whole process (503 when exhausted).
 """
 
 from __future__ import annotations
@@ -20,6 +37,7 @@ import asyncio
 import contextlib
 import logging
 import random
+import ssl
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Coroutine
@@ -28,33 +46,66 @@ from typing import Any
 
 from pilothouse.router.http1 import (
     MAX_HEAD_BYTES,
-    Message,
+    BodyBudget,
+    BudgetExhausted,
     ProtocolError,
-    read_body,
-    read_head,
-    serialize,
-    simple_response,
+    Reply,
+    Request,
+    RequestParser,
+    Response,
+    serialize_response,
 )
-from pilothouse.router.metrics import EJECTIONS, QUEUED, RETRIES, SHED, Bucket, RevisionMeter
-from pilothouse.router.upstream import Backend, Upstream, UpstreamFailed, status_code
+from pilothouse.router.metrics import (
+    EJECTIONS,
+    EXCUSED,
+    QUEUED,
+    RETRIES,
+    SHED,
+    Bucket,
+    RevisionMeter,
+)
+from pilothouse.router.upstream import Backend, Upstream, UpstreamFailed
 
-__all__ = ["Backend", "MirrorRecord", "Route", "Router", "TrafficPolicy"]
+__all__ = ["Backend", "MirrorRecord", "Route", "Router", "RouterLimits", "TrafficPolicy"]
 
 log = logging.getLogger("pilothouse.router")
-MAX_BODY_BYTES = 16 * 2**20
 RETRIES_PER_REQUEST = 2
+#: one request's attempts together, retries included
 UPSTREAM_TIMEOUT = 60.0
-IDLE_TIMEOUT = 75.0
-BODY_TIMEOUT = 30.0
-MAX_CONNECTIONS = 4096
 FAILURES_TO_EJECT = 3
 BASE_EJECTION = 2.0
 MAX_EJECTION = 30.0
+#: a replica back from ejection for this long starts its back-off from the beginning again
+HEALTHY_RESET = 60.0
 MIRROR_CONCURRENCY = 32
 MIRROR_BODY_LIMIT = 64 * 1024
 #: recent successful responses kept per revision, for rollout analysis of predictions
 SAMPLES_KEPT = 1000
 SAMPLE_BODY_LIMIT = 16 * 1024
+_RETRY_STATUSES = frozenset({500, 502, 503, 504})
+
+
+@dataclass(frozen=True)
+class RouterLimits:
+    """What one client, or all of them together, can make the router hold."""
+
+    #: client connections across every route of the process (size it well below
+    #: RLIMIT_NOFILE: the daemon derives it from the limit)
+    max_connections: int = 4096
+    #: client connections from one address
+    max_connections_per_peer: int = 1024
+    #: a new connection must send its first byte within this
+    first_byte_timeout: float = 10.0
+    #: from a request's first byte to the end of its head
+    header_timeout: float = 10.0
+    #: from the end of the head to the end of the body
+    body_timeout: float = 30.0
+    #: an idle keep-alive connection between two requests
+    keepalive_timeout: float = 60.0
+    #: request + response bodies held at once, all connections together
+    body_budget: int = 256 * 2**20
+    #: one request body
+    max_body: int = 16 * 2**20
 
 
 @dataclass(frozen=True)
@@ -70,10 +121,12 @@ class TrafficPolicy:
     max_concurrency: int = 0
     #: requests that may wait for a replica; more are shed with 503
     queue_limit: int = 256
-    #: how long a request may wait (for capacity, or for the first replica when scaled to zero)
+    #: how long a request may wait (for capacity, or for a replica to become ready)
     queue_timeout: float = 10.0
-    #: scaled to zero: hold requests (and ask for a replica) instead of answering 503
+    #: scaled to zero: ask for a replica (``on_activate``) when a request arrives
     hold_when_empty: bool = False
+    #: at most this share of one revision's replicas may be ejected at once (never the last)
+    max_ejection_percent: float = 50.0
 
 
 @dataclass(frozen=True)
@@ -98,6 +151,14 @@ class _Waiter:
     exclude: frozenset[str]
 
 
+@dataclass
+class _Attempt:
+    upstream: Upstream
+    revision: str
+    ok: bool
+    ended: float
+
+
 class _ClientGone(Exception):
     """The client closed its connection while its request waited."""
 
@@ -108,11 +169,43 @@ class _Shed(Exception):
         super().__init__(message)
 
 
+class _Shared:
+    """What every route of one router shares: limits, connection counts, the body budget."""
+
+    def __init__(self, limits: RouterLimits) -> None:
+        self.limits = limits
+        self.budget = BodyBudget(limits.body_budget)
+        self.connections = 0
+        self.per_peer: Counter[str] = Counter()
+
+    def admit(self, peer: str) -> str | None:
+        """Count a new connection in, or say why not."""
+        if self.connections >= self.limits.max_connections:
+            return "too many client connections"
+        if self.per_peer[peer] >= self.limits.max_connections_per_peer:
+            return "too many connections from this address"
+        self.connections += 1
+        self.per_peer[peer] += 1
+        return None
+
+    def leave(self, peer: str) -> None:
+        self.connections -= 1
+        self.per_peer[peer] -= 1
+        if self.per_peer[peer] <= 0:
+            del self.per_peer[peer]
+
+
 class Route:
     """One deployment's listener, replicas, traffic policy and measurements."""
 
-    def __init__(self, key: str, on_activate: Callable[[str], None] | None = None) -> None:
+    def __init__(
+        self,
+        key: str,
+        on_activate: Callable[[str], None] | None = None,
+        shared: _Shared | None = None,
+    ) -> None:
         self.key = key
+        self.shared = shared or _Shared(RouterLimits())
         self.upstreams: dict[str, Upstream] = {}
         self.policy = TrafficPolicy()
         self.server: asyncio.Server | None = None
@@ -142,7 +235,7 @@ class Route:
                 del self.upstreams[backend_id]
         for backend_id, backend in wanted.items():
             if backend_id not in self.upstreams:
-                self.upstreams[backend_id] = Upstream(backend)
+                self.upstreams[backend_id] = Upstream(backend, self.shared.budget)
         self._wake_all()
 
     def set_policy(self, policy: TrafficPolicy) -> None:
@@ -169,18 +262,24 @@ class Route:
             if bid not in exclude and not u.ejected() and (cap <= 0 or u.inflight < cap)
         ]
 
-    def _pick(self, exclude: set[str]) -> Upstream | None:
+    def _pick(
+        self, exclude: set[str], prefer: Callable[[str], int] | None = None
+    ) -> Upstream | None:
+        """A replica by weight and load; on a retry, ``prefer`` ranks revisions (lower first)."""
         candidates = self._available(exclude)
         if not candidates:
             return None
         weights = self.policy.weights
         if weights:
             # a revision without a positive weight gets no live traffic (mirrors aside)
-            revisions = sorted(
-                {u.backend.revision for u in candidates if weights.get(u.backend.revision, 0.0) > 0}
-            )
-            if not revisions:
+            candidates = [u for u in candidates if weights.get(u.backend.revision, 0.0) > 0]
+            if not candidates:
                 return None
+        if prefer is not None:
+            best = min(prefer(u.backend.revision) for u in candidates)
+            candidates = [u for u in candidates if prefer(u.backend.revision) == best]
+        elif weights:
+            revisions = sorted({u.backend.revision for u in candidates})
             shares = [weights[r] for r in revisions]
             chosen = random.choices(revisions, weights=shares)[0]
             candidates = [u for u in candidates if u.backend.revision == chosen]
@@ -193,27 +292,31 @@ class Route:
         return any(bid not in exclude and not u.ejected() for bid, u in self.upstreams.items())
 
     async def _acquire(
-        self, exclude: set[str], client_gone: Callable[[], bool] | None = None
+        self,
+        exclude: set[str],
+        deadline: float,
+        client_gone: Callable[[], bool] | None = None,
+        prefer: Callable[[str], int] | None = None,
+        give_up_when_tried: bool = True,
     ) -> Upstream | None:
-        """A replica with capacity; waits (bounded) when all are busy or none exists yet.
+        """A replica with capacity; waits (bounded) when all are busy or none is ready.
 
-        Returns None when every usable replica was already tried; raises _Shed when
-        the request must be refused, _ClientGone when its client left meanwhile.
+        Returns None when every usable replica was already tried and waiting for another
+        is pointless (``give_up_when_tried``: the last attempt got an answer); raises _Shed
+        when the request must be refused, _ClientGone when its client left meanwhile.
         """
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.policy.queue_timeout
+        deadline = min(deadline, loop.time() + self.policy.queue_timeout)
         while True:
-            upstream = self._pick(exclude)
+            upstream = self._pick(exclude, prefer)
             if upstream is not None:
                 return upstream
-            if exclude and self.upstreams and not self._usable_exists(exclude):
+            if give_up_when_tried and exclude and not self._usable_exists(exclude):
                 return None
             empty = not any(not u.ejected() for u in self.upstreams.values())
-            if empty and not self.policy.hold_when_empty:
-                raise _Shed("no ready replica for this deployment")
             if len(self._waiters) >= self.policy.queue_limit:
                 raise _Shed("every replica is at capacity and the queue is full")
-            if empty and self._on_activate is not None:
+            if empty and self.policy.hold_when_empty and self._on_activate is not None:
                 self._on_activate(self.key)
             waiter = _Waiter(loop.create_future(), frozenset(exclude))
             self._waiters.append(waiter)
@@ -222,7 +325,11 @@ class Route:
                 while not waiter.future.done():
                     remaining = deadline - loop.time()
                     if remaining <= 0:
-                        raise _Shed("no replica became available in time")
+                        raise _Shed(
+                            "no ready replica for this deployment"
+                            if empty or not self._usable_exists(exclude)
+                            else "no replica became available in time"
+                        )
                     # short waits, so a client that hangs up frees its place promptly
                     await asyncio.wait({waiter.future}, timeout=min(remaining, 0.25))
                     if client_gone is not None and client_gone():
@@ -248,25 +355,53 @@ class Route:
 
     # -- outliers ------------------------------------------------------------------------------
 
+    def _attribute(self, attempts: list[_Attempt]) -> None:
+        """After a request: which failures were the replica's, which the revision's."""
+        succeeded = {a.revision for a in attempts if a.ok}
+        revisions = {a.revision for a in attempts}
+        for attempt in attempts:
+            upstream = attempt.upstream
+            if attempt.ok:
+                upstream.consecutive_failures = 0
+                continue
+            if attempt.revision in succeeded:
+                # another replica of its revision answered this very request
+                self._failed(upstream)
+            if succeeded or len(revisions) == 1:
+                self.meter(attempt.revision).error(attempt.ended)
+            else:
+                # it failed on another revision too: the request's fault, not the revision's
+                self.meter(attempt.revision).excused(attempt.ended)
+                EXCUSED.labels(self.key).inc()
+
     def _failed(self, upstream: Upstream) -> None:
         upstream.consecutive_failures += 1
-        if upstream.consecutive_failures >= FAILURES_TO_EJECT and not upstream.ejected():
-            upstream.ejections += 1
-            duration = min(MAX_EJECTION, BASE_EJECTION * 2 ** (upstream.ejections - 1))
-            upstream.ejected_until = time.monotonic() + duration
-            upstream.close()
-            EJECTIONS.labels(self.key).inc()
-            log.warning(
-                "%s: ejected replica %s for %.0fs after %d consecutive failures",
-                self.key,
-                upstream.backend.id,
-                duration,
-                upstream.consecutive_failures,
-            )
-            self._spawn(self._probe_back(upstream))
-
-    def _succeeded(self, upstream: Upstream) -> None:
-        upstream.consecutive_failures = 0
+        if upstream.consecutive_failures < FAILURES_TO_EJECT or upstream.ejected():
+            return
+        revision = upstream.backend.revision
+        peers = [u for u in self.upstreams.values() if u.backend.revision == revision]
+        ejected = sum(1 for u in peers if u.ejected())
+        allowed = int(len(peers) * self.policy.max_ejection_percent / 100.0)
+        if upstream.backend.id not in self.upstreams or ejected + 1 > min(allowed, len(peers) - 1):
+            return  # never more than the share, never the last one standing
+        now = time.monotonic()
+        if upstream.returned_at and now - upstream.returned_at >= HEALTHY_RESET:
+            upstream.ejections = 0
+        upstream.ejections += 1
+        duration = min(MAX_EJECTION, BASE_EJECTION * 2 ** (upstream.ejections - 1))
+        upstream.ejected_until = now + duration
+        upstream.close()
+        EJECTIONS.labels(self.key).inc()
+        log.warning(
+            "%s: ejected replica %s for %.0fs after %d failures that other replicas of "
+            "revision %s did not share",
+            self.key,
+            upstream.backend.id,
+            duration,
+            upstream.consecutive_failures,
+            revision,
+        )
+        self._spawn(self._probe_back(upstream))
 
     async def _probe_back(self, upstream: Upstream) -> None:
         """After the ejection time, let the replica back in only once a probe succeeds."""
@@ -278,6 +413,7 @@ class Route:
             if await upstream.probe():
                 upstream.ejected_until = 0.0
                 upstream.consecutive_failures = 0
+                upstream.returned_at = time.monotonic()
                 log.info(
                     "%s: replica %s is back after a successful probe", self.key, upstream.backend.id
                 )
@@ -293,138 +429,204 @@ class Route:
     # -- serving -------------------------------------------------------------------------------
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        if len(self._tasks) >= MAX_CONNECTIONS:
+        shared, limits = self.shared, self.shared.limits
+        peer = writer.get_extra_info("peername")
+        client_ip = peer[0] if isinstance(peer, tuple) else "unknown"
+        refused = shared.admit(client_ip)
+        if refused is not None:
             self.codes["503"] += 1
-            await _reply_error(writer, 503, "too many client connections", keep_alive=False)
+            with contextlib.suppress(Exception):
+                writer.write(Reply(503, refused, [(b"retry-after", b"1")]).encode(False))
             writer.close()
             return
         task = asyncio.current_task()
         if task is not None:
             self._tasks.add(task)
         self._writers.add(writer)
-        peer = writer.get_extra_info("peername")
-        client_ip = (peer[0] if isinstance(peer, tuple) else "unknown").encode()
+        forwarded_for = ((b"x-forwarded-for", client_ip.encode()),)
+        parser = RequestParser(shared.budget, limits.max_body)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + limits.first_byte_timeout
+        phase = "idle"
+
+        def client_gone() -> bool:
+            return reader.at_eof() or writer.transport.is_closing()
+
         try:
             while True:
-                try:
-                    request = await asyncio.wait_for(read_head(reader), IDLE_TIMEOUT)
-                except (TimeoutError, ConnectionError):
-                    return
-                except ProtocolError as exc:
-                    self.codes[str(exc.status)] += 1
-                    await _reply_error(writer, exc.status, str(exc), keep_alive=False)
-                    return
-                if request is None:
-                    return
-                keep_alive = _client_keep_alive(request)
-                try:
-                    if (request.header(b"expect") or b"").lower() == b"100-continue":
+                while not parser.ready:
+                    try:
+                        async with asyncio.timeout_at(deadline):
+                            data = await reader.read(65536)
+                    except TimeoutError:
+                        if parser.phase != "idle":
+                            self.codes["408"] += 1
+                            writer.write(
+                                Reply(408, f"request {parser.phase} not received in time").encode(
+                                    False
+                                )
+                            )
+                        return
+                    if not data:
+                        return
+                    try:
+                        parser.feed(data)
+                    except ProtocolError as exc:
+                        self.codes[str(exc.status)] += 1
+                        extra = [(b"retry-after", b"1")] if exc.status == 503 else []
+                        writer.write(Reply(exc.status, str(exc), extra).encode(False))
+                        return
+                    if parser.phase != phase:
+                        phase = parser.phase
+                        deadline = loop.time() + (
+                            limits.header_timeout if phase == "head" else limits.body_timeout
+                        )
+                    if parser.expect_continue:
+                        parser.expect_continue = False
                         writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-                    request.body = await asyncio.wait_for(
-                        read_body(reader, request, MAX_BODY_BYTES), BODY_TIMEOUT
-                    )
-                except TimeoutError:
-                    self.codes["408"] += 1
-                    await _reply_error(writer, 408, "request body not received in time", False)
-                    return
-                except ProtocolError as exc:
-                    self.codes[str(exc.status)] += 1
-                    await _reply_error(writer, exc.status, str(exc), keep_alive=False)
-                    return
-                except (asyncio.IncompleteReadError, ConnectionError, ValueError):
-                    return
-                request.headers.append((b"x-forwarded-for", client_ip))
-
-                def client_gone() -> bool:
-                    return reader.at_eof() or writer.transport.is_closing()
-
+                request = parser.ready.popleft()
                 try:
-                    status, out = await self._forward(request, keep_alive, client_gone)
+                    status, head, body, held = await self._forward(
+                        request, forwarded_for, client_gone
+                    )
                 except _ClientGone:
                     self.codes["499"] += 1  # nginx's "client closed request"
                     return
-                self.codes[str(status)] += 1
-                writer.write(out)
-                await writer.drain()
+                finally:
+                    shared.budget.give(request.reserved)
+                keep_alive = request.keep_alive
+                try:
+                    self.codes[str(status)] += 1
+                    writer.write(head)
+                    if body:
+                        writer.write(body)
+                    await writer.drain()
+                finally:
+                    shared.budget.give(held)
                 if not keep_alive:
                     return
+                phase = parser.phase
+                deadline = loop.time() + (
+                    limits.keepalive_timeout if phase == "idle" else limits.header_timeout
+                )
         except ConnectionError:
             return
         finally:
+            parser.release()
+            for pending in parser.ready:
+                shared.budget.give(pending.reserved)
             writer.close()
             self._writers.discard(writer)
+            shared.leave(client_ip)
             if task is not None:
                 self._tasks.discard(task)
 
     async def _forward(
-        self, request: Message, keep_alive: bool, client_gone: Callable[[], bool] | None = None
-    ) -> tuple[int, bytes]:
+        self,
+        request: Request,
+        extra: tuple[tuple[bytes, bytes], ...],
+        client_gone: Callable[[], bool] | None = None,
+    ) -> tuple[int, bytes, bytes, int]:
+        """(status, response head, body, budget bytes held by the body) for one request."""
+        keep_alive = request.keep_alive
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + UPSTREAM_TIMEOUT
+        head = request.head_bytes(extra)
+        head_request = request.method == "HEAD"
         tried: set[str] = set()
-        for attempt in range(RETRIES_PER_REQUEST + 1):
-            try:
-                upstream = await self._acquire(tried, client_gone)
-            except _Shed as exc:
-                SHED.labels(self.key).inc()
-                start, headers, body = simple_response(503, exc.message, [(b"retry-after", b"1")])
-                return 503, serialize(start, headers, body, keep_alive)
-            if upstream is None:
-                break
-            tried.add(upstream.backend.id)
-            if attempt:
-                RETRIES.labels(self.key).inc()
-            meter = self.meter(upstream.backend.revision)
-            started = time.time()
-            upstream.inflight += 1
-            meter.start(started)
-            status = 0
-            try:
-                response = await asyncio.wait_for(upstream.exchange(request), UPSTREAM_TIMEOUT)
-                status = status_code(response.start) or 502
-            except UpstreamFailed as exc:
-                log.warning("%s: replica %s failed: %s", self.key, upstream.backend.id, exc)
-                self._failed(upstream)
-                continue
-            except TimeoutError:
-                status = 504
-                self._failed(upstream)
-                start, headers, body = simple_response(504, "the replica did not answer in time")
-                return 504, serialize(start, headers, body, keep_alive)
-            finally:
-                upstream.inflight -= 1
-                ended = time.time()
-                meter.end(ended, status or 502, ended - started)
-                self._release(upstream)
-            if status >= 500:
-                self._failed(upstream)
-            else:
-                self._succeeded(upstream)
-            if status_code(response.start) == 0:
-                start, headers, body = simple_response(
-                    502, "the replica sent a malformed status line"
-                )
-                return 502, serialize(start, headers, body, keep_alive)
+        attempts: list[_Attempt] = []
+        last: Response | None = None
+        try:
+            for attempt in range(RETRIES_PER_REQUEST + 1):
+                prefer = _retry_preference(attempts) if attempts else None
+                try:
+                    upstream = await self._acquire(
+                        tried, deadline, client_gone, prefer, give_up_when_tried=last is not None
+                    )
+                except _Shed as exc:
+                    if last is not None:
+                        break
+                    SHED.labels(self.key).inc()
+                    reply = Reply(503, exc.message, [(b"retry-after", b"1")])
+                    return 503, reply.encode(keep_alive), b"", 0
+                if upstream is None:
+                    break
+                tried.add(upstream.backend.id)
+                if attempt:
+                    RETRIES.labels(self.key).inc()
+                revision = upstream.backend.revision
+                meter = self.meter(revision)
+                started = time.time()
+                upstream.inflight += 1
+                meter.start(started)
+                status = 0
+                response: Response | None = None
+                try:
+                    async with asyncio.timeout_at(deadline):
+                        response = await upstream.exchange(head, request.body, head_request)
+                    status = response.status
+                except UpstreamFailed as exc:
+                    log.warning("%s: replica %s failed: %s", self.key, upstream.backend.id, exc)
+                    status = 502
+                except TimeoutError:
+                    status = 504
+                except BudgetExhausted as exc:
+                    SHED.labels(self.key).inc()
+                    reply = Reply(503, str(exc), [(b"retry-after", b"1")])
+                    return 503, reply.encode(keep_alive), b"", 0
+                finally:
+                    upstream.inflight -= 1
+                    ended = time.time()
+                    meter.end(ended, status or 502, ended - started)
+                    self._release(upstream)
+                ok = response is not None and status not in _RETRY_STATUSES
+                attempts.append(_Attempt(upstream, revision, ok, ended))
+                if response is not None:
+                    if last is not None:
+                        self.shared.budget.give(last.reserved)
+                    last = response
+                if status == 504:
+                    break  # the request had all its time: nothing left for another try
+                if ok:
+                    assert response is not None
+                    return self._answer(request, upstream, response, keep_alive)
+        finally:
+            self._attribute(attempts)
+        if last is not None:
+            # every attempt failed; the last answer a replica gave is the most useful one
+            return self._answer(request, None, last, keep_alive)
+        if attempts and not any(a.ok for a in attempts) and loop.time() >= deadline:
+            reply = Reply(504, "the replica did not answer in time")
+            return 504, reply.encode(keep_alive), b"", 0
+        reply = Reply(502, f"all {len(tried)} replica(s) tried failed", [(b"retry-after", b"1")])
+        return 502, reply.encode(keep_alive), b"", 0
+
+    def _answer(
+        self, request: Request, upstream: Upstream | None, response: Response, keep_alive: bool
+    ) -> tuple[int, bytes, bytes, int]:
+        status = response.status
+        if upstream is not None:
+            revision = upstream.backend.revision
             if 200 <= status < 300 and len(response.body) <= SAMPLE_BODY_LIMIT:
-                samples = self.samples.get(upstream.backend.revision)
+                samples = self.samples.get(revision)
                 if samples is None:
-                    samples = self.samples[upstream.backend.revision] = deque(maxlen=SAMPLES_KEPT)
-                samples.append((ended, response.body))
-            self._maybe_mirror(request, upstream.backend.revision, status, response.body)
-            length = (
-                response.header(b"content-length")
-                if request.start.startswith(b"HEAD ") or status in (204, 304)
-                else None
-            )
-            return status, serialize(
-                response.start, response.headers, response.body, keep_alive, length
-            )
-        start, headers, body = simple_response(
-            502, f"all {len(tried)} replica(s) tried failed", [(b"retry-after", b"1")]
+                    samples = self.samples[revision] = deque(maxlen=SAMPLES_KEPT)
+                samples.append((time.time(), response.body))
+            self._maybe_mirror(request, revision, status, response.body)
+        length = (
+            response.declared_length
+            if request.method == "HEAD" or status in (204, 304)
+            else None
         )
-        return 502, serialize(start, headers, body, keep_alive)
+        body = b"" if request.method == "HEAD" or status in (204, 304) else response.body
+        head = serialize_response(
+            status, response.reason, response.headers, body, keep_alive, length
+        )
+        return status, head, body, response.reserved
 
     # -- mirroring -----------------------------------------------------------------------------
 
-    def _maybe_mirror(self, request: Message, primary: str, status: int, body: bytes) -> None:
+    def _maybe_mirror(self, request: Request, primary: str, status: int, body: bytes) -> None:
         policy = self.policy
         target = policy.mirror_revision
         if not target or target == primary or policy.mirror_percent <= 0:
@@ -434,7 +636,7 @@ class Route:
         self._spawn(self._mirror(request, primary, status, body, target))
 
     async def _mirror(
-        self, request: Message, primary: str, status: int, body: bytes, target: str
+        self, request: Request, primary: str, status: int, body: bytes, target: str
     ) -> None:
         cap = self.policy.max_concurrency
         candidates = [
@@ -452,20 +654,31 @@ class Route:
             meter.start(started)
             mirror_status, mirror_body = 0, b""
             try:
-                response = await asyncio.wait_for(upstream.exchange(request), UPSTREAM_TIMEOUT)
-                mirror_status, mirror_body = status_code(response.start), response.body
-            except (UpstreamFailed, TimeoutError):
+                async with asyncio.timeout(UPSTREAM_TIMEOUT):
+                    response = await upstream.exchange(
+                        request.head_bytes(), request.body, request.method == "HEAD"
+                    )
+                mirror_status, mirror_body = response.status, response.body
+                self.shared.budget.give(response.reserved)
+            except (UpstreamFailed, TimeoutError, BudgetExhausted):
                 mirror_status = 502
             finally:
                 upstream.inflight -= 1
                 ended = time.time()
                 meter.end(ended, mirror_status or 502, ended - started)
+                if mirror_status >= 500:
+                    # a mirrored request the serving revision failed too is the request's
+                    # fault: it never counts against the mirror
+                    if status >= 500:
+                        meter.excused(ended)
+                        EXCUSED.labels(self.key).inc()
+                    else:
+                        meter.error(ended)
                 self._release(upstream)
-        path = request.start.split(b" ")[1].decode("latin-1") if b" " in request.start else ""
         self.mirrors.append(
             MirrorRecord(
                 time=started,
-                path=path,
+                path=request.path,
                 request=request.body[:MIRROR_BODY_LIMIT],
                 primary_revision=primary,
                 primary_status=status,
@@ -521,7 +734,7 @@ class Route:
         for meter in self.meters.values():
             meter.forget()
         # a deployment created again under this name starts its counts from zero
-        for per_deployment in (SHED, RETRIES, EJECTIONS, QUEUED):
+        for per_deployment in (SHED, RETRIES, EJECTIONS, QUEUED, EXCUSED):
             with contextlib.suppress(KeyError):
                 per_deployment.remove(self.key)
         if self.server is not None:
@@ -529,64 +742,84 @@ class Route:
                 await self.server.wait_closed()
 
 
-def _client_keep_alive(request: Message) -> bool:
-    tokens = request.connection_tokens()
-    if request.start.endswith(b"HTTP/1.0"):
-        return b"keep-alive" in tokens
-    return b"close" not in tokens
+def _retry_preference(attempts: list[_Attempt]) -> Callable[[str], int]:
+    """Where a retry goes: another revision if only one was tried and a 5xx or failure
+    happened there twice (so a request that fails everywhere is known for what it is),
+    otherwise another replica of the revision that failed (so that a failure is compared
+    with its own peers), then any other revision."""
+    revisions = {a.revision for a in attempts}
+    first = attempts[0].revision
+    cross_check = len(revisions) == 1 and len(attempts) >= 2
 
+    def rank(revision: str) -> int:
+        same = revision == first
+        if cross_check:
+            return 0 if not same else 1
+        return 0 if same else 1
 
-async def _reply_error(
-    writer: asyncio.StreamWriter, status: int, message: str, keep_alive: bool
-) -> None:
-    start, headers, body = simple_response(status, message)
-    with contextlib.suppress(ConnectionError):
-        writer.write(serialize(start, headers, body, keep_alive))
-        await writer.drain()
+    return rank
 
 
 class Router:
     """All routes of the embedded control plane, in the daemon's event loop."""
 
     def __init__(
-        self, host: str = "127.0.0.1", on_activate: Callable[[str], None] | None = None
+        self,
+        host: str = "127.0.0.1",
+        on_activate: Callable[[str], None] | None = None,
+        limits: RouterLimits | None = None,
+        tls: tuple[str, str] | None = None,
     ) -> None:
         self.host = host
         self.routes: dict[str, Route] = {}
         self.on_activate = on_activate
+        self.shared = _Shared(limits or RouterLimits())
+        self._ssl: ssl.SSLContext | None = None
+        if tls is not None:
+            self._ssl = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            self._ssl.load_cert_chain(tls[0], tls[1])
         self._ticker: asyncio.Task[None] | None = None
+
+    @property
+    def limits(self) -> RouterLimits:
+        return self.shared.limits
 
     async def ensure_route(self, key: str, port: int = 0) -> str:
         """Start the listener for ``key`` if needed; returns its URL."""
         route = self.routes.get(key)
         if route is not None and route.server is not None:
             return route.url
-        route = route or Route(key, self.on_activate)
+        route = route or Route(key, self.on_activate, self.shared)
+        route._on_activate = self.on_activate
         try:
-            route.server = await asyncio.start_server(
-                route.handle,
-                self.host,
-                port,
-                limit=MAX_HEAD_BYTES,
-                reuse_address=True,
-                backlog=1024,
-            )
+            route.server = await self._listen(route, port)
         except OSError as exc:
             if not port:
                 raise
             # the port it had is taken now: any port (clients read status.url again)
             log.warning("route %s: port %d unavailable (%s); using another", key, port, exc)
-            route.server = await asyncio.start_server(
-                route.handle, self.host, 0, limit=MAX_HEAD_BYTES, reuse_address=True, backlog=1024
-            )
+            route.server = await self._listen(route, 0)
         bound = route.server.sockets[0].getsockname()
         host = f"[{bound[0]}]" if ":" in bound[0] else bound[0]
-        route.url = f"http://{host}:{bound[1]}"
+        scheme = "https" if self._ssl is not None else "http"
+        route.url = f"{scheme}://{host}:{bound[1]}"
         self.routes[key] = route
         if self._ticker is None or self._ticker.done():
             self._ticker = asyncio.create_task(self._tick(), name="router-meters")
         log.info("route %s listening on %s", key, route.url)
         return route.url
+
+    async def _listen(self, route: Route, port: int) -> asyncio.Server:
+        return await asyncio.start_server(
+            route.handle,
+            self.host,
+            port,
+            limit=MAX_HEAD_BYTES,
+            reuse_address=True,
+            backlog=1024,
+            ssl=self._ssl,
+            ssl_handshake_timeout=self.limits.first_byte_timeout if self._ssl else None,
+        )
 
     async def _tick(self) -> None:
         """Close every revision's one-second bucket, once a second."""

@@ -1,22 +1,30 @@
-"""One replica as the router sees it: pooled keep-alive connections, requests in
-flight, and outlier state (consecutive failures, ejection, probing back in)."""
+"""One replica as the router sees it: pooled keep-alive connections, requests in flight,
+and its outlier state (recent outcomes, ejection, probing back in).
+
+A pooled connection is an ``asyncio.Protocol`` that owns its llhttp response parser:
+bytes a replica sends while no request is outstanding (an unsolicited or second
+response) close that connection at once, so they can never be read as the answer to
+the next client's request.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections import deque
 from dataclasses import dataclass, field
 
 from pilothouse.router.http1 import (
-    MAX_HEAD_BYTES,
-    Message,
+    BodyBudget,
+    BudgetExhausted,
     ProtocolError,
-    read_body,
-    read_head,
-    serialize,
+    Response,
+    ResponseParser,
 )
 
 POOL_SIZE = 32
 MAX_RESPONSE_BYTES = 64 * 2**20
+CONNECT_TIMEOUT = 2.0
 
 
 @dataclass(frozen=True)
@@ -31,96 +39,168 @@ class Backend:
 
 
 class UpstreamFailed(Exception):
-    """The replica failed before any response byte: safe to retry elsewhere."""
+    """The replica failed before a complete response: safe to retry elsewhere."""
+
+
+class _Connection(asyncio.Protocol):
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.parser: ResponseParser | None = None
+        self.waiter: asyncio.Future[Response] | None = None
+        self.closed = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        parser, waiter = self.parser, self.waiter
+        if parser is None or waiter is None or waiter.done():
+            self.abort()  # nobody asked: never let these bytes answer a later request
+            return
+        try:
+            parser.feed(data)
+        except ProtocolError as exc:
+            self.abort()
+            waiter.set_exception(exc)
+            return
+        if parser.response is not None:
+            waiter.set_result(parser.response)
+
+    def eof_received(self) -> bool:
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        parser, waiter = self.parser, self.waiter
+        if waiter is None or waiter.done():
+            return
+        if parser is not None and parser.eof():
+            assert parser.response is not None
+            waiter.set_result(parser.response)
+        else:
+            waiter.set_exception(ConnectionResetError("closed before the response was complete"))
+
+    def abort(self) -> None:
+        self.closed = True
+        if self.transport is not None:
+            self.transport.abort()
+
+    @property
+    def usable(self) -> bool:
+        return not self.closed and self.transport is not None and not self.transport.is_closing()
+
+    async def exchange(self, head: bytes, body: bytes, parser: ResponseParser) -> Response:
+        assert self.transport is not None
+        loop = asyncio.get_running_loop()
+        self.parser, self.waiter = parser, loop.create_future()
+        self.transport.write(head + body if len(body) < 16384 else head)
+        if len(body) >= 16384:
+            self.transport.write(body)
+        try:
+            return await self.waiter
+        finally:
+            self.parser = self.waiter = None
+
+
+@dataclass
+class Outcome:
+    """One finished attempt on a replica, for outlier detection."""
+
+    at: float
+    ok: bool
 
 
 @dataclass
 class Upstream:
     backend: Backend
+    budget: BodyBudget = field(default_factory=lambda: BodyBudget(2**62))
     inflight: int = 0
-    idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = field(default_factory=list)
+    idle: list[_Connection] = field(default_factory=list)
+    #: recent attributed outcomes (see proxy: a failure counts only when another replica
+    #: answered the same request)
+    outcomes: deque[Outcome] = field(default_factory=lambda: deque(maxlen=256))
     consecutive_failures: int = 0
     ejections: int = 0
     ejected_until: float = 0.0
-    probing: bool = False
+    #: when it last came back from an ejection (its back-off resets after a healthy period)
+    returned_at: float = 0.0
 
     def close(self) -> None:
-        for _, writer in self.idle:
-            writer.close()
+        for conn in self.idle:
+            conn.abort()
         self.idle.clear()
 
     def ejected(self) -> bool:
         return self.ejected_until > 0.0
 
-    async def exchange(self, request: Message) -> Message:
-        """Send one request; a stale pooled connection is replaced by a fresh one once."""
-        head = serialize(request.start, request.headers, request.body, keep_alive=True)
-        is_head = request.start.startswith(b"HEAD ")
+    async def _connect(self) -> _Connection:
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(CONNECT_TIMEOUT):
+                _, conn = await loop.create_connection(
+                    _Connection, self.backend.host, self.backend.port
+                )
+        except (OSError, TimeoutError) as exc:
+            raise UpstreamFailed(f"connect: {exc or 'timed out'}") from exc
+        return conn
+
+    async def exchange(self, head: bytes, body: bytes, head_request: bool = False) -> Response:
+        """Send one request; a stale pooled connection is replaced by a fresh one once.
+
+        Raises UpstreamFailed (retryable: nothing reached the client, responses are
+        buffered and inference is idempotent) or BudgetExhausted.
+        """
         while True:
-            pooled = bool(self.idle)
-            if pooled:
-                reader, writer = self.idle.pop()
-            else:
-                try:
-                    reader, writer = await asyncio.open_connection(
-                        self.backend.host, self.backend.port, limit=MAX_HEAD_BYTES
-                    )
-                except OSError as exc:
-                    raise UpstreamFailed(f"connect: {exc}") from exc
+            conn: _Connection | None = None
+            while self.idle:
+                candidate = self.idle.pop()
+                if candidate.usable:
+                    conn = candidate
+                    break
+            pooled = conn is not None
+            if conn is None:
+                conn = await self._connect()
+            parser = ResponseParser(self.budget, MAX_RESPONSE_BYTES, head_request)
             try:
-                writer.write(head)
-                await writer.drain()
-                response = await read_head(reader)
-            except (ConnectionError, ProtocolError, asyncio.IncompleteReadError) as exc:
-                writer.close()
-                if pooled:
-                    continue
-                raise UpstreamFailed(str(exc)) from exc
-            if response is None:
-                writer.close()
-                if pooled:
-                    continue
-                raise UpstreamFailed("closed the connection before responding")
-            try:
-                no_body = is_head or response.start[9:12] in (b"204", b"304")
-                reusable = b"close" not in response.connection_tokens()
-                if not no_body:
-                    delimited = response.header(b"content-length") is not None or b"chunked" in (
-                        response.header(b"transfer-encoding") or b""
-                    )
-                    reusable = reusable and delimited
-                    response.body = await read_body(
-                        reader, response, MAX_RESPONSE_BYTES, until_eof=not delimited
-                    )
-            except (ConnectionError, ProtocolError, asyncio.IncompleteReadError) as exc:
-                writer.close()
-                # The replica died mid-response. Nothing reached the client yet (responses
-                # are buffered) and inference is idempotent, so this is retryable too.
-                raise UpstreamFailed(f"broke off its response: {exc}") from exc
-            if reusable and len(self.idle) < POOL_SIZE:
-                self.idle.append((reader, writer))
+                response = await conn.exchange(head, body, parser)
+            except BudgetExhausted:
+                conn.abort()
+                parser.release()
+                raise
+            except (ConnectionError, ProtocolError) as exc:
+                conn.abort()
+                parser.release()
+                if pooled and not parser.headers_done:
+                    continue  # the replica closed an idle connection as we reused it
+                raise UpstreamFailed(str(exc) or type(exc).__name__) from exc
+            except BaseException:
+                conn.abort()  # cancelled (timeout, client gone): the state is unknown
+                parser.release()
+                raise
+            if response.reusable and not parser.trailing and len(self.idle) < POOL_SIZE:
+                self.idle.append(conn)
             else:
-                writer.close()
+                conn.abort()
             return response
 
     async def probe(self, limit: float = 1.0) -> bool:
-        """One readiness request on a fresh connection (used to let an ejected replica back in)."""
-        request = Message(
-            start=b"GET " + self.backend.readiness_path.encode() + b" HTTP/1.1",
-            headers=[(b"host", self.backend.host.encode())],
+        """One readiness request on a fresh connection (to let an ejected replica back in)."""
+        head = (
+            b"GET "
+            + self.backend.readiness_path.encode()
+            + b" HTTP/1.1\r\nhost: "
+            + self.backend.host.encode()
+            + b"\r\nconnection: close\r\n\r\n"
         )
-        fresh = Upstream(self.backend)
+        fresh = Upstream(self.backend, self.budget)
         try:
-            response = await asyncio.wait_for(fresh.exchange(request), limit)
-        except (UpstreamFailed, TimeoutError):
+            async with asyncio.timeout(limit):
+                response = await fresh.exchange(head, b"")
+        except (UpstreamFailed, TimeoutError, BudgetExhausted):
             return False
         finally:
             fresh.close()
-        return response.start[9:12] == b"200"
-
-
-def status_code(start: bytes) -> int:
-    parts = start.split(b" ", 2)
-    if len(parts) < 2 or not parts[1].isdigit() or len(parts[1]) != 3:
-        return 0
-    return int(parts[1])
+        with contextlib.suppress(Exception):
+            self.budget.give(response.reserved)
+        return response.status == 200
