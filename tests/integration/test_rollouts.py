@@ -8,7 +8,8 @@ the next version and waits, with deadlines, on the deployment's state:
 * a good version (``fraud:2``, retrained) is promoted by the canary, no request fails;
 * a version that answers ~20 % of requests with a 500 (``fraud:3``) is rolled back by
   the ``errorRate`` check; after the rollback every answer is v1's again; so is one that
-  answers every request with a 500 (``fraud:5``);
+  answers every request with a 500 (``fraud:5``); the router retries each of the
+  canary's 500s on v1, so no client sees one;
 * a silently wrong version (``fraud:4``, ``1 - p`` with 200s) is rolled back by the model
   checks (agreement / KS on mirrored traffic) while ``errorRate`` keeps passing;
 * blue-green: the new revision gets mirrored copies first, all traffic switches at once,
@@ -21,7 +22,6 @@ against the predictions (v1's score for each row is known; the wrong version's i
 
 from __future__ import annotations
 
-import math
 import re
 import time
 from collections.abc import Callable, Iterator
@@ -408,25 +408,17 @@ def test_canary_with_errors_is_rolled_back_by_the_error_rate_check(
     assert re.search(r"errorRate [0-9.e+-]+ > max 0\.05", event["message"]), event
 
     answers = result.answers
-    failures = _failures(answers)
-    assert failures, "the faulty canary did answer some requests with errors"
-    assert {status for _, status, _ in failures} == {500}, failures[:5]
-    # every failure happened while the canary served; none after the rollback
-    last_failure = max(load.started + t for t, _, _ in failures)
-    assert last_failure <= rolled_at + 0.5, (last_failure - rolled_at, failures[-3:])
+    # the canary's 500s were retried on the stable revision (responses are buffered and
+    # inference is idempotent): the analysis counted them, no client saw one
+    assert _failures(answers) == [], _failures(answers)[:5]
     after = _served_after(answers, rolled_at + 0.5 - load.started)
     assert len(after) >= RATE * 2
     assert all(a.status == 200 and a.version == "1" for a in after), "all traffic back on v1"
     assert not any(models.rows.is_wrong(a.row, a.score or 0.0) for a in after)
-    # bounded harm: at most the canary's share of the traffic while it served, ~20 % of it
-    served_for = rolled_at - ready_at + 1.0
-    bound = math.ceil(RATE * served_for * 0.5 * ERROR_SHARE * 2) + 5
     print(
         f"errors canary: ready {ready_at - applied:.1f}s, rolled back {rolled_at - applied:.1f}s "
-        f"after the apply; {len(failures)} 500s of {len(answers)} requests (bound {bound}); "
-        f"{rollout['message']}"
+        f"after the apply; {len(answers)} requests, none failed; {rollout['message']}"
     )
-    assert len(failures) <= bound, (len(failures), bound, served_for)
     assert rolled_at - applied < WAIT
     assert gone_at - rolled_at < 30
 
@@ -484,10 +476,12 @@ def test_silently_wrong_canary_is_rolled_back_by_the_model_checks(
 def test_canary_failing_every_request_is_rolled_back_not_paused(
     models: Models, api: Client, deployments: list[str]
 ) -> None:
-    """A version whose every answer is a 500 must be rolled back like the 20 % one. (The
-    router ejects a replica after 3 failures in a row, which also keeps it from getting
-    the traffic the errorRate check needs: the analysis must not read that as "too little
-    data" and pause the rollout with the broken revision still deployed.)"""
+    """A version whose every answer is a 500 must be rolled back like the 20 % one, and
+    its failures never reach a client: each is retried on the stable revision. (The
+    router never ejects the replicas of a revision that fails as a whole -- its failures
+    are not outliers among its peers -- so the analysis gets the traffic it needs and
+    must not read the rollout as "too little data" and pause with the broken revision
+    still deployed.)"""
     name = "canary-broken"
     deployments.append(name)
     st = _deploy_v1(api, name, CANARY)
@@ -517,6 +511,7 @@ def test_canary_failing_every_request_is_rolled_back_not_paused(
     after = _served_after(result.answers, rolled_at + 0.5 - result.started)
     assert after
     assert all(a.status == 200 and a.version == "1" for a in after), "all traffic back on v1"
+    assert _failures(result.answers) == [], "every canary failure was retried on v1"
     assert rolled_at - applied < WAIT
 
 
