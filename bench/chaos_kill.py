@@ -1,12 +1,13 @@
 """Chaos: kill -9 a replica every few seconds under constant load; count what clients see.
 
     .venv/bin/python bench/chaos_kill.py [--quick] [--rate 200] [--seconds 60] [--interval 5]
+    .venv/bin/python bench/chaos_kill.py --replicas 2 --interval 2 --seconds 20  # issue 12's case
 
 In one run, on this machine:
 
 1. trains the fraud-detection example model, starts a real control plane
    (``pilothouse up`` in a temporary ``PILOTHOUSE_HOME``), registers the model and
-   applies a ModelDeployment with ``replicas: 3`` (pilothouse's defaults otherwise);
+   applies a ModelDeployment with ``replicas: 3`` (``--replicas``; defaults otherwise);
 2. sends a constant open-loop load (``--rate`` requests/s, evenly spaced, through the
    router at ``status.url``) for a calm ``--before`` seconds, then for ``--seconds``
    more during which, every ``--interval`` seconds, a random *ready* replica (its pid
@@ -62,6 +63,11 @@ from model_server import (
 
 DEPLOYMENT = "fraud-chaos"
 REPLICAS = 3
+
+
+def set_replicas(count: int) -> None:
+    global REPLICAS
+    REPLICAS = count
 
 
 async def chaos(
@@ -188,7 +194,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=None, help="seconds of kills (60)")
     parser.add_argument("--interval", type=float, default=5.0, help="seconds between kills")
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--replicas", type=int, default=REPLICAS, help="replicas (default 3)")
     args = parser.parse_args(argv)
+    if not 1 <= args.replicas <= 16:
+        parser.error("--replicas 1..16")
+    set_replicas(args.replicas)
     before = args.before if args.before is not None else (5.0 if args.quick else 10.0)
     during = args.seconds if args.seconds is not None else (20.0 if args.quick else 60.0)
     if not (1 <= args.rate <= 2000 and 0 <= before <= 300 and 1 <= during <= 600):

@@ -492,6 +492,14 @@ class Route:
                 except _ClientGone:
                     self.codes["499"] += 1  # nginx's "client closed request"
                     return
+                except Exception:
+                    # a bug of ours must not leave the client without an answer
+                    log.exception(
+                        "%s: request %s %r failed", self.key, request.method, request.target
+                    )
+                    self.codes["502"] += 1
+                    writer.write(Reply(502, "the router failed this request").encode(False))
+                    return
                 finally:
                     shared.budget.give(request.reserved)
                 keep_alive = request.keep_alive
@@ -614,9 +622,7 @@ class Route:
                 samples.append((time.time(), response.body))
             self._maybe_mirror(request, revision, status, response.body)
         length = (
-            response.declared_length
-            if request.method == "HEAD" or status in (204, 304)
-            else None
+            response.declared_length if request.method == "HEAD" or status in (204, 304) else None
         )
         body = b"" if request.method == "HEAD" or status in (204, 304) else response.body
         head = serialize_response(

@@ -10,7 +10,6 @@ the next client's request.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections import deque
 from dataclasses import dataclass, field
 
@@ -138,11 +137,14 @@ class Upstream:
         loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout(CONNECT_TIMEOUT):
-                _, conn = await loop.create_connection(
+                transport, conn = await loop.create_connection(
                     _Connection, self.backend.host, self.backend.port
                 )
         except (OSError, TimeoutError) as exc:
             raise UpstreamFailed(f"connect: {exc or 'timed out'}") from exc
+        # uvloop may call connection_made after create_connection returns
+        assert isinstance(transport, asyncio.Transport)
+        conn.transport = transport
         return conn
 
     async def exchange(self, head: bytes, body: bytes, head_request: bool = False) -> Response:
@@ -201,6 +203,5 @@ class Upstream:
             return False
         finally:
             fresh.close()
-        with contextlib.suppress(Exception):
-            self.budget.give(response.reserved)
+        self.budget.give(response.reserved)
         return response.status == 200
