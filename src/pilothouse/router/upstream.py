@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from dataclasses import dataclass, field
+from typing import cast
 
 from pilothouse.router.http1 import (
     BodyBudget,
@@ -49,8 +50,8 @@ class _Connection(asyncio.Protocol):
         self.closed = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # uvloop's transports are not asyncio.Transport subclasses, only alike
+        self.transport = cast(asyncio.Transport, transport)
 
     def data_received(self, data: bytes) -> None:
         parser, waiter = self.parser, self.waiter
@@ -142,8 +143,6 @@ class Upstream:
                 )
         except (OSError, TimeoutError) as exc:
             raise UpstreamFailed(f"connect: {exc or 'timed out'}") from exc
-        # uvloop may call connection_made after create_connection returns
-        assert isinstance(transport, asyncio.Transport)
         conn.transport = transport
         return conn
 
