@@ -4,6 +4,8 @@ and a control plane that trains nothing but deploys from the bucket."""
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 import os
 import threading
@@ -198,3 +200,99 @@ def test_bad_registry_options_are_reported(monkeypatch: pytest.MonkeyPatch, tmp_
     monkeypatch.setenv("PILOTHOUSE_REGISTRY_OPTIONS", "{nope")
     with pytest.raises(RegistryError, match="PILOTHOUSE_REGISTRY_OPTIONS"):
         open_registry("s3://models/x", tmp_path)
+
+
+# -- crafted manifests and keys: nothing is written outside the cache ------------------
+
+
+def _craft(reg: ObjectStoreRegistry, name: str, number: int, manifest: dict[str, object]) -> None:
+    """Put a manifest (and the file it lists) under ``NAME/N/`` by hand, as an attacker with
+    write access to the bucket could."""
+    reg.fs.pipe_file(reg._key(name, number, "model.joblib"), b"payload")
+    files = {"model.joblib": hashlib.sha256(b"payload").hexdigest()}
+    reg.fs.pipe_file(
+        reg._key(name, number, "model.json"),
+        json.dumps({"framework": "sklearn", "files": files, **manifest}).encode(),
+    )
+
+
+def _written_outside(cache: Path, base: Path) -> list[Path]:
+    """What a fetch left outside the cache: in the test's folder, beside it, in /tmp."""
+    found = [p for p in base.rglob("*") if not p.is_relative_to(cache)]
+    found += [p for p in (base.parent / "escape", Path("/tmp/escape-abs")) if p.exists()]
+    return found
+
+
+@pytest.mark.parametrize(
+    "manifest",
+    [
+        {"name": "../../escape", "version": 1},
+        {"name": "/tmp/escape-abs", "version": 1},
+        {"name": "evil", "version": "../../escape"},
+        {"name": "other", "version": 1},
+        {"name": "evil", "version": 7},
+        {"name": "evil", "version": True},
+    ],
+    ids=["dotdot-name", "absolute-name", "dotdot-version", "other-name", "other-version", "bool"],
+)
+def test_crafted_manifest_is_refused_before_anything_is_written(
+    bucket_registry: ObjectStoreRegistry, tmp_path: Path, manifest: dict[str, object]
+) -> None:
+    reg = bucket_registry
+    _craft(reg, "evil", 1, manifest)
+    with pytest.raises(RegistryError, match="refusing it"):
+        reg.fetch(reg.resolve("evil"))
+    with pytest.raises(RegistryError, match="refusing it"):
+        reg.get("evil", 1)
+    with pytest.raises(RegistryError, match="refusing it"):
+        reg.versions("evil")
+    assert not _written_outside(reg.cache, tmp_path), "nothing outside the cache"
+    assert not (reg.cache / "evil").exists(), "nothing is cached from a refused manifest"
+
+
+def test_a_version_object_with_a_crafted_name_cannot_write_outside(
+    bucket_registry: ObjectStoreRegistry, artifact: Path, tmp_path: Path
+) -> None:
+    reg = bucket_registry
+    good = reg.register("fraud", artifact, framework="sklearn")
+    for name, number in (("../escape", good.version), ("fraud", -1), ("fraud/../x", 1)):
+        forged = dataclasses.replace(good, name=name, version=number)
+        with pytest.raises(RegistryError, match="invalid model"):
+            reg.fetch(forged)
+    with pytest.raises(RegistryError, match="invalid model name"):
+        reg.versions("../../etc")
+    assert not _written_outside(reg.cache, tmp_path)
+
+
+def test_symlinks_in_the_cache_path_are_refused(
+    bucket_registry: ObjectStoreRegistry, artifact: Path, tmp_path: Path
+) -> None:
+    reg = bucket_registry
+    version = reg.register("linked", artifact, framework="sklearn")
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    reg.cache.mkdir(parents=True, exist_ok=True)
+    (reg.cache / "linked").symlink_to(outside, target_is_directory=True)
+    with pytest.raises(RegistryError, match="symlink"):
+        reg.fetch(version)
+    assert list(outside.iterdir()) == [], "nothing written through the symlink"
+    # a symlinked version folder too
+    (reg.cache / "linked").unlink()
+    (reg.cache / "linked").mkdir()
+    (reg.cache / "linked" / str(version.version)).symlink_to(outside, target_is_directory=True)
+    with pytest.raises(RegistryError, match="symlink"):
+        reg.fetch(version)
+    assert list(outside.iterdir()) == []
+
+
+def test_listing_ignores_keys_that_are_not_plain_version_numbers(
+    bucket_registry: ObjectStoreRegistry, artifact: Path
+) -> None:
+    reg = bucket_registry
+    reg.register("keys", artifact, framework="sklearn")
+    # an Arabic-Indic one and a superscript two pass str.isdigit(); neither is a version
+    for entry in ("\u0661", "\u00b2", "01", "1e3"):
+        manifest = json.loads(reg.fs.cat_file(reg._key("keys", 1, "model.json")))
+        reg.fs.pipe_file(reg._key("keys", entry, "model.json"), json.dumps(manifest).encode())
+    assert [v.version for v in reg.versions("keys")] == [1]
+    assert reg.models() == ["keys"]

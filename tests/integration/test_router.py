@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
@@ -621,3 +622,157 @@ def test_a_route_keeps_its_port_when_free_and_takes_another_when_not() -> None:
             await router.close()
 
     run(scenario())
+
+
+def test_at_most_the_configured_share_of_a_revision_is_ejected() -> None:
+    """Two of three replicas fail every request the third answers: only one is ejected
+    (50 % of 3, rounded down), and with a share of 0 none is."""
+
+    async def scenario(percent: float) -> int:
+        async with (
+            upstream(tagged_upstream(b"x", status=b"500 Internal Server Error")) as bad1,
+            upstream(tagged_upstream(b"y", status=b"503 Service Unavailable")) as bad2,
+            upstream(tagged_upstream(b"good")) as good,
+        ):
+            router = Router("127.0.0.1")
+            url = await router.ensure_route("e")
+            router.set_policy("e", TrafficPolicy(max_ejection_percent=percent))
+            router.set_backends(
+                "e", [Backend(u.id, u.host, u.port, "v1") for u in (bad1, bad2, good)]
+            )
+            port = int(url.rsplit(":", 1)[1])
+            route = router.route("e")
+            assert route is not None
+            try:
+                bodies = await post(port, 60, concurrency=1)
+                assert bodies == [b"200 good"] * 60, "each failure was retried on the good one"
+                return sum(1 for u in route.upstreams.values() if u.ejected())
+            finally:
+                await router.close()
+
+    async def both() -> None:
+        assert await scenario(50.0) == 1
+        assert await scenario(0.0) == 0
+
+    run(both())
+
+
+def test_requests_that_fail_on_every_replica_eject_none() -> None:
+    """A poisoned request (every replica answers it 500) is the request's fault."""
+
+    async def picky(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+                body = await reader.readexactly(length)
+                status = b"500 Internal Server Error" if body == b"poison" else b"200 OK"
+                writer.write(b"HTTP/1.1 " + status + b"\r\ncontent-length: 2\r\n\r\nok")
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    async def scenario() -> None:
+        async with upstream(picky) as a, upstream(picky) as b:
+            router = Router("127.0.0.1")
+            url = await router.ensure_route("p")
+            router.set_backends("p", [Backend(u.id, u.host, u.port, "v1") for u in (a, b)])
+            port = int(url.rsplit(":", 1)[1])
+            route = router.route("p")
+            assert route is not None
+            try:
+                statuses = []
+                for i in range(40):
+                    body = b"poison" if i % 2 == 0 else b"fine!!"
+                    answer = await exchange(
+                        port,
+                        b"POST /x HTTP/1.1\r\nhost: a\r\ncontent-length: 6\r\n"
+                        b"connection: close\r\n\r\n" + body,
+                    )
+                    statuses.append(int(answer.split(b" ", 2)[1]))
+                assert statuses == [500, 200] * 20
+                assert not any(u.ejected() for u in route.upstreams.values())
+                assert all(u.consecutive_failures == 0 for u in route.upstreams.values())
+            finally:
+                await router.close()
+
+    run(scenario())
+
+
+def test_a_request_failing_on_both_revisions_is_excused_not_held_against_the_canary() -> None:
+    """errorRate's rule: a canary's failure counts unless the stable revision failed the
+    same request too; a failure the stable revision answered counts."""
+
+    def answering(ok: bytes) -> Handler:
+        async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            try:
+                while True:
+                    head = await reader.readuntil(b"\r\n\r\n")
+                    length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+                    body = await reader.readexactly(length)
+                    status = b"200 OK" if body in ok else b"500 Internal Server Error"
+                    writer.write(b"HTTP/1.1 " + status + b"\r\ncontent-length: 2\r\n\r\nok")
+                    await writer.drain()
+            except (asyncio.IncompleteReadError, ConnectionError):
+                pass
+            finally:
+                writer.close()
+
+        return handler
+
+    async def scenario(policy: TrafficPolicy, expected: list[int]) -> None:
+        # the stable revision fails "poison"; the canary fails "poison" and "canary-bug"
+        async with (
+            upstream(answering(b"fine|canary-bug")) as stable,
+            upstream(answering(b"fine")) as canary,
+        ):
+            router = Router("127.0.0.1")
+            url = await router.ensure_route("c")
+            router.set_policy("c", policy)
+            router.set_backends(
+                "c",
+                [
+                    Backend(stable.id, stable.host, stable.port, "stable"),
+                    Backend(canary.id, canary.host, canary.port, "canary"),
+                ],
+            )
+            port = int(url.rsplit(":", 1)[1])
+            route = router.route("c")
+            assert route is not None
+            try:
+                statuses = []
+                for body in [b"poison", b"canary-bug"] * 10:
+                    answer = await exchange(
+                        port,
+                        b"POST /x HTTP/1.1\r\nhost: a\r\ncontent-length: "
+                        + str(len(body)).encode()
+                        + b"\r\nconnection: close\r\n\r\n"
+                        + body,
+                    )
+                    statuses.append(int(answer.split(b" ", 2)[1]))
+                if policy.mirror_percent:
+                    for _ in range(500):  # bounded: until every mirrored copy was answered
+                        if len(route.mirrors) == 20:
+                            break
+                        await asyncio.sleep(0.01)
+                route.close_buckets(time.time())
+            finally:
+                await router.close()
+            assert statuses == expected
+            canary_buckets = route.buckets().get("canary", [])
+            assert sum(b.errors for b in canary_buckets) == 10, "only its own bug counts"
+            assert sum(b.excused for b in canary_buckets) == 10, "shared failures are excused"
+
+    async def both() -> None:
+        # a canary step: the canary's own bug is retried on stable (clients see a 200)
+        await scenario(TrafficPolicy(weights={"canary": 1.0, "stable": 1e-9}), [500, 200] * 10)
+        # all traffic on the canary, mirrored back to stable: no retry there, but a mirrored
+        # copy that the stable revision fails as well excuses the canary's failure
+        mirrored = TrafficPolicy(
+            weights={"canary": 1.0}, mirror_revision="stable", mirror_percent=100.0
+        )
+        await scenario(mirrored, [500, 500] * 10)
+
+    run(both())

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import getpass
 import socket
+import ssl
 from collections.abc import Iterator
 from typing import Any
 from urllib.parse import quote
@@ -24,13 +25,37 @@ class ApiClientError(Exception):
         super().__init__(body.get("message") or f"HTTP {code}")
 
 
+def segment(value: str) -> str:
+    """One URL path segment: every reserved character percent-encoded (``/ ? # %``), and
+    dots too, so that no name can become a ``.``/``..`` segment a URL normaliser removes:
+    a name never reaches another object's path."""
+    return quote(value, safe="").replace(".", "%2E")
+
+
+def tls_verify(info: dict[str, Any]) -> ssl.SSLContext | bool:
+    """How to verify the control API recorded in ``daemon.json``: against the certificate
+    it serves (``tlsCert``, self-signed or not) when it serves TLS."""
+    cert = info.get("tlsCert")
+    if not cert:
+        return True
+    try:
+        return ssl.create_default_context(cafile=str(cert))
+    except (OSError, ssl.SSLError) as exc:
+        raise NotRunning(
+            f"cannot load the control API's certificate {cert} (from daemon.json): {exc}"
+        ) from exc
+
+
 class Client:
-    def __init__(self, url: str, token: str, timeout: float = 30.0) -> None:
+    def __init__(
+        self, url: str, token: str, timeout: float = 30.0, verify: ssl.SSLContext | bool = True
+    ) -> None:
         self.url = url
         self._http = httpx.Client(
             base_url=url,
             headers={"Authorization": f"Bearer {token}", "X-Pilothouse-User": self._user()},
             timeout=timeout,
+            verify=verify,
         )
 
     @classmethod
@@ -41,7 +66,7 @@ class Client:
             raise NotRunning(
                 f"pilothouse is not running for {home.root}; start it with `pilothouse up`"
             )
-        client = cls(info["url"], token)
+        client = cls(info["url"], token, verify=tls_verify(info))
         try:
             client._http.get("/healthz", timeout=2.0).raise_for_status()
         except httpx.HTTPError as exc:
@@ -64,11 +89,12 @@ class Client:
         return response.json()
 
     def path(self, plural: str, name: str | None = None, sub: str | None = None) -> str:
-        out = f"/apis/{API_VERSION}/{plural}"
+        """``/apis/…/{plural}[/{name}[/{sub}]]``, each part one quoted segment."""
+        out = f"/apis/{API_VERSION}/{segment(plural)}"
         if name:
-            out += f"/{name}"
+            out += f"/{segment(name)}"
         if sub:
-            out += f"/{sub}"
+            out += f"/{segment(sub)}"
         return out
 
     def status(self) -> dict[str, Any]:
@@ -110,12 +136,12 @@ class Client:
 
     def node(self, name: str) -> dict[str, Any]:
         """One node with its capacity, allocations, GPUs and the items placed on it."""
-        obj: dict[str, Any] = self._check(self._http.get(f"/api/v1/nodes/{quote(name, safe='')}"))
+        obj: dict[str, Any] = self._check(self._http.get(f"/api/v1/nodes/{segment(name)}"))
         return obj
 
     def node_action(self, name: str, action: str) -> dict[str, Any]:
         """Cordon, uncordon, drain or fail a node; the answer is ``{"node": ..., "message": ...}``."""
-        path = f"/api/v1/nodes/{quote(name, safe='')}/{quote(action, safe='')}"
+        path = f"/api/v1/nodes/{segment(name)}/{segment(action)}"
         body: dict[str, Any] = self._check(self._http.post(path))
         return body
 

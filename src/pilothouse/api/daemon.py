@@ -10,16 +10,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import logging.handlers
 import os
+import resource
 import signal
 import socket
+import ssl
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import uvicorn
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from pilothouse.api.home import Home
 from pilothouse.api.server import create_app, daemon_info
@@ -27,12 +31,149 @@ from pilothouse.controllers import scheduler
 from pilothouse.controllers.base import Context
 from pilothouse.controllers.manager import Manager
 from pilothouse.registry.objectstore import open_registry
-from pilothouse.router.proxy import Router
+from pilothouse.router.proxy import Router, RouterLimits
 from pilothouse.runtime.local.nodes import load_nodes
 from pilothouse.runtime.local.runtime import LocalRuntime
 from pilothouse.store.sqlite import Store
 
 log = logging.getLogger("pilothouse.daemon")
+
+#: files the daemon creates (database, logs, daemon.json) are its owner's only
+UMASK = 0o077
+#: a connection to the control API must finish its request head this long after it
+#: opened (or after its previous response): idle or trickling connections are closed
+HEAD_TIMEOUT = 10.0
+#: an idle keep-alive connection between two requests
+KEEPALIVE_TIMEOUT = 5.0
+#: file descriptors kept aside for everything but client connections (the database,
+#: logs, pipes to replicas, their health checks)
+RESERVED_FDS = 512
+
+
+class TLSConfigError(ValueError):
+    """``--tls-cert``/``--tls-key`` that cannot serve: one missing, unreadable, not a pair."""
+
+
+def check_tls(cert: str | Path | None, key: str | Path | None) -> tuple[Path, Path] | None:
+    """Both or neither; each must exist and the pair must load. Returns absolute paths."""
+    if cert is None and key is None:
+        return None
+    if cert is None or key is None:
+        raise TLSConfigError(
+            "--tls-cert and --tls-key go together: give both (a certificate and its "
+            "private key, PEM) or neither"
+        )
+    cert_path, key_path = Path(cert).expanduser().resolve(), Path(key).expanduser().resolve()
+    for flag, path in (("--tls-cert", cert_path), ("--tls-key", key_path)):
+        if not path.is_file():
+            raise TLSConfigError(f"{flag}: {path} is not a file")
+    try:
+        ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(cert_path, key_path)
+    except (ssl.SSLError, OSError) as exc:
+        raise TLSConfigError(
+            f"--tls-cert {cert_path} / --tls-key {key_path}: cannot load them as a PEM "
+            f"certificate and its private key ({exc})"
+        ) from exc
+    return cert_path, key_path
+
+
+def is_loopback(host: str) -> bool:
+    """127.0.0.0/8, ::1 or ``localhost``; any other name or address reaches further."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def data_plane_warning(data_host: str) -> str | None:
+    """The warning to give when routers and replicas listen beyond this machine."""
+    if is_loopback(data_host):
+        return None
+    return (
+        f"the data plane (routers and replicas) listens on {data_host}: predictions and "
+        "replica metrics there are unauthenticated; anyone who can reach that address can "
+        "use them"
+    )
+
+
+def raise_open_files_limit() -> tuple[int, int, int]:
+    """Raise the soft RLIMIT_NOFILE to the hard limit; returns (before, now, hard)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard
+    if hard == resource.RLIM_INFINITY:
+        try:
+            target = int(Path("/proc/sys/fs/nr_open").read_text())
+        except (OSError, ValueError):
+            target = 2**20
+    if soft != resource.RLIM_INFINITY and soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        except (ValueError, OSError) as exc:
+            log.warning("cannot raise the open-files limit from %d to %d: %s", soft, target, exc)
+    return soft, resource.getrlimit(resource.RLIMIT_NOFILE)[0], hard
+
+
+def api_connection_limit(nofile: int) -> int:
+    """Connections plus requests in flight the control API takes before answering 503:
+    a quarter of the open-files limit (routers and replicas share it), 100 to 8192."""
+    return max(100, min(nofile // 4, 8192))
+
+
+def router_connection_cap(nofile: int, max_connections: int) -> int:
+    """Client connections across every route: ``--max-connections`` when given, else
+    what the open-files limit leaves after the control API and the reserve, halved (a
+    proxied connection holds a client and an upstream socket), 64 to 65536."""
+    if max_connections > 0:
+        return max_connections
+    spare = nofile - api_connection_limit(nofile) - RESERVED_FDS
+    return max(64, min(spare // 2, 65536))
+
+
+class GuardedHttpToolsProtocol(HttpToolsProtocol):
+    """uvicorn's HTTP/1.1 protocol with a deadline on the request head.
+
+    uvicorn 0.55 arms its keep-alive timer only after a response: a connection that
+    never sends a byte (or sends a head a byte a minute) is kept forever, and enough of
+    them exhaust file descriptors and ``limit_concurrency``. Here the head must be
+    complete within ``head_timeout`` of the connection opening (or of the first byte of
+    a later request on it), else the connection is closed.
+    """
+
+    head_timeout: float = HEAD_TIMEOUT
+    _head_timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm_head_timer()
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        if self._head_timer is None:
+            self._arm_head_timer()
+
+    def on_headers_complete(self) -> None:
+        self._cancel_head_timer()
+        super().on_headers_complete()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._cancel_head_timer()
+        super().connection_lost(exc)
+
+    def _arm_head_timer(self) -> None:
+        self._cancel_head_timer()
+        self._head_timer = self.loop.call_later(self.head_timeout, self._head_timed_out)
+
+    def _cancel_head_timer(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _head_timed_out(self) -> None:
+        self._head_timer = None
+        if not self.transport.is_closing():
+            self.transport.close()
 
 
 class _EmbeddedServer(uvicorn.Server):
@@ -51,15 +192,47 @@ async def _until_started(server: uvicorn.Server, serving: asyncio.Task[None]) ->
         await asyncio.sleep(0.02)
 
 
-async def run(home: Home, host: str = "127.0.0.1", port: int = 0) -> None:
+async def run(
+    home: Home,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    *,
+    data_host: str = "127.0.0.1",
+    tls_cert: str | Path | None = None,
+    tls_key: str | Path | None = None,
+    max_connections: int = 0,
+    body_budget: int = RouterLimits.body_budget,
+) -> None:
+    """Serve the control API on ``host:port`` (TLS with ``tls_cert``/``tls_key``); routers
+    and replicas listen on ``data_host`` (loopback unless asked otherwise)."""
+    os.umask(UMASK)
+    tls = check_tls(tls_cert, tls_key)
     home.ensure()
+    home.secure_logs()
+    before, nofile, hard = raise_open_files_limit()
+    log.info(
+        "open files: soft limit %d (was %d), hard limit %s",
+        nofile,
+        before,
+        "unlimited" if hard == resource.RLIM_INFINITY else hard,
+    )
+    warning = data_plane_warning(data_host)
+    if warning is not None:
+        log.warning("%s", warning)
     token = home.ensure_token()
     store = Store(home.db)
     registry = open_registry(home.registry_uri, home.model_cache)
-    # the data plane (router, replicas) stays on IPv4 loopback unless the API is
-    # exposed on an IPv4 address; an IPv6 API address does not move it
-    data_host = host if ":" not in host and host != "localhost" else "127.0.0.1"
-    router = Router(data_host)
+    # routers serve TLS with the control API's certificate when it has one; their
+    # connection cap is --max-connections, or derived from the open-files limit
+    router_cap = router_connection_cap(nofile, max_connections)
+    log.info(
+        "connection caps: control API %d, routers %d", api_connection_limit(nofile), router_cap
+    )
+    router = Router(
+        data_host,
+        limits=RouterLimits(max_connections=router_cap, body_budget=body_budget),
+        tls=(str(tls[0]), str(tls[1])) if tls is not None else None,
+    )
     nodes = load_nodes(home.nodes_file if home.nodes_file.exists() else None, data_host)
     runtime = LocalRuntime(store, home.root, router, data_host, nodes)
     orphans = await runtime.start()
@@ -70,6 +243,8 @@ async def run(home: Home, host: str = "127.0.0.1", port: int = 0) -> None:
     router.on_activate = lambda key: manager.trigger("ModelDeployment", key)
     # something waits for a node, or room was freed: the scheduler looks at once
     runtime.on_pending = lambda: manager.trigger(scheduler.KIND, scheduler.KEY)
+    # a replica or worker exited, or a replica turned ready or unready: its owner looks now
+    runtime.on_change = manager.trigger
 
     family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
     sock = socket.socket(family, socket.SOCK_STREAM)
@@ -77,7 +252,7 @@ async def run(home: Home, host: str = "127.0.0.1", port: int = 0) -> None:
     sock.bind((host, port))
     bound = sock.getsockname()
     shown = f"[{bound[0]}]" if family == socket.AF_INET6 else bound[0]
-    url = f"http://{shown}:{bound[1]}"
+    url = f"{'https' if tls else 'http'}://{shown}:{bound[1]}"
     started = time.time()
     app = create_app(
         store,
@@ -96,7 +271,17 @@ async def run(home: Home, host: str = "127.0.0.1", port: int = 0) -> None:
         ),
     )
     server = _EmbeddedServer(
-        uvicorn.Config(app, log_level="warning", access_log=False, timeout_graceful_shutdown=3)
+        uvicorn.Config(
+            app,
+            http=GuardedHttpToolsProtocol,
+            log_level="warning",
+            access_log=False,
+            timeout_graceful_shutdown=3,
+            timeout_keep_alive=int(KEEPALIVE_TIMEOUT),
+            limit_concurrency=api_connection_limit(nofile),
+            ssl_certfile=str(tls[0]) if tls else None,
+            ssl_keyfile=str(tls[1]) if tls else None,
+        )
     )
 
     loop = asyncio.get_running_loop()
@@ -112,7 +297,10 @@ async def run(home: Home, host: str = "127.0.0.1", port: int = 0) -> None:
     controllers = asyncio.create_task(manager.run(), name="controllers")
     serving = asyncio.create_task(server.serve(sockets=[sock]), name="api")
     await _until_started(server, serving)
-    home.write_daemon_info({"pid": os.getpid(), "url": url, "startedAt": started})
+    home.write_daemon_info(
+        {"pid": os.getpid(), "url": url, "startedAt": started}
+        | ({"tlsCert": str(tls[0])} if tls else {})
+    )
     log.info("control API on %s (pid %d)", url, os.getpid())
     try:
         await asyncio.wait({controllers, serving}, return_when=asyncio.FIRST_COMPLETED)
@@ -135,8 +323,21 @@ LOG_BYTES = 10 * 2**20
 LOG_BACKUPS = 3
 
 
-def main(home: Home, host: str, port: int, log_file: Path | None = None) -> None:
+def main(
+    home: Home,
+    host: str,
+    port: int,
+    log_file: Path | None = None,
+    *,
+    data_host: str = "127.0.0.1",
+    tls_cert: Path | None = None,
+    tls_key: Path | None = None,
+    max_connections: int = 0,
+    body_budget: int = RouterLimits.body_budget,
+) -> None:
     """Run the daemon; in the background it logs to ``log_file``, rotated at 10 MiB."""
+    # before the log file, the database or anything else is created: all of it private
+    os.umask(UMASK)
     handler: logging.Handler = (
         logging.handlers.RotatingFileHandler(log_file, maxBytes=LOG_BYTES, backupCount=LOG_BACKUPS)
         if log_file is not None
@@ -150,9 +351,19 @@ def main(home: Home, host: str, port: int, log_file: Path | None = None) -> None
     # one line per readiness probe would grow daemon.log without bound
     logging.getLogger("httpx").setLevel(logging.WARNING)
     logging.getLogger("httpcore").setLevel(logging.WARNING)
+    daemon = run(
+        home,
+        host,
+        port,
+        data_host=data_host,
+        tls_cert=tls_cert,
+        tls_key=tls_key,
+        max_connections=max_connections,
+        body_budget=body_budget,
+    )
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is a dependency; keep the daemon usable
-        asyncio.run(run(home, host, port))
+        asyncio.run(daemon)
     else:
-        uvloop.run(run(home, host, port))
+        uvloop.run(daemon)

@@ -5,11 +5,30 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 MIN_TOKEN_LENGTH = 32
+#: the home and every folder of state in it: the owner only
+PRIVATE_DIR = 0o700
+#: state files (the database, the token, daemon.json, logs): the owner only
+PRIVATE_FILE = 0o600
+#: log files under logs/ made private at start; a bound, not a walk of any size
+MAX_LOG_FILES_SECURED = 10_000
+
+
+def make_private(path: Path, mode: int) -> None:
+    """``chmod`` to ``mode`` when wider; never through a symlink, quietly when gone or not
+    ours to change."""
+    try:
+        info = path.lstat()
+        if stat.S_ISLNK(info.st_mode) or stat.S_IMODE(info.st_mode) & ~mode == 0:
+            return
+        os.chmod(path, stat.S_IMODE(info.st_mode) & mode)
+    except (FileNotFoundError, PermissionError):
+        return
 
 
 @dataclass(frozen=True)
@@ -63,8 +82,53 @@ class Home:
         """What the background daemon prints outside logging (a crash before logging starts)."""
         return self.root / "daemon.out"
 
+    @property
+    def logs(self) -> Path:
+        """Logs of replicas and training workers."""
+        return self.root / "logs"
+
+    def state_files(self) -> list[Path]:
+        """The files that must stay private (0600): state.db with its -wal/-shm, the token,
+        daemon.json, nodes.yaml and the daemon's own logs."""
+        files = [
+            self.db,
+            self.db.with_name(self.db.name + "-wal"),
+            self.db.with_name(self.db.name + "-shm"),
+            self.db.with_name(self.db.name + "-journal"),
+            self.token_file,
+            self.daemon_file,
+            self.nodes_file,
+            self.daemon_log,
+            self.daemon_out,
+        ]
+        files.extend(sorted(self.root.glob(self.daemon_log.name + ".*")))
+        return files
+
     def ensure(self) -> None:
-        self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        """Create the home if needed; make it 0700 and its state files 0600 whatever modes
+        they had (a home made by hand, an older version, a copy)."""
+        self.root.mkdir(parents=True, exist_ok=True, mode=PRIVATE_DIR)
+        if stat.S_IMODE(self.root.stat().st_mode) & ~PRIVATE_DIR:
+            os.chmod(self.root, PRIVATE_DIR)
+        for path in self.state_files():
+            make_private(path, PRIVATE_FILE)
+
+    def secure_logs(self) -> int:
+        """Make ``logs/`` 0700 and what is in it private (folders 0700, files 0600);
+        returns how many entries were looked at (bounded by ``MAX_LOG_FILES_SECURED``)."""
+        if not self.logs.is_dir() or self.logs.is_symlink():
+            return 0
+        make_private(self.logs, PRIVATE_DIR)
+        seen = 0
+        for folder, dirs, files in os.walk(self.logs):
+            for name in dirs:
+                make_private(Path(folder, name), PRIVATE_DIR)
+            for name in files:
+                make_private(Path(folder, name), PRIVATE_FILE)
+            seen += len(dirs) + len(files)
+            if seen >= MAX_LOG_FILES_SECURED:
+                break
+        return seen
 
     def ensure_token(self) -> str:
         """Create the API token once, readable by the owner only (mode 0600).
@@ -78,7 +142,7 @@ class Home:
             return existing
         token = secrets.token_urlsafe(32)
         tmp = self.token_file.with_name(f".token.{secrets.token_hex(4)}")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, PRIVATE_FILE)
         with os.fdopen(fd, "w") as handle:
             handle.write(token + "\n")
         os.replace(tmp, self.token_file)
@@ -93,9 +157,15 @@ class Home:
         return token if len(token) >= MIN_TOKEN_LENGTH else None
 
     def write_daemon_info(self, info: dict[str, Any]) -> None:
-        tmp = self.daemon_file.with_suffix(".tmp")
-        tmp.write_text(json.dumps(info, indent=2))
-        os.replace(tmp, self.daemon_file)
+        """Write daemon.json atomically, readable by the owner only (mode 0600)."""
+        tmp = self.daemon_file.with_name(f".daemon.json.{secrets.token_hex(4)}")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, PRIVATE_FILE)
+        try:
+            with os.fdopen(fd, "w") as handle:
+                handle.write(json.dumps(info, indent=2))
+            os.replace(tmp, self.daemon_file)
+        finally:
+            tmp.unlink(missing_ok=True)
 
     def read_daemon_info(self) -> dict[str, Any] | None:
         try:

@@ -7,10 +7,12 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import httpx
 
-from pilothouse.api.home import Home
+from pilothouse.api.client import NotRunning, tls_verify
+from pilothouse.api.home import PRIVATE_FILE, Home
 from pilothouse.runtime.local.supervisor import Supervisor, is_same_process
 from pilothouse.store.sqlite import Store
 
@@ -34,31 +36,52 @@ def healthy(home: Home) -> bool:
     if not info:
         return False
     try:
-        return httpx.get(f"{info['url']}/healthz", timeout=1.0).status_code == 200
-    except httpx.HTTPError:
+        verify = tls_verify(info)
+        return httpx.get(f"{info['url']}/healthz", timeout=1.0, verify=verify).status_code == 200
+    except (httpx.HTTPError, NotRunning):
         return False
 
 
-def start_background(home: Home, host: str, port: int, timeout: float = 30.0) -> dict[str, object]:
+def start_background(
+    home: Home,
+    host: str,
+    port: int,
+    timeout: float = 30.0,
+    *,
+    data_host: str = "127.0.0.1",
+    tls: tuple[Path, Path] | None = None,
+    max_connections: int = 0,
+    body_budget: int = 256 * 2**20,
+) -> dict[str, object]:
     """Spawn ``pilothouse up --foreground`` detached and wait until its API answers."""
     home.ensure()
     home.ensure_token()
     home.daemon_file.unlink(missing_ok=True)
-    with home.daemon_out.open("ab") as log:
+    command = [
+        sys.executable,
+        "-m",
+        "pilothouse",
+        "up",
+        "--foreground",
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--data-plane-host",
+        data_host,
+        "--max-connections",
+        str(max_connections),
+        "--router-body-budget",
+        str(body_budget),
+        "--log-file",
+        str(home.daemon_log),
+    ]
+    if tls is not None:
+        command += ["--tls-cert", str(tls[0]), "--tls-key", str(tls[1])]
+    fd = os.open(home.daemon_out, os.O_WRONLY | os.O_CREAT | os.O_APPEND, PRIVATE_FILE)
+    with os.fdopen(fd, "ab") as log:
         proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "pilothouse",
-                "up",
-                "--foreground",
-                "--host",
-                host,
-                "--port",
-                str(port),
-                "--log-file",
-                str(home.daemon_log),
-            ],
+            command,
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,

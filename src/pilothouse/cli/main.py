@@ -10,18 +10,19 @@ from collections.abc import Callable
 from functools import wraps
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import quote
 
 import click
 import httpx
 from rich.markup import escape
 
 from pilothouse import __version__
-from pilothouse.api.client import ApiClientError, Client, NotRunning
+from pilothouse.api.client import ApiClientError, Client, NotRunning, tls_verify
 from pilothouse.api.home import Home
 from pilothouse.cli import daemonctl, render
 from pilothouse.cli.render import console, err_console
 from pilothouse.spec.loader import LoadResult, load_paths
-from pilothouse.spec.quantity import QuantityError, parse_duration
+from pilothouse.spec.quantity import QuantityError, parse_bytes, parse_duration
 from pilothouse.spec.resources import KINDS, Resource, kind_for
 from pilothouse.spec.schema import json_schema
 
@@ -112,16 +113,86 @@ def cli() -> None:
     help="YAML file of virtual nodes to run on (kept in the home for later starts); "
     "without it: the machine itself, or the nodes given before.",
 )
+@click.option(
+    "--data-plane-host",
+    default="127.0.0.1",
+    show_default=True,
+    help="Address routers and replicas listen on (whatever --host is). Predictions and "
+    "replica metrics are unauthenticated there.",
+)
+@click.option(
+    "--tls-cert",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    default=None,
+    help="Serve the control API (and routers) over TLS with this PEM certificate (with --tls-key).",
+)
+@click.option(
+    "--tls-key",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    default=None,
+    help="The PEM private key of --tls-cert.",
+)
+@click.option(
+    "--max-connections",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="Client connections the routers hold at once, all routes together "
+    "(0: automatic, from the open-files limit).",
+)
+@click.option(
+    "--router-body-budget",
+    default="256Mi",
+    show_default=True,
+    help="Request and response bodies the routers hold at once, all connections together "
+    "(a quantity: 64Mi, 1Gi); past it, 503 with Retry-After.",
+)
 def up(
-    foreground: bool, host: str, port: int, log_file: Path | None, nodes_file: Path | None
+    foreground: bool,
+    host: str,
+    port: int,
+    log_file: Path | None,
+    nodes_file: Path | None,
+    data_plane_host: str,
+    tls_cert: Path | None,
+    tls_key: Path | None,
+    max_connections: int,
+    router_body_budget: str,
 ) -> None:
     """Start the embedded control plane."""
     home = Home.from_env()
+    try:
+        body_budget = parse_bytes(router_body_budget)
+    except (QuantityError, ValueError) as exc:
+        err_console.print(
+            f"[red]error:[/] --router-body-budget: expected a quantity of bytes such as 64Mi "
+            f"(at least 1Mi), got {router_body_budget!r}: {escape(str(exc))}",
+            highlight=False,
+        )
+        sys.exit(EXIT_USAGE)
+    if body_budget < 2**20:
+        err_console.print(
+            f"[red]error:[/] --router-body-budget: expected at least 1Mi, got {router_body_budget!r}",
+            highlight=False,
+        )
+        sys.exit(EXIT_USAGE)
+    tls: tuple[Path, Path] | None = None
+    warning: str | None = None
+    if tls_cert or tls_key or data_plane_host != "127.0.0.1":
+        # the daemon module is heavy (uvicorn, the router): only when these flags need it
+        from pilothouse.api.daemon import TLSConfigError, check_tls, data_plane_warning
+
+        try:
+            tls = check_tls(tls_cert, tls_key)
+        except TLSConfigError as exc:
+            err_console.print(f"[red]error:[/] {escape(str(exc))}", highlight=False)
+            sys.exit(EXIT_USAGE)
+        warning = data_plane_warning(data_plane_host)
     if nodes_file is not None:
         from pilothouse.runtime.local.nodes import NodeConfigError, load_nodes
 
         try:
-            declared = load_nodes(nodes_file, host)
+            declared = load_nodes(nodes_file, data_plane_host)
         except NodeConfigError as exc:
             err_console.print(f"[red]error:[/] {exc}")
             sys.exit(2)
@@ -133,6 +204,7 @@ def up(
             sys.exit(1)
         home.ensure()
         shutil.copyfile(nodes_file, home.nodes_file)
+        home.nodes_file.chmod(0o600)
         console.print(
             f"nodes: {len(declared)} from {nodes_file} "
             f"({', '.join(n.name for n in declared[:6])}{' …' if len(declared) > 6 else ''})"
@@ -142,10 +214,22 @@ def up(
             f"[yellow]warning:[/] binding the control API to {host} exposes it beyond this machine "
             "(the token is still required)"
         )
+    if warning is not None:
+        err_console.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False)
     if foreground:
         from pilothouse.api.daemon import main as daemon_main
 
-        daemon_main(home, host, port, log_file)
+        daemon_main(
+            home,
+            host,
+            port,
+            log_file,
+            data_host=data_plane_host,
+            tls_cert=tls[0] if tls else None,
+            tls_key=tls[1] if tls else None,
+            max_connections=max_connections,
+            body_budget=body_budget,
+        )
         return
     if daemonctl.healthy(home):
         info = home.read_daemon_info() or {}
@@ -153,7 +237,15 @@ def up(
         return
     with console.status("starting the control plane…"):
         try:
-            info = daemonctl.start_background(home, host, port)
+            info = daemonctl.start_background(
+                home,
+                host,
+                port,
+                data_host=data_plane_host,
+                tls=tls,
+                max_connections=max_connections,
+                body_budget=body_budget,
+            )
         except daemonctl.StartFailed as exc:
             err_console.print(f"[red]error:[/] {exc}")
             sys.exit(1)
@@ -463,12 +555,14 @@ def predict_once(c: Client, deployment: str, payload: Any) -> tuple[int, Any]:
         raise click.ClickException(
             f"modeldeployment/{deployment} has no endpoint yet: {st.get('message', 'not ready')}"
         )
-    name = str(model).split(":")[0]
+    name = quote(str(model).split(":")[0], safe="")
     if isinstance(payload, dict) and "inputs" in payload:
         target = f"{url}/v2/models/{name}/infer"
     else:
         target = f"{url}/v1/models/{name}:predict"
-    response = httpx.post(target, json=payload, timeout=30.0)
+    info = Home.from_env().read_daemon_info() or {}
+    verify = tls_verify(info) if str(url).startswith("https:") else True
+    response = httpx.post(target, json=payload, timeout=30.0, verify=verify)
     try:
         body = response.json()
     except ValueError:

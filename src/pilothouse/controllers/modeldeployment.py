@@ -41,6 +41,8 @@ def revision_of(
     probes, resources) rolls the replicas, and nothing else does."""
     fields: dict[str, Any] = asdict(template)
     fields.pop("revision")
+    if not fields.get("pass_env"):
+        fields.pop("pass_env", None)  # revisions made before the field existed stay the same
     if extra:
         fields["extra"] = extra
     digest = hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:6]
@@ -112,6 +114,7 @@ async def reconcile(ctx: Context, name: str) -> Result:
         requests=ResourceRequests(spec.resources.cpu, spec.resources.memory, spec.resources.gpu),
         priority=spec.priority,
         grace=spec.termination_grace_period,
+        pass_env=tuple(spec.pass_env),
     )
     revision = revision_of(
         version.version,
@@ -198,6 +201,7 @@ async def reconcile(ctx: Context, name: str) -> Result:
         max_concurrency=spec.traffic.max_concurrency,
         queue_limit=spec.traffic.queue_limit,
         queue_timeout=spec.traffic.queue_timeout,
+        max_ejection_percent=spec.traffic.max_ejection_percent,
         hold_when_empty=spec.autoscaling is not None and spec.replicas.min == 0,
         port=_port_of(status.get("url")),
     )

@@ -118,6 +118,7 @@ def _gang(
             checkpoint_id=str(obj["metadata"]["uid"]),
             checkpoint_interval=checkpoint.interval,
             checkpoint_keep=checkpoint.keep,
+            pass_env=tuple(spec.pass_env),
         )
         for rank in range(spec.workers)
     ]

@@ -20,11 +20,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from pilothouse.spec.types import split_model_ref
+from pilothouse.spec.types import is_model_name, split_model_ref
 
 MANIFEST = "model.json"
 STAGES = ("staging", "production", "archived")
 _METADATA_FILES = ("metrics.json", "signature.json")
+#: a version number has at most this many digits (a folder or key name is not trusted)
+MAX_VERSION_DIGITS = 18
 
 
 class RegistryError(Exception):
@@ -36,6 +38,52 @@ class ModelNotFound(RegistryError, KeyError):
 
     def __str__(self) -> str:
         return str(self.args[0]) if self.args else "model not found"
+
+
+class InvalidReference(RegistryError, ValueError):
+    """A model name or version that may not become a folder or key: refused before any
+    path is built from it."""
+
+
+def check_model_name(name: object) -> str:
+    """``name`` if it is a valid model name (no '/', '..', absolute path, odd character)."""
+    if not is_model_name(name):
+        raise InvalidReference(
+            f"invalid model name {name!r}: expected lowercase letters, digits, '-', '_' or "
+            "'.', starting and ending with a letter or digit"
+        )
+    assert isinstance(name, str)
+    return name
+
+
+def check_version_number(number: object) -> int:
+    """``number`` if it is a version number (a positive int, not a bool or a string)."""
+    if type(number) is not int or not 0 < number < 10**MAX_VERSION_DIGITS:
+        raise InvalidReference(f"invalid model version {number!r}: expected a positive integer")
+    return number
+
+
+def parse_version_entry(entry: str) -> int | None:
+    """The version a folder or key name stands for: ASCII digits only ('٣', '²', '1e3',
+    '01x' are not versions); None for anything else."""
+    if entry.isascii() and entry.isdigit() and len(entry) <= MAX_VERSION_DIGITS:
+        number = int(entry)
+        return number if number > 0 and str(number) == entry else None
+    return None
+
+
+def check_manifest(data: Any, name: str, number: int, where: str) -> dict[str, Any]:
+    """A manifest read back from ``NAME/N/model.json`` must say it is NAME version N: a
+    crafted or misplaced one is refused before anything is built or written from it."""
+    if not isinstance(data, dict):
+        raise RegistryError(f"{where}: manifest is not a JSON object; refusing it")
+    got_name, got_version = data.get("name"), data.get("version")
+    if got_name != name or type(got_version) is not int or got_version != number:
+        raise RegistryError(
+            f"{where}: manifest says {got_name!r} version {got_version!r} but is stored as "
+            f"{name!r} version {number}; refusing it (tampered or misplaced)"
+        )
+    return data
 
 
 class ChecksumMismatch(RegistryError):
@@ -255,7 +303,17 @@ class LocalRegistry(BaseRegistry):
         self.root = root
 
     def _versions_dir(self, name: str) -> Path:
-        return self.root / name
+        return self.root / check_model_name(name)
+
+    def _read(self, name: str, number: int) -> ModelVersion:
+        path = self._versions_dir(name) / str(check_version_number(number))
+        try:
+            data = json.loads((path / MANIFEST).read_text(encoding="utf-8"))
+        except FileNotFoundError as exc:
+            raise ModelNotFound(f"model '{name}' has no version {number}") from exc
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise RegistryError(f"{path / MANIFEST}: not a JSON manifest ({exc})") from exc
+        return version_from_manifest(check_manifest(data, name, number, str(path)), path)
 
     def versions(self, name: str) -> list[ModelVersion]:
         base = self._versions_dir(name)
@@ -263,20 +321,25 @@ class LocalRegistry(BaseRegistry):
             return []
         out = []
         for child in base.iterdir():
-            if child.name.isdigit() and (child / MANIFEST).is_file():
-                out.append(read_version(child))
+            number = parse_version_entry(child.name)
+            if number is not None and (child / MANIFEST).is_file():
+                out.append(self._read(name, number))
         return sorted(out, key=lambda v: v.version)
 
     def models(self) -> list[str]:
         if not self.root.is_dir():
             return []
-        return sorted(p.name for p in self.root.iterdir() if p.is_dir() and self.versions(p.name))
+        return sorted(
+            p.name
+            for p in self.root.iterdir()
+            if is_model_name(p.name) and p.is_dir() and self.versions(p.name)
+        )
 
     def get(self, name: str, version: int) -> ModelVersion:
-        path = self._versions_dir(name) / str(version)
+        path = self._versions_dir(name) / str(check_version_number(version))
         if not (path / MANIFEST).is_file():
             raise ModelNotFound(f"model '{name}' has no version {version}")
-        return read_version(path)
+        return self._read(name, version)
 
     def register(
         self,
@@ -352,7 +415,7 @@ class LocalRegistry(BaseRegistry):
         for _attempt in range(100):
             tombstones = base / ".tombstones"
             taken = [*base.iterdir(), *(tombstones.iterdir() if tombstones.is_dir() else [])]
-            existing = [int(p.name) for p in taken if p.name.isdigit()]
+            existing = [n for p in taken if (n := parse_version_entry(p.name)) is not None]
             number = max(existing, default=0) + 1
             manifest = build_manifest(name, number, framework, files, metrics, signature, lineage)
             tmp = staging / f".{MANIFEST}.tmp"

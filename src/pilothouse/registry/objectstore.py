@@ -31,12 +31,17 @@ from pilothouse.registry.local import (
     ModelVersion,
     RegistryError,
     build_manifest,
+    check_manifest,
+    check_model_name,
+    check_version_number,
+    parse_version_entry,
     read_metadata,
     reserved_clash,
     sha256_file,
     verify,
     version_from_manifest,
 )
+from pilothouse.spec.types import is_model_name
 
 _METADATA_ONLY = {"metrics.json", "signature.json"}
 
@@ -64,27 +69,54 @@ class ObjectStoreRegistry(BaseRegistry):
         except FileNotFoundError:
             return []
 
-    def _read_manifest(self, name: str, number: int) -> ModelVersion | None:
+    def _manifest_data(self, name: str, number: int) -> dict[str, Any] | None:
+        """The manifest stored under ``NAME/N/``, checked to be NAME version N; None when
+        there is none (the version is not committed)."""
+        key = self._key(check_model_name(name), check_version_number(number), MANIFEST)
         try:
-            data = json.loads(self.fs.cat_file(self._key(name, number, MANIFEST)))
+            raw = self.fs.cat_file(key)
         except FileNotFoundError:
+            return None
+        try:
+            data = json.loads(raw)
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise RegistryError(
+                f"{self.uri}/{name}/{number}: manifest is not JSON ({exc})"
+            ) from exc
+        return check_manifest(data, name, number, f"{self.uri}/{name}/{number}/{MANIFEST}")
+
+    def _read_manifest(self, name: str, number: int) -> ModelVersion | None:
+        data = self._manifest_data(name, number)
+        if data is None:
             return None
         path = self.cache / name / str(number)
         return version_from_manifest(data, path, uri=f"{self.uri}/{name}/{number}")
 
+    def _cache_dir(self, name: str, number: int) -> Path:
+        """Where version N of NAME is cached: built only from a valid name and number, and
+        refused if a folder on the way is a symlink (it could lead out of the cache)."""
+        folder = self.cache / check_model_name(name)
+        final = folder / str(check_version_number(number))
+        for step in (self.cache, folder, final):
+            if step.is_symlink():
+                raise RegistryError(
+                    f"refusing to cache {name}:{number}: {step} is a symlink (the cache must "
+                    "hold real folders only)"
+                )
+        return final
+
     def versions(self, name: str) -> list[ModelVersion]:
         out = []
-        for entry in self._listing(self._key(name)):
-            if entry.isdigit():
-                version = self._read_manifest(name, int(entry))
+        for entry in self._listing(self._key(check_model_name(name))):
+            number = parse_version_entry(entry)
+            if number is not None:
+                version = self._read_manifest(name, number)
                 if version is not None:
                     out.append(version)
         return sorted(out, key=lambda v: v.version)
 
     def models(self) -> list[str]:
-        return sorted(
-            n for n in self._listing(self.root) if not n.startswith(".") and self.versions(n)
-        )
+        return sorted(n for n in self._listing(self.root) if is_model_name(n) and self.versions(n))
 
     def get(self, name: str, version: int) -> ModelVersion:
         found = self._read_manifest(name, version)
@@ -94,8 +126,10 @@ class ObjectStoreRegistry(BaseRegistry):
 
     def _claim(self, name: str) -> int:
         me = uuid.uuid4().hex
+        check_model_name(name)
         for _attempt in range(50):
-            taken = [int(n) for n in self._listing(self._key(name, ".claims")) if n.isdigit()]
+            claims = self._listing(self._key(name, ".claims"))
+            taken = [n for entry in claims if (n := parse_version_entry(entry)) is not None]
             number = max(taken, default=0) + 1
             self.fs.pipe_file(self._key(name, ".claims", number, me), b"")
             if self._listing(self._key(name, ".claims", number)) == [me]:
@@ -114,6 +148,7 @@ class ObjectStoreRegistry(BaseRegistry):
         signature: dict[str, Any] | None = None,
         lineage: dict[str, Any] | None = None,
     ) -> ModelVersion:
+        check_model_name(name)
         reserved_clash(name, source)
         base = source if source.is_dir() else source.parent
         paths = sorted(p for p in source.rglob("*") if p.is_file()) if source.is_dir() else [source]
@@ -135,9 +170,11 @@ class ObjectStoreRegistry(BaseRegistry):
         return self.get(name, number)
 
     def _set_stage(self, version: ModelVersion, stage: str | None) -> ModelVersion:
-        key = self._key(version.name, version.version, MANIFEST)
-        data = json.loads(self.fs.cat_file(key))
+        data = self._manifest_data(version.name, version.version)
+        if data is None:
+            raise ModelNotFound(f"model '{version.name}' has no version {version.version}")
         data["stage"] = stage
+        key = self._key(version.name, version.version, MANIFEST)
         self.fs.pipe_file(key, json.dumps(data, indent=2).encode())
         return self.get(version.name, version.version)
 
@@ -150,16 +187,35 @@ class ObjectStoreRegistry(BaseRegistry):
         return target
 
     def fetch(self, version: ModelVersion) -> ModelVersion:
-        """Download a version into the local cache (once), verified before it is used."""
-        final = self.cache / version.name / str(version.version)
-        if (final / MANIFEST).is_file():
-            cached = version_from_manifest(
-                json.loads((final / MANIFEST).read_text(encoding="utf-8")), final, version.uri
+        """Download a version into the local cache (once), verified before it is used.
+
+        The cache folder is built from the validated name and number only (never from a
+        manifest's text), and nothing is written before the stored manifest is checked to
+        be that version's.
+        """
+        final = self._cache_dir(version.name, version.version)
+        stored = self._manifest_data(version.name, version.version)
+        if stored is None:
+            raise ModelNotFound(f"model '{version.name}' has no version {version.version}")
+        if version_from_manifest(stored, final, version.uri).files != version.files:
+            raise RegistryError(
+                f"{version.uri or version.ref}: the stored manifest lists other files than "
+                "the version asked for; refusing it (versions never change their files)"
             )
-            if cached.files == version.files:
+        if (final / MANIFEST).is_file():
+            try:
+                cached_data = json.loads((final / MANIFEST).read_text(encoding="utf-8"))
+                cached = version_from_manifest(
+                    check_manifest(cached_data, version.name, version.version, str(final)),
+                    final,
+                    version.uri,
+                )
+            except (RegistryError, ValueError, KeyError, TypeError):
+                cached = None
+            if cached is not None and cached.files == version.files:
                 return cached
             shutil.rmtree(final, ignore_errors=True)
-        staging = self.cache / version.name / f".incoming-{uuid.uuid4().hex}"
+        staging = final.parent / f".incoming-{uuid.uuid4().hex}"
         staging.mkdir(parents=True)
         try:
             for rel in version.files:

@@ -289,7 +289,14 @@ class Route:
         return a if a.inflight <= b.inflight else b
 
     def _usable_exists(self, exclude: set[str]) -> bool:
-        return any(bid not in exclude and not u.ejected() for bid, u in self.upstreams.items())
+        """A replica not in ``exclude`` could take live traffic (when it has room)."""
+        weights = self.policy.weights
+        return any(
+            bid not in exclude
+            and not u.ejected()
+            and (not weights or weights.get(u.backend.revision, 0.0) > 0)
+            for bid, u in self.upstreams.items()
+        )
 
     async def _acquire(
         self,
@@ -355,10 +362,14 @@ class Route:
 
     # -- outliers ------------------------------------------------------------------------------
 
-    def _attribute(self, attempts: list[_Attempt]) -> None:
-        """After a request: which failures were the replica's, which the revision's."""
+    def _attribute(
+        self, attempts: list[_Attempt], failed_elsewhere: frozenset[str] = frozenset()
+    ) -> None:
+        """After a request: which failures were the replica's, which the revision's.
+
+        ``failed_elsewhere``: revisions its mirrored copy failed on."""
         succeeded = {a.revision for a in attempts if a.ok}
-        revisions = {a.revision for a in attempts}
+        revisions = {a.revision for a in attempts} | failed_elsewhere
         for attempt in attempts:
             upstream = attempt.upstream
             if attempt.ok:
@@ -535,79 +546,99 @@ class Route:
         extra: tuple[tuple[bytes, bytes], ...],
         client_gone: Callable[[], bool] | None = None,
     ) -> tuple[int, bytes, bytes, int]:
-        """(status, response head, body, budget bytes held by the body) for one request."""
+        """(status, response head, body, budget bytes held by the body) for one request.
+
+        Failures are attributed once the request is over; when it is mirrored and failed,
+        only after the mirror answered too (both sides failing excuses both)."""
+        attempts: list[_Attempt] = []
+        deferred = False
+        try:
+            result, body = await self._attempts(request, extra, client_gone, attempts)
+            if attempts:
+                deferred = self._maybe_mirror(
+                    request, attempts[-1].revision, result[0], body, attempts
+                )
+            return result
+        finally:
+            if not deferred:
+                self._attribute(attempts)
+
+    async def _attempts(
+        self,
+        request: Request,
+        extra: tuple[tuple[bytes, bytes], ...],
+        client_gone: Callable[[], bool] | None,
+        attempts: list[_Attempt],
+    ) -> tuple[tuple[int, bytes, bytes, int], bytes]:
+        """Try replicas until one answers (retries, holding); the answer and its body."""
         keep_alive = request.keep_alive
         loop = asyncio.get_running_loop()
         deadline = loop.time() + UPSTREAM_TIMEOUT
         head = request.head_bytes(extra)
         head_request = request.method == "HEAD"
         tried: set[str] = set()
-        attempts: list[_Attempt] = []
         last: Response | None = None
-        try:
-            for attempt in range(RETRIES_PER_REQUEST + 1):
-                prefer = _retry_preference(attempts) if attempts else None
-                try:
-                    upstream = await self._acquire(
-                        tried, deadline, client_gone, prefer, give_up_when_tried=last is not None
-                    )
-                except _Shed as exc:
-                    if last is not None:
-                        break
-                    SHED.labels(self.key).inc()
-                    reply = Reply(503, exc.message, [(b"retry-after", b"1")])
-                    return 503, reply.encode(keep_alive), b"", 0
-                if upstream is None:
+        for attempt in range(RETRIES_PER_REQUEST + 1):
+            prefer = _retry_preference(attempts) if attempts else None
+            try:
+                upstream = await self._acquire(
+                    tried, deadline, client_gone, prefer, give_up_when_tried=last is not None
+                )
+            except _Shed as exc:
+                if last is not None:
                     break
-                tried.add(upstream.backend.id)
-                if attempt:
-                    RETRIES.labels(self.key).inc()
-                revision = upstream.backend.revision
-                meter = self.meter(revision)
-                started = time.time()
-                upstream.inflight += 1
-                meter.start(started)
-                status = 0
-                response: Response | None = None
-                try:
-                    async with asyncio.timeout_at(deadline):
-                        response = await upstream.exchange(head, request.body, head_request)
-                    status = response.status
-                except UpstreamFailed as exc:
-                    log.warning("%s: replica %s failed: %s", self.key, upstream.backend.id, exc)
-                    status = 502
-                except TimeoutError:
-                    status = 504
-                except BudgetExhausted as exc:
-                    SHED.labels(self.key).inc()
-                    reply = Reply(503, str(exc), [(b"retry-after", b"1")])
-                    return 503, reply.encode(keep_alive), b"", 0
-                finally:
-                    upstream.inflight -= 1
-                    ended = time.time()
-                    meter.end(ended, status or 502, ended - started)
-                    self._release(upstream)
-                ok = response is not None and status not in _RETRY_STATUSES
-                attempts.append(_Attempt(upstream, revision, ok, ended))
-                if response is not None:
-                    if last is not None:
-                        self.shared.budget.give(last.reserved)
-                    last = response
-                if status == 504:
-                    break  # the request had all its time: nothing left for another try
-                if ok:
-                    assert response is not None
-                    return self._answer(request, upstream, response, keep_alive)
-        finally:
-            self._attribute(attempts)
+                SHED.labels(self.key).inc()
+                reply = Reply(503, exc.message, [(b"retry-after", b"1")])
+                return (503, reply.encode(keep_alive), b"", 0), b""
+            if upstream is None:
+                break
+            tried.add(upstream.backend.id)
+            if attempt:
+                RETRIES.labels(self.key).inc()
+            revision = upstream.backend.revision
+            meter = self.meter(revision)
+            started = time.time()
+            upstream.inflight += 1
+            meter.start(started)
+            status = 0
+            response: Response | None = None
+            try:
+                async with asyncio.timeout_at(deadline):
+                    response = await upstream.exchange(head, request.body, head_request)
+                status = response.status
+            except UpstreamFailed as exc:
+                log.warning("%s: replica %s failed: %s", self.key, upstream.backend.id, exc)
+                status = 502
+            except TimeoutError:
+                status = 504
+            except BudgetExhausted as exc:
+                SHED.labels(self.key).inc()
+                reply = Reply(503, str(exc), [(b"retry-after", b"1")])
+                return (503, reply.encode(keep_alive), b"", 0), b""
+            finally:
+                upstream.inflight -= 1
+                ended = time.time()
+                meter.end(ended, status or 502, ended - started)
+                self._release(upstream)
+            ok = response is not None and status not in _RETRY_STATUSES
+            attempts.append(_Attempt(upstream, revision, ok, ended))
+            if response is not None:
+                if last is not None:
+                    self.shared.budget.give(last.reserved)
+                last = response
+            if status == 504:
+                break  # the request had all its time: nothing left for another try
+            if ok:
+                assert response is not None
+                return self._answer(request, upstream, response, keep_alive), response.body
         if last is not None:
             # every attempt failed; the last answer a replica gave is the most useful one
-            return self._answer(request, None, last, keep_alive)
-        if attempts and not any(a.ok for a in attempts) and loop.time() >= deadline:
+            return self._answer(request, None, last, keep_alive), last.body
+        if attempts and loop.time() >= deadline:
             reply = Reply(504, "the replica did not answer in time")
-            return 504, reply.encode(keep_alive), b"", 0
+            return (504, reply.encode(keep_alive), b"", 0), b""
         reply = Reply(502, f"all {len(tried)} replica(s) tried failed", [(b"retry-after", b"1")])
-        return 502, reply.encode(keep_alive), b"", 0
+        return (502, reply.encode(keep_alive), b"", 0), b""
 
     def _answer(
         self, request: Request, upstream: Upstream | None, response: Response, keep_alive: bool
@@ -620,7 +651,6 @@ class Route:
                 if samples is None:
                     samples = self.samples[revision] = deque(maxlen=SAMPLES_KEPT)
                 samples.append((time.time(), response.body))
-            self._maybe_mirror(request, revision, status, response.body)
         length = (
             response.declared_length if request.method == "HEAD" or status in (204, 304) else None
         )
@@ -632,18 +662,45 @@ class Route:
 
     # -- mirroring -----------------------------------------------------------------------------
 
-    def _maybe_mirror(self, request: Request, primary: str, status: int, body: bytes) -> None:
+    def _maybe_mirror(
+        self, request: Request, primary: str, status: int, body: bytes, attempts: list[_Attempt]
+    ) -> bool:
+        """Copy the request to the mirrored revision (a share of them). True when the
+        mirror takes over attributing the request's failures (it failed: whether the
+        mirror fails it too decides whose fault it was)."""
         policy = self.policy
         target = policy.mirror_revision
         if not target or target == primary or policy.mirror_percent <= 0:
-            return
+            return False
         if random.random() * 100.0 >= policy.mirror_percent or self._mirror_slots.locked():
-            return
-        self._spawn(self._mirror(request, primary, status, body, target))
+            return False
+        failed = status >= 500
+        self._spawn(
+            self._mirror(request, primary, status, body, target, attempts if failed else None)
+        )
+        return failed
 
     async def _mirror(
-        self, request: Request, primary: str, status: int, body: bytes, target: str
+        self,
+        request: Request,
+        primary: str,
+        status: int,
+        body: bytes,
+        target: str,
+        attempts: list[_Attempt] | None = None,
     ) -> None:
+        mirror_status = 0
+        try:
+            mirror_status = await self._mirror_once(request, primary, status, body, target)
+        finally:
+            if attempts is not None:
+                self._attribute(
+                    attempts, frozenset({target}) if mirror_status >= 500 else frozenset()
+                )
+
+    async def _mirror_once(
+        self, request: Request, primary: str, status: int, body: bytes, target: str
+    ) -> int:
         cap = self.policy.max_concurrency
         candidates = [
             u
@@ -651,7 +708,7 @@ class Route:
             if u.backend.revision == target and not u.ejected() and (cap <= 0 or u.inflight < cap)
         ]
         if not candidates:
-            return
+            return 0
         upstream = min(random.sample(candidates, min(2, len(candidates))), key=lambda u: u.inflight)
         async with self._mirror_slots:
             meter = self.meter(target)
@@ -694,6 +751,7 @@ class Route:
                 mirror_body=mirror_body[:MIRROR_BODY_LIMIT],
             )
         )
+        return mirror_status
 
     # -- measurements ----------------------------------------------------------------------------
 

@@ -49,6 +49,9 @@ class ReplicaSpec:
     requests: Requests = field(default_factory=Requests)
     priority: int = 0
     grace: float = 10.0
+    #: variables of the control plane's environment the replica gets too (names, or
+    #: prefixes ending in ``*``); nothing else of it but what every process gets
+    pass_env: tuple[str, ...] = ()
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ReplicaSpec:
@@ -62,6 +65,8 @@ class ReplicaSpec:
             fields["liveness"] = ProbeSpec(**live)
         if "readiness_command" in fields:
             fields["readiness_command"] = tuple(fields["readiness_command"] or ())
+        if "pass_env" in fields:
+            fields["pass_env"] = tuple(fields["pass_env"] or ())
         return cls(**fields)
 
 
@@ -104,6 +109,8 @@ class WorkerSpec:
     checkpoint_id: str = ""
     checkpoint_interval: float = 0.0
     checkpoint_keep: int = 3
+    #: variables of the control plane's environment the worker gets too (as ReplicaSpec)
+    pass_env: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -187,6 +194,8 @@ class Traffic:
     queue_limit: int = 256
     queue_timeout: float = 10.0
     hold_when_empty: bool = False
+    #: at most this share of one revision's replicas ejected as outliers at once
+    max_ejection_percent: float = 50.0
     #: the endpoint's port to keep (after a control-plane restart), if it is free; 0: any
     port: int = 0
 

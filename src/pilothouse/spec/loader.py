@@ -22,6 +22,93 @@ from pilothouse.spec.resources import API_VERSION, GROUP, KINDS, Resource
 
 _YAML_SUFFIXES = (".yaml", ".yml", ".json")
 
+#: nodes a document may reach through aliases, each counted every time an alias brings it
+#: in (a "billion laughs" document expands nine aliases nine levels deep: 10**9 nodes)
+MAX_ALIAS_EXPANSIONS = 5000
+#: collections nested deeper than this are refused (composing and validating recurse)
+MAX_YAML_DEPTH = 100
+
+
+class YamlLimitError(yaml.MarkedYAMLError):
+    """A document over the alias-expansion or nesting limit; a ``MarkedYAMLError``, so
+    every handler of YAML syntax errors reports it with its file and line."""
+
+    def __init__(self, problem: str, mark: Any) -> None:
+        super().__init__(problem=problem, problem_mark=mark)
+
+
+class LimitedSafeLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses alias bombs, recursive aliases and deep nesting
+    while composing, before anything walks the (otherwise exponential) node graph."""
+
+    def __init__(self, stream: str | bytes) -> None:
+        super().__init__(stream)
+        #: id(node) -> nodes in its subtree, aliases expanded (for nodes fully composed)
+        self._sizes: dict[int, int] = {}
+        self._expanded = 0
+        self._depth = 0
+
+    def compose_document(self) -> yaml.Node | None:
+        self._sizes = {}
+        node: yaml.Node | None = super().compose_document()
+        return node
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node | None:
+        event: Any = self.peek_event()  # type: ignore[no-untyped-call]  # untyped in the stubs
+        if isinstance(event, yaml.AliasEvent):
+            node: yaml.Node | None = super().compose_node(parent, index)
+            size = self._sizes.get(id(node))
+            if size is None:
+                raise YamlLimitError(
+                    f"alias *{event.anchor} refers to a node that contains it (recursive "
+                    "aliases are not supported)",
+                    event.start_mark,
+                )
+            self._expanded += size
+            if self._expanded > MAX_ALIAS_EXPANSIONS:
+                raise YamlLimitError(
+                    f"aliases expand to more than {MAX_ALIAS_EXPANSIONS} nodes (at *{event.anchor}); "
+                    "refusing a document that grows through aliases (a 'billion laughs' bomb?)",
+                    event.start_mark,
+                )
+            return node
+        self._depth += 1
+        try:
+            if self._depth > MAX_YAML_DEPTH:
+                raise YamlLimitError(
+                    f"nested deeper than {MAX_YAML_DEPTH} levels; expected at most "
+                    f"{MAX_YAML_DEPTH} levels of mappings and lists",
+                    event.start_mark,
+                )
+            node = super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+        if node is not None:
+            self._sizes[id(node)] = 1 + sum(self._sizes.get(id(c), 1) for c in _children(node))
+        return node
+
+
+def _children(node: yaml.Node) -> Iterator[yaml.Node]:
+    if isinstance(node, yaml.MappingNode):
+        for key, value in node.value:
+            yield key
+            yield value
+    elif isinstance(node, yaml.SequenceNode):
+        yield from node.value
+
+
+def safe_load(text: str | bytes) -> Any:
+    """``yaml.safe_load`` with the alias-expansion and nesting limits of ``apply -f``.
+
+    For YAML read from users outside ``load_text`` (the nodes file): raises
+    ``YamlLimitError`` (a ``yaml.MarkedYAMLError``, with the line) like any syntax error.
+    """
+    loader = LimitedSafeLoader(text)
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
+
 
 @dataclass(frozen=True)
 class SpecError:
@@ -249,7 +336,7 @@ def iter_documents(
     text: str, source: str
 ) -> Iterator[tuple[int, yaml.Node | None, Any, SpecError | None]]:
     """Yield (document number, node, data, syntax error) for every document in ``text``."""
-    loader = yaml.SafeLoader(text)
+    loader = LimitedSafeLoader(text)
     number = 0
     try:
         while True:

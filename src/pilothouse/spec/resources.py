@@ -63,6 +63,25 @@ class EnvVar(SpecModel):
     value: str = ""
 
 
+#: a variable of the control plane's environment: a name, or a prefix ending in ``*``
+PassEnvName = Annotated[
+    str, Field(min_length=1, max_length=256, pattern=r"^[A-Za-z_][A-Za-z0-9_]*\*?$")
+]
+PASS_ENV_DESCRIPTION = (
+    "Variables of the control plane's own environment its processes get too: names, or "
+    "prefixes ending in '*' (e.g. AWS_*). Without them a process sees only what the platform "
+    "and the spec set, plus PATH, HOME, USER, the locale (LANG, LC_*, TZ), TMPDIR, "
+    "VIRTUAL_ENV, PYTHONPATH, LD_LIBRARY_PATH, the trusted CAs (SSL_CERT_FILE, "
+    "REQUESTS_CA_BUNDLE, ...), thread settings (OMP_*, MKL_NUM_THREADS, "
+    "OPENBLAS_NUM_THREADS), CUDA_* and the platform's own PILOTHOUSE_* settings (not its "
+    "registry's): no credentials, no proxies"
+)
+
+
+def _pass_env_field() -> Any:
+    return Field(default_factory=list, max_length=256, description=PASS_ENV_DESCRIPTION)
+
+
 class Backoff(SpecModel):
     """Exponential restart backoff, the shape kubelet uses (initial, doubling, capped)."""
 
@@ -98,6 +117,7 @@ class TrainingJobSpec(SpecModel):
     command: list[str] = Field(min_length=1, description="Executable and arguments")
     args: list[str] = Field(default_factory=list)
     env: list[EnvVar] = Field(default_factory=list)
+    pass_env: list[PassEnvName] = _pass_env_field()
     working_dir: str | None = Field(
         default=None,
         description="Directory the workers start in; relative paths are resolved against "
@@ -242,15 +262,23 @@ class TrafficLimits(SpecModel):
     )
     queue_limit: int = Field(default=256, ge=0, le=100000)
     queue_timeout: Duration = 10.0
+    max_ejection_percent: float = Field(
+        default=50.0,
+        ge=0,
+        le=100,
+        description="At most this share of one revision's replicas is ejected at once as "
+        "outliers (never the last one); 0 turns ejection off",
+    )
 
 
 #: the spec fields a revision is made of (a change to any of them rolls out a new revision;
 #: ``rollout undo`` puts them back)
-TEMPLATE_FIELDS = ("model", "runtime", "resources", "probes", "batching")
+TEMPLATE_FIELDS = ("model", "runtime", "resources", "probes", "batching", "passEnv")
 
 #: metrics the rollout analysis computes itself, per revision, every interval
 ANALYSIS_METRICS: dict[str, str] = {
-    "errorRate": "share of the new revision's requests answered with a 5xx (0..1)",
+    "errorRate": "share of the new revision's requests answered with a 5xx or not at all "
+    "(0..1); a request that failed on the stable revision too is not counted, nor a 4xx",
     "latencyP50": "median request latency of the new revision, seconds",
     "latencyP99": "99th percentile request latency of the new revision, seconds",
     "agreement": "share of mirrored requests where the new revision predicts the same label "
@@ -564,6 +592,7 @@ def _replica_requests() -> ResourceRequests:
 class ModelDeploymentSpec(SpecModel):
     model: ModelRef = Field(description="'name', 'name:VERSION', 'name:latest' or 'name@STAGE'")
     runtime: Literal["auto", "sklearn", "xgboost", "lightgbm", "onnx", "custom"] = "auto"
+    pass_env: list[PassEnvName] = _pass_env_field()
     resources: ResourceRequests = Field(
         default_factory=_replica_requests,
         description="What one replica needs (default cpu 250m, memory 256Mi)",

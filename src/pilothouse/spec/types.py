@@ -87,14 +87,28 @@ Duration = Annotated[
 ]
 
 _NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+_NAME_EXPECTED = (
+    "expected a DNS-1123 label: at most 63 lowercase letters, digits or '-', "
+    "starting and ending with a letter or digit"
+)
+
+
+def is_name(value: object) -> bool:
+    """A DNS-1123 label, the whole string (``fullmatch``: ``"fraud\\n"`` is not a name)."""
+    return isinstance(value, str) and len(value) <= 63 and _NAME_RE.fullmatch(value) is not None
+
+
+def name_problem(value: object) -> str | None:
+    """Why ``value`` is not an object name (None when it is one); the text names what was
+    expected, for API errors that cannot go through pydantic."""
+    if is_name(value):
+        return None
+    return f"invalid name {value!r}: {_NAME_EXPECTED}"
 
 
 def _name(value: str) -> str:
-    if len(value) > 63 or not _NAME_RE.match(value):
-        raise ValueError(
-            "expected a DNS-1123 label: at most 63 lowercase letters, digits or '-', "
-            "starting and ending with a letter or digit"
-        )
+    if not is_name(value):
+        raise ValueError(_NAME_EXPECTED)
     return value
 
 
@@ -105,14 +119,69 @@ Name = Annotated[
     WithJsonSchema({"type": "string", "maxLength": 63, "pattern": _NAME_RE.pattern}),
 ]
 
+#: a label key's name part (and a label value, when not empty): Kubernetes' rules
+_LABEL_NAME_RE = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$")
+#: a label key's optional prefix: a DNS-1123 subdomain
+_SUBDOMAIN_RE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+
+
+def label_key_problem(key: object) -> str | None:
+    """Why ``key`` is not a Kubernetes label key (``[prefix/]name``), or None when it is one."""
+    expected = (
+        "expected a label key '[prefix/]name': a name of at most 63 letters, digits, '-', '_' "
+        "or '.', starting and ending with a letter or digit, after an optional DNS subdomain "
+        "prefix of at most 253 characters"
+    )
+    if not isinstance(key, str):
+        return f"invalid label key {key!r}: {expected}"
+    prefix, slash, name = key.rpartition("/")
+    if slash and (len(prefix) > 253 or not _SUBDOMAIN_RE.fullmatch(prefix)):
+        return f"invalid label key {key!r}: {expected}"
+    if len(name) > 63 or not _LABEL_NAME_RE.fullmatch(name):
+        return f"invalid label key {key!r}: {expected}"
+    return None
+
+
+def label_value_problem(value: object) -> str | None:
+    """Why ``value`` is not a Kubernetes label value (empty, or a label name), or None."""
+    if isinstance(value, str) and (
+        value == "" or (len(value) <= 63 and _LABEL_NAME_RE.fullmatch(value))
+    ):
+        return None
+    return (
+        f"invalid label value {value!r}: expected at most 63 letters, digits, '-', '_' or '.', "
+        "starting and ending with a letter or digit (or empty)"
+    )
+
+
+def _labels(value: dict[str, str]) -> dict[str, str]:
+    for key, item in value.items():
+        problem = label_key_problem(key) or label_value_problem(item)
+        if problem is not None:
+            raise ValueError(problem)
+    return value
+
+
+#: ``metadata.labels``: keys and values as Kubernetes accepts them (whole-string matches).
+Labels = Annotated[dict[str, str], AfterValidator(_labels)]
+
 _MODEL_REF_RE = re.compile(
     r"^(?P<name>[a-z0-9]([-a-z0-9_.]*[a-z0-9])?)"
     r"(?:(?::(?P<version>[0-9]+|latest))|(?:@(?P<stage>staging|production|archived)))?$"
 )
 
 
+def is_model_name(value: object) -> bool:
+    """A registry model name (the part of a reference before ``:`` or ``@``), the whole
+    string: what registries may use as a folder or key component."""
+    if not isinstance(value, str) or len(value) > 253:
+        return False
+    match = _MODEL_REF_RE.fullmatch(value)
+    return match is not None and match["name"] == value
+
+
 def _model_ref(value: str) -> str:
-    if not _MODEL_REF_RE.match(value):
+    if len(value) > 300 or not _MODEL_REF_RE.fullmatch(value):
         raise ValueError(
             "expected a model reference 'name', 'name:VERSION' (a number or 'latest') "
             "or 'name@STAGE' (staging, production, archived)"
@@ -130,8 +199,8 @@ ModelRef = Annotated[
 
 def split_model_ref(ref: str) -> tuple[str, str | None, str | None]:
     """Split a model reference into (name, version, stage); latest is (name, None, None)."""
-    match = _MODEL_REF_RE.match(ref)
-    if not match:
+    match = _MODEL_REF_RE.fullmatch(ref) if len(ref) <= 300 else None
+    if match is None:
         raise ValueError(
             f"invalid model reference {ref!r}: expected a model reference 'name', "
             "'name:VERSION' or 'name@STAGE'"

@@ -46,6 +46,7 @@ from typing import Any
 
 import yaml
 
+from pilothouse.spec.loader import safe_load
 from pilothouse.spec.quantity import (
     QuantityError,
     format_bytes,
@@ -281,7 +282,7 @@ def load_nodes(path: Path | None, address: str) -> list[NodeSpec]:
     except (OSError, UnicodeDecodeError) as exc:
         raise NodeConfigError([f"{source}: cannot read: {exc}"]) from exc
     try:
-        data = yaml.safe_load(text)
+        data = safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{source}:{mark.line + 1}" if mark is not None else source
@@ -354,7 +355,7 @@ def _entry(raw: Any, prefix: str, index: int, address: str, problems: list[str])
 
     if name is None:
         base = f"node-{index}"
-    elif not isinstance(name, str) or not _LABEL_RE.match(name) or len(name) > 63:
+    elif not isinstance(name, str) or not _LABEL_RE.fullmatch(name) or len(name) > 63:
         bad("name", "must be a DNS-1123 label (lowercase letters, digits, '-', at most 63)")
         base = "node"
     else:

@@ -14,12 +14,34 @@ that survives attempts; a small launcher records their exit code.
 Every item is recorded in SQLite: a daemon killed with SIGKILL and started again
 adopts the processes that still run (and learns how the others ended) instead of
 starting duplicates.
+
+Environment: a process gets what the platform and its spec set, not the control plane's
+whole environment (secrets such as AWS_SECRET_ACCESS_KEY in it stay there): see
+:func:`child_env`. A spec's ``passEnv`` names what it wants of it besides.
+
+Logs: each process writes its own log through its stdout; they are rotated by size
+(``X.log`` and one backup ``X.log.1``, each at most ``log_max_bytes``, default 10 MiB or
+``$PILOTHOUSE_LOG_MAX_BYTES``), checked every ``log_check_every`` seconds.
+
+Replacement: the end of every process is noticed at once (a pidfd in the event loop, not
+a poll) and reported with ``on_change(kind, name)`` (the daemon wakes that object's
+controller), as is a replica turning ready or unready; a starting replica is probed every
+50 ms. Most of a model server's start is importing (about 1.5 s of CPU for scikit-learn)
+and loading its model, so each serving revision without a GPU keeps one *standby*
+(``pilothouse.serving.standby``): a process that imported all that ahead of need and
+becomes the next replica of that revision when one is started (a replacement, a scale-up)
+-- it is handed the replica's listening socket, log, environment and arguments, and
+serves within a few hundred milliseconds instead of seconds. A standby is made one at a
+time, only while no replica of its deployment is starting, holds no room on a node (it
+serves nothing and holds no model), and is stopped when its revision no longer runs;
+``standby=False`` or ``$PILOTHOUSE_STANDBY=0`` turns them off.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import shutil
@@ -39,7 +61,13 @@ import httpx
 from pilothouse.router.metrics import LATENCY_BOUNDS
 from pilothouse.router.proxy import Backend, Router, TrafficPolicy
 from pilothouse.runtime.local.nodes import NodeSpec, machine_node
-from pilothouse.runtime.local.supervisor import UNKNOWN_EXIT, Child, Supervisor
+from pilothouse.runtime.local.supervisor import (
+    LOG_MAX_BYTES,
+    UNKNOWN_EXIT,
+    Child,
+    Supervisor,
+    is_same_process,
+)
 from pilothouse.runtime.port import (
     Bind,
     DeploymentLoad,
@@ -57,7 +85,7 @@ from pilothouse.runtime.port import (
     WorkerSpec,
     WorkerStatus,
 )
-from pilothouse.spec.quantity import format_bytes, format_cpu_millis
+from pilothouse.spec.quantity import QuantityError, format_bytes, format_cpu_millis, parse_bytes
 from pilothouse.store.sqlite import Store
 
 log = logging.getLogger("pilothouse.runtime.local")
@@ -104,6 +132,8 @@ class _Item:
     output_dir: str = ""
     state_file: str = ""
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    #: a pidfd of its process, readable once it ended (watched by the event loop)
+    exit_fd: int | None = None
 
     @property
     def gang(self) -> str | None:
@@ -164,6 +194,7 @@ class _Item:
         if isinstance(r.get("worker"), dict):
             w = dict(r["worker"])
             w["requests"] = Requests(**(w.get("requests") or {}))
+            w["pass_env"] = tuple(w.get("pass_env") or ())
             worker = WorkerSpec(**w)
         replica = (
             ReplicaSpec.from_dict(r["replica"]) if isinstance(r.get("replica"), dict) else None
@@ -212,17 +243,112 @@ class _Node:
         )
 
 
+@dataclass
+class _Standby:
+    """A model server that imported what a revision's replicas need and waits, on
+    ``control``, to be made one of them (serving/standby.py)."""
+
+    id: str
+    child: Child
+    control: socket.socket
+
+
 LAUNCHER = Path(__file__).with_name("launch.py")
 
 
-def _child_env(extra: dict[str, str]) -> dict[str, str]:
-    """The platform's environment with its own Python first on PATH, plus ``extra``."""
-    env = dict(os.environ)
+#: what every process gets of the control plane's environment: where programs and
+#: libraries are (its own Python's bin first on PATH), who and where it runs, its locale,
+#: which certificate authorities to trust, thread settings, CUDA settings, and the
+#: platform's own PILOTHOUSE_* settings. Proxies are not among them (their URLs may hold
+#: credentials): ``passEnv: [HTTPS_PROXY, NO_PROXY]``.
+_INHERITED = frozenset(
+    {
+        "PATH",
+        "HOME",
+        "USER",
+        "LOGNAME",
+        "LANG",
+        "LANGUAGE",
+        "TZ",
+        "TMPDIR",
+        "VIRTUAL_ENV",
+        "PYTHONPATH",
+        "LD_LIBRARY_PATH",
+        "SSL_CERT_FILE",
+        "SSL_CERT_DIR",
+        "REQUESTS_CA_BUNDLE",
+        "CURL_CA_BUNDLE",
+        "MKL_NUM_THREADS",
+        "OPENBLAS_NUM_THREADS",
+    }
+)
+_INHERITED_PREFIXES = ("LC_", "OMP_", "CUDA_", "PILOTHOUSE_")
+#: the control plane's own registry access (a URI, and storage options that may hold
+#: credentials): replicas load a local copy it fetched and verified, and a job's output is
+#: registered by the control plane, so no process needs them unless its spec asks
+_CONTROL_PLANE_ONLY = frozenset({"PILOTHOUSE_REGISTRY", "PILOTHOUSE_REGISTRY_OPTIONS"})
+
+
+def _passed(name: str, patterns: tuple[str, ...]) -> bool:
+    """Whether ``name`` is one of ``patterns`` (names, or prefixes ending in ``*``)."""
+    return any(name.startswith(p[:-1]) if p.endswith("*") else name == p for p in patterns)
+
+
+def child_env(
+    extra: dict[str, str],
+    pass_env: tuple[str, ...] = (),
+    environ: dict[str, str] | None = None,
+) -> dict[str, str]:
+    """The environment of a replica, worker or probe: an explicit one.
+
+    * from the control plane's environment (``environ``, default ``os.environ``): PATH
+      (with the platform's Python first), HOME, USER, LOGNAME, the locale (LANG,
+      LANGUAGE, LC_*, TZ), TMPDIR, VIRTUAL_ENV, PYTHONPATH and LD_LIBRARY_PATH (how the
+      platform's own Python and libraries are found), the certificate authorities to
+      trust (SSL_CERT_FILE, SSL_CERT_DIR, REQUESTS_CA_BUNDLE, CURL_CA_BUNDLE), thread
+      settings (OMP_*, MKL_NUM_THREADS, OPENBLAS_NUM_THREADS), CUDA_* and the platform's
+      PILOTHOUSE_* settings (its home, a benchmark's run tag) except the registry's
+      (PILOTHOUSE_REGISTRY, PILOTHOUSE_REGISTRY_OPTIONS);
+    * whatever else of it the spec's ``passEnv`` names (``AWS_PROFILE``, ``AWS_*``);
+    * ``PYTHONUNBUFFERED=1``, then ``extra``: the spec's ``env`` and what the platform sets
+      (PILOTHOUSE_*, CUDA_VISIBLE_DEVICES, the torchrun variables), which win.
+
+    Nothing else: credentials in the control plane's environment (AWS_SECRET_ACCESS_KEY,
+    tokens) do not reach user processes unless a spec passes them. Model servers need
+    none to find their model: the control plane fetches each version from the registry
+    (S3 included, with its own credentials), verifies it, and gives the replica that local
+    copy (``--model-dir``); a training job's output is registered by the control plane too.
+    A job that reads its own data from S3 names what it needs: ``passEnv: [AWS_*]``.
+    """
+    source = os.environ if environ is None else environ
+    env = {
+        name: value
+        for name, value in source.items()
+        if (
+            (name in _INHERITED or name.startswith(_INHERITED_PREFIXES))
+            and name not in _CONTROL_PLANE_ONLY
+        )
+        or _passed(name, pass_env)
+    }
     bindir = str(Path(sys.executable).parent)
-    env["PATH"] = bindir + os.pathsep + env.get("PATH", "")
+    env["PATH"] = bindir + os.pathsep + env.get("PATH", os.defpath)
     env["PYTHONUNBUFFERED"] = "1"
     env.update(extra)
     return env
+
+
+def _log_max_bytes(value: int | None) -> int:
+    """The limit given, else ``$PILOTHOUSE_LOG_MAX_BYTES`` (bytes or a quantity such as
+    ``10Mi``), else 10 MiB; never under 4 KiB."""
+    if value is None:
+        raw = os.environ.get("PILOTHOUSE_LOG_MAX_BYTES", "").strip()
+        value = LOG_MAX_BYTES
+        if raw:
+            try:
+                value = parse_bytes(raw)
+            except QuantityError as exc:
+                log.warning("PILOTHOUSE_LOG_MAX_BYTES=%r ignored: %s", raw, exc)
+    return max(4096, int(value))
 
 
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
@@ -254,12 +380,33 @@ class LocalRuntime:
         router: Router,
         host: str = "127.0.0.1",
         nodes: list[NodeSpec] | None = None,
+        *,
+        log_max_bytes: int | None = None,
+        log_check_every: float = 2.0,
+        standby: bool | None = None,
     ) -> None:
+        """``log_max_bytes``: each process's log is rotated once it is larger (None:
+        ``$PILOTHOUSE_LOG_MAX_BYTES``, else 10 MiB), checked every ``log_check_every`` s.
+        ``standby``: keep a model server ready to replace a replica of each serving
+        revision without a GPU (None: unless ``$PILOTHOUSE_STANDBY`` is 0)."""
         self.home = home
         self.host = host
         self.router = router
         self.store = store
-        self.supervisor = Supervisor(store, home / "logs")
+        self.supervisor = Supervisor(store, home / "logs", _log_max_bytes(log_max_bytes))
+        self.log_check_every = log_check_every
+        if standby is None:
+            standby = os.environ.get("PILOTHOUSE_STANDBY", "1").strip().lower() not in (
+                "0",
+                "false",
+                "no",
+                "off",
+            )
+        self.standby = standby
+        self._standbys: dict[tuple[str, str], _Standby] = {}
+        #: revisions whose standby failed: none again for them until then (monotonic)
+        self._standby_pause: dict[tuple[str, str], float] = {}
+        self._standby_wake = asyncio.Event()
         specs = nodes if nodes else [machine_node(host)]
         states = store.node_states()
         self._nodes: dict[str, _Node] = {
@@ -270,8 +417,13 @@ class LocalRuntime:
         self._cpu_seen: dict[str, tuple[int, float]] = {}
         self._cpu_history: dict[str, deque[tuple[float, dict[str, float]]]] = {}
         self._cpu_task: asyncio.Task[None] | None = None
+        self._log_task: asyncio.Task[None] | None = None
+        self._standby_task: asyncio.Task[None] | None = None
         #: called when something waits for a node (the scheduler should look)
         self.on_pending: Callable[[], None] = lambda: None
+        #: called with (owner kind, owner name) when one of its processes ended, or one of
+        #: its replicas turned ready or unready (its controller should look now)
+        self.on_change: Callable[[str, str], None] = lambda kind, name: None
 
     async def start(self) -> list[str]:
         """Adopt what a previous daemon left running (re-attach its replicas and workers);
@@ -290,6 +442,7 @@ class LocalRuntime:
                 continue
             if not item.alive() or item.child is None:
                 continue
+            self._watch_exit(item)
             if item.doomed or item.released:
                 # it was being stopped when the previous daemon died: finish that
                 item.tasks.append(
@@ -298,7 +451,83 @@ class LocalRuntime:
             elif item.role == "replica":
                 self._watch_replica(item)
         self._cpu_task = asyncio.create_task(self._sample_cpu(), name="cpu-sampler")
+        self._log_task = asyncio.create_task(self._rotate_logs(), name="log-rotation")
+        self._standby_task = asyncio.create_task(self._keep_standbys(), name="standbys")
         return [r["id"] for r in stopped]
+
+    async def _rotate_logs(self) -> None:
+        """Every ``log_check_every`` seconds, rotate the logs that grew over the limit."""
+        while True:
+            await asyncio.sleep(self.log_check_every)
+            try:
+                await asyncio.to_thread(self.supervisor.rotate_logs)
+            except Exception:  # never stop rotating because one pass failed
+                log.exception("log rotation failed; trying again later")
+
+    # -- noticing that a process ended -----------------------------------------------------
+
+    def _watch_exit(self, item: _Item) -> None:
+        """Notice the end of the item's process at once: its pidfd becomes readable then.
+        Without pidfds (not Linux >= 5.3) a task polls it every 0.1 s instead."""
+        child = item.child
+        if child is None or item.exit_fd is not None:
+            return
+        try:
+            fd = os.pidfd_open(child.pid)
+        except ProcessLookupError:
+            self._exited(item)  # gone (and reaped) already
+            return
+        except (AttributeError, OSError):
+            item.tasks.append(asyncio.create_task(self._poll_exit(item), name=f"exit-{item.id}"))
+            return
+        # the pidfd names our process only if it had not ended (and been reaped, its PID
+        # free for another) before it was opened
+        ours = (
+            child.poll() is None
+            if not child.adopted
+            else is_same_process(child.pid, child.start_ticks)
+        )
+        if not ours:
+            os.close(fd)
+            self._exited(item)
+            return
+        item.exit_fd = fd
+        asyncio.get_running_loop().add_reader(fd, self._exited, item)
+
+    def _unwatch_exit(self, item: _Item) -> None:
+        fd, item.exit_fd = item.exit_fd, None
+        if fd is not None:
+            with contextlib.suppress(Exception):
+                asyncio.get_running_loop().remove_reader(fd)
+            os.close(fd)
+
+    async def _poll_exit(self, item: _Item) -> None:
+        child = item.child
+        assert child is not None
+        while child.poll() is None:  # noqa: ASYNC110 - nothing to wait on without a pidfd
+            await asyncio.sleep(0.1)
+        self._exited(item)
+
+    def _exited(self, item: _Item) -> None:
+        """The item's process ended: no more traffic to it, and its owner is told now."""
+        self._unwatch_exit(item)
+        if item.released or self._items.get(item.id) is not item:
+            return  # let go of already: nobody waits for this
+        code = item.exit_code()
+        if item.role == "replica":
+            was_ready, item.ready = item.ready, False
+            self.router.remove_backend(item.owner_name, item.id)
+            if not item.doomed:
+                item.message = f"exited with code {code}"
+            log.info(
+                "replica %s exited with code %s%s",
+                item.id,
+                code,
+                " (it was ready)" if was_ready else "",
+            )
+        else:
+            log.info("worker %s exited with code %s", item.id, code)
+        self.on_change(item.owner_kind, item.owner_name)
 
     def _adopt(self) -> list[str]:
         processes = {r["id"]: r for r in self.store.processes()}
@@ -331,9 +560,14 @@ class LocalRuntime:
         return adopted
 
     async def close(self) -> None:
-        if self._cpu_task is not None:
-            self._cpu_task.cancel()
+        for task in (self._cpu_task, self._log_task, self._standby_task):
+            if task is not None:
+                task.cancel()
+        for standby in self._standbys.values():
+            standby.control.close()  # stop_all below ends their processes
+        self._standbys.clear()
         for item in self._items.values():
+            self._unwatch_exit(item)
             for task in item.tasks:
                 task.cancel()
         # Workers stopped with the control plane resume when it is back (their job sees a
@@ -365,6 +599,7 @@ class LocalRuntime:
     def _forget(self, item_id: str) -> None:
         item = self._items.pop(item_id, None)
         if item is not None:
+            self._unwatch_exit(item)
             for task in item.tasks:
                 task.cancel()
         self.store.delete_placement(item_id)
@@ -472,6 +707,7 @@ class LocalRuntime:
                 self.supervisor.kill(item.id)
                 await _gone(item.child, 3600.0)
         if item.released and self._items.get(item.id) is item:
+            self._unwatch_exit(item)
             await asyncio.to_thread(self.supervisor.stop, item.id, 0.0)
             self._items.pop(item.id, None)
             self._cpu_seen.pop(item.id, None)
@@ -617,42 +853,51 @@ class LocalRuntime:
             sock.listen(1024)
             sock.set_inheritable(True)
             port = sock.getsockname()[1]
-            argv = [
-                sys.executable,
-                "-m",
-                "pilothouse",
+            args = [
                 "serve",
                 "--model-dir",
                 spec.model_dir,
                 "--name",
                 spec.model_name,
-                "--fd",
-                str(sock.fileno()),
                 "--max-batch-size",
                 str(spec.max_batch_size),
                 "--max-batch-delay",
                 str(spec.max_batch_delay),
             ]
-            env = {
-                "PILOTHOUSE_REPLICA_ID": item.id,
-                "PILOTHOUSE_NODE": node.spec.name,
-                "CUDA_VISIBLE_DEVICES": ",".join(item.gpus),
-                "CUDA_DEVICE_ORDER": "PCI_BUS_ID",
-            }
+            env = child_env(
+                {
+                    "PILOTHOUSE_REPLICA_ID": item.id,
+                    "PILOTHOUSE_NODE": node.spec.name,
+                    "CUDA_VISIBLE_DEVICES": ",".join(item.gpus),
+                    "CUDA_DEVICE_ORDER": "PCI_BUS_ID",
+                },
+                spec.pass_env,
+            )
+            log_name = f"modeldeployments/{spec.deployment}/{item.id}.log"
+            extra = {"endpoint": f"{host}:{port}", "revision": spec.revision}
             try:
-                child = await asyncio.to_thread(
-                    self.supervisor.spawn,
-                    item.id,
-                    owner_kind="ModelDeployment",
-                    owner_name=spec.deployment,
-                    role="replica",
-                    argv=argv,
-                    env=_child_env(env),
-                    cwd=None,
-                    log_name=f"modeldeployments/{spec.deployment}/{item.id}.log",
-                    pass_fds=(sock.fileno(),),
-                    extra={"endpoint": f"{host}:{port}", "revision": spec.revision},
-                )
+                child = await self._from_standby(item, sock, args, env, log_name, extra)
+                if child is None:
+                    child = await asyncio.to_thread(
+                        self.supervisor.spawn,
+                        item.id,
+                        owner_kind="ModelDeployment",
+                        owner_name=spec.deployment,
+                        role="replica",
+                        argv=[
+                            sys.executable,
+                            "-m",
+                            "pilothouse",
+                            *args,
+                            "--fd",
+                            str(sock.fileno()),
+                        ],
+                        env=env,
+                        cwd=None,
+                        log_name=log_name,
+                        pass_fds=(sock.fileno(),),
+                        extra=extra,
+                    )
             except OSError as exc:
                 item.ended_code, item.message = 127, f"cannot start the model server: {exc}"
                 item.ended_at = time.time()
@@ -662,6 +907,7 @@ class LocalRuntime:
             sock.close()
         item.child, item.host, item.port = child, host, port
         item.started_at, item.phase = child.started_at, "Running"
+        self._watch_exit(item)
         if item.doomed or item.released:
             # evicted (drain, lost node) while it was being started: stop it now
             self._save(item)
@@ -672,7 +918,169 @@ class LocalRuntime:
         item.message = "starting"
         self._save(item)
         self._watch_replica(item)
-        log.info("started replica %s on %s (%s:%d)", item.id, node.spec.name, host, port)
+        log.info(
+            "started replica %s on %s (%s:%d)%s",
+            item.id,
+            node.spec.name,
+            host,
+            port,
+            " from a standby" if child.record.get("fromStandby") else "",
+        )
+
+    # -- standbys: model servers started ahead of need ----------------------------------
+
+    def _standby_wanted(self) -> dict[tuple[str, str], ReplicaSpec]:
+        """The revisions that should have a standby: serving now (a ready replica), on no
+        GPU (a standby cannot know which GPU its replica gets), with no replica of their
+        deployment still starting (the standby's warm-up would slow it down)."""
+        starting = {
+            i.owner_name
+            for i in self._items.values()
+            if i.role == "replica" and not i.released and not i.ever_ready and i.alive()
+        }
+        wanted: dict[tuple[str, str], ReplicaSpec] = {}
+        for i in self._items.values():
+            spec = i.replica
+            if (
+                spec is not None
+                and i.ready
+                and not i.released
+                and not i.doomed
+                and spec.requests.gpu == 0
+                and i.owner_name not in starting
+            ):
+                wanted[(spec.deployment, spec.revision)] = spec
+        return wanted
+
+    async def _keep_standbys(self) -> None:
+        """Every second, and at once when a replica turned ready: one standby for each
+        revision that serves (see _standby_wanted), made one at a time; none for a revision
+        nothing runs of any more."""
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._standby_wake.wait(), 1.0)
+            self._standby_wake.clear()
+            try:
+                await self._tend_standbys()
+            except Exception:  # a failed pass never stops the loop
+                log.exception("could not tend the standby model servers")
+
+    async def _tend_standbys(self) -> None:
+        live = {
+            (i.owner_name, i.replica.revision)
+            for i in self._items.values()
+            if i.replica is not None and not i.released
+        }
+        now = time.monotonic()
+        for key, standby in list(self._standbys.items()):
+            if standby.child.poll() is not None:
+                # died before it was needed: not again for this revision for a while
+                log.warning(
+                    "standby %s ended (exit code %s) before it was needed; see %s",
+                    standby.id,
+                    standby.child.poll(),
+                    standby.child.record.get("log"),
+                )
+                self._standby_pause[key] = now + 60.0
+                await self._drop_standby(key)
+            elif key not in live:
+                await self._drop_standby(key)
+        if not self.standby:
+            return
+        for key, spec in self._standby_wanted().items():
+            if key not in self._standbys and self._standby_pause.get(key, 0.0) <= now:
+                await self._start_standby(spec)
+                return  # one at a time: each costs a second or two of CPU
+
+    async def _start_standby(self, spec: ReplicaSpec) -> None:
+        key = (spec.deployment, spec.revision)
+        standby_id = f"standby-{spec.deployment}-{spec.revision}"
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            theirs.set_inheritable(True)
+            argv = [
+                sys.executable,
+                "-m",
+                "pilothouse.serving.standby",
+                "--control",
+                str(theirs.fileno()),
+                "--model-dir",
+                spec.model_dir,
+                # room for the command line it shows once it is a replica
+                "--room=" + "." * 160,
+            ]
+            env = child_env({"CUDA_VISIBLE_DEVICES": "", "CUDA_DEVICE_ORDER": "PCI_BUS_ID"})
+            child = await asyncio.to_thread(
+                self.supervisor.spawn,
+                standby_id,
+                owner_kind="ModelDeployment",
+                owner_name=spec.deployment,
+                role="standby",
+                argv=argv,
+                env=child_env(env, spec.pass_env),
+                cwd=None,
+                log_name=f"modeldeployments/{spec.deployment}/{standby_id}.out",
+                pass_fds=(theirs.fileno(),),
+                extra={"revision": spec.revision},
+            )
+        except OSError as exc:
+            ours.close()
+            log.warning("could not start a standby for %s/%s: %s", *key, exc)
+            self._standby_pause[key] = time.monotonic() + 60.0
+            return
+        finally:
+            theirs.close()
+        self._standbys[key] = _Standby(standby_id, child, ours)
+        log.info("started standby %s (pid %d)", standby_id, child.pid)
+
+    async def _drop_standby(self, key: tuple[str, str]) -> None:
+        standby = self._standbys.pop(key, None)
+        if standby is not None:
+            standby.control.close()  # it ends by itself when it sees that
+            await asyncio.to_thread(self.supervisor.stop, standby.id, 2.0)
+
+    async def _from_standby(
+        self,
+        item: _Item,
+        listener: socket.socket,
+        args: list[str],
+        env: dict[str, str],
+        log_name: str,
+        extra: dict[str, Any],
+    ) -> Child | None:
+        """Make the revision's standby this replica (its listening socket and log passed
+        over the control socket), or None if there is none that runs."""
+        spec = item.replica
+        assert spec is not None
+        standby = self._standbys.pop((spec.deployment, spec.revision), None)
+        if standby is None:
+            return None
+        try:
+            if standby.child.poll() is not None:
+                raise OSError(f"it ended with code {standby.child.poll()}")
+            log_path = self.supervisor.log_dir / log_name
+            log_path.parent.mkdir(parents=True, exist_ok=True)
+            log_fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o666)
+            try:
+                message = json.dumps({"args": args, "env": env}).encode()
+                socket.send_fds(standby.control, [message], [listener.fileno(), log_fd])
+            finally:
+                os.close(log_fd)
+        except OSError as exc:
+            log.warning("standby %s not used for %s: %s", standby.id, item.id, exc)
+            standby.control.close()
+            await asyncio.to_thread(self.supervisor.stop, standby.id, 1.0)
+            return None
+        standby.control.close()
+        return self.supervisor.assign(
+            standby.id,
+            item.id,
+            owner_name=spec.deployment,
+            role="replica",
+            argv=[sys.executable, "-m", "pilothouse", *args, "--fd", "?"],
+            log_name=log_name,
+            extra={**extra, "fromStandby": standby.id},
+        )
 
     def _watch_replica(self, item: _Item) -> None:
         item.tasks.append(asyncio.create_task(self._readiness(item), name=f"ready-{item.id}"))
@@ -691,7 +1099,10 @@ class LocalRuntime:
                     stdin=asyncio.subprocess.DEVNULL,
                     stdout=asyncio.subprocess.PIPE,
                     stderr=asyncio.subprocess.STDOUT,
-                    env=_child_env({"PILOTHOUSE_REPLICA_ENDPOINT": f"{item.host}:{item.port}"}),
+                    env=child_env(
+                        {"PILOTHOUSE_REPLICA_ENDPOINT": f"{item.host}:{item.port}"},
+                        item.replica.pass_env if item.replica is not None else (),
+                    ),
                     start_new_session=True,
                 )
             except OSError as exc:
@@ -729,14 +1140,25 @@ class LocalRuntime:
             timeout=spec.probe_timeout,
             failure_threshold=spec.failure_threshold,
         )
+        # a replica that never was ready is starting: probed every 50 ms (HTTP; a command
+        # costs a process each time: 250 ms), so it takes traffic as soon as it answers
+        starting = min(0.25 if probe.command else 0.05, probe.period)
         while item.child.poll() is None and not item.doomed:
             ok, detail = await self._check(item, probe)
-            if item.doomed:
+            if item.doomed or item.child.poll() is not None:
                 break
             if ok:
                 if not item.ready:
                     item.message = "ready"
-                item.ready, item.failures = True, 0
+                    item.ready, item.failures = True, 0
+                    log.info(
+                        "replica %s ready %.2fs after its start",
+                        item.id,
+                        time.time() - item.started_at,
+                    )
+                    self.on_change(item.owner_kind, item.owner_name)
+                    self._standby_wake.set()
+                item.failures = 0
                 if not item.ever_ready:
                     item.ever_ready = True
                     self._save(item)
@@ -744,8 +1166,13 @@ class LocalRuntime:
                 item.failures += 1
                 if item.ready and item.failures >= probe.failure_threshold:
                     item.ready = False
+                    self.on_change(item.owner_kind, item.owner_name)
                 item.message = f"readiness probe failed: {detail}"
-            await asyncio.sleep(probe.period if item.ready else min(0.25, probe.period))
+            if item.ready:
+                pause = probe.period
+            else:
+                pause = starting if not item.ever_ready else min(0.25, probe.period)
+            await asyncio.sleep(pause)
         item.ready = False
         if not item.doomed:
             item.message = f"exited with code {item.child.poll()}"
@@ -813,6 +1240,7 @@ class LocalRuntime:
                 )
             return
         item.released, item.phase = True, "Terminating"
+        self._unwatch_exit(item)
         for task in item.tasks:
             task.cancel()
         grace = item.grace
@@ -879,6 +1307,7 @@ class LocalRuntime:
                 queue_limit=t.queue_limit,
                 queue_timeout=t.queue_timeout,
                 hold_when_empty=t.hold_when_empty,
+                max_ejection_percent=t.max_ejection_percent,
             ),
         )
         self.router.set_backends(deployment, backends)
@@ -1086,7 +1515,7 @@ class LocalRuntime:
             log_path,
             f"--- pilothouse: attempt {spec.attempt} of {spec.job} at {stamp} on node {item.node}",
         )
-        env = _child_env(extra_env)
+        env = child_env(extra_env, spec.pass_env)
         cwd = spec.working_dir
         problem = _cannot_start(spec.command[0], cwd, env.get("PATH", ""))
         state_file = self.home / "run" / f"{item.id}.json"
@@ -1128,6 +1557,7 @@ class LocalRuntime:
         item.child, item.state_file = child, str(state_file)
         item.started_at, item.phase, item.message = child.started_at, "Running", ""
         self._save(item)
+        self._watch_exit(item)
         if item.doomed or item.released:
             # evicted (drain, lost node) while it was being started: stop it now
             item.tasks.append(

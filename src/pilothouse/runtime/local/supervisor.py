@@ -4,21 +4,130 @@ Every child runs in its own session (process group) so stopping it stops its
 descendants too, logs to its own file, and is recorded with its PID and start
 time. The start time lets ``pilothouse down`` (or a restarted daemon) tell one
 of our processes from an unrelated one that reused the PID.
+
+Logs are rotated by size (:func:`rotate_log`): a child writes its log through its own
+stdout, opened in append mode, so the file is never reopened; once it is over the
+limit, its older part moves to ``X.log.1`` (replacing the previous one) and ``X.log``
+keeps only what came after, in place. Disk use per log stays about twice the limit.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import json
+import logging
 import os
 import signal
 import subprocess
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from pilothouse.store.sqlite import Store
+
+log = logging.getLogger("pilothouse.runtime.local")
+
+#: a log is rotated once it is larger than this (the runtime's default)
+LOG_MAX_BYTES = 10 * 2**20
+_CHUNK = 2**20
+_FALLOC_FL_COLLAPSE_RANGE = 0x08
+_fallocate: Any = None
+#: one rotation at a time (the periodic one and a stopped child's last one may meet)
+_rotating = threading.Lock()
+
+
+def _collapse(fd: int, length: int) -> bool:
+    """Remove the first ``length`` bytes of the file in place (Linux ``fallocate``
+    COLLAPSE_RANGE on ext4/xfs; ``length`` a multiple of the block size). Atomic for a
+    writer appending at the same moment: nothing it writes is lost. False where the
+    filesystem or the platform cannot."""
+    global _fallocate
+    if _fallocate is None:
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            # fallocate64 everywhere glibc is; plain fallocate takes a 64-bit off_t too
+            # where a long is 64 bits (musl has only that one)
+            function = getattr(libc, "fallocate64", None)
+            if function is None and ctypes.sizeof(ctypes.c_long) == 8:
+                function = libc.fallocate
+        except (OSError, AttributeError):
+            function = None
+        if function is None:
+            _fallocate = False
+            return False
+        function.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+        function.restype = ctypes.c_int
+        _fallocate = function
+    if _fallocate is False:
+        return False
+    return bool(_fallocate(fd, _FALLOC_FL_COLLAPSE_RANGE, 0, length) == 0)
+
+
+def _copy(fd: int, start: int, end: int | None, target: Path) -> None:
+    """Bytes ``start`` to ``end`` (None: to the end of the file) of ``fd`` into ``target``,
+    atomically (a reader sees the previous backup or this one), starting at a line."""
+    tmp = target.with_name(target.name + ".tmp")
+    with tmp.open("wb") as out:
+        offset, first = start, start > 0
+        while end is None or offset < end:
+            want = _CHUNK if end is None else min(_CHUNK, end - offset)
+            data = os.pread(fd, want, offset)
+            if not data:
+                break
+            offset += len(data)
+            if first:
+                first = False
+                newline = data.find(b"\n")
+                if 0 <= newline < len(data) - 1:
+                    data = data[newline + 1 :]  # the backup starts with a whole line
+            out.write(data)
+    os.replace(tmp, target)
+
+
+def rotate_log(path: Path, max_bytes: int, *, collapse: bool = True) -> bool:
+    """If ``path`` is larger than ``max_bytes``: its older part goes to ``path.1`` (the
+    newest ``max_bytes`` of it at most, replacing the previous backup) and ``path`` keeps
+    what came after, in place (the child writing it keeps its file descriptor). Returns
+    whether it rotated.
+
+    Where the filesystem can (ext4, xfs) the moved part is cut off the front of the file
+    (:func:`_collapse`): ``path.1`` ends exactly where ``path`` then begins, nothing is
+    lost or repeated, and ``path`` may begin in the middle of a line (read ``path.1``
+    first). Elsewhere it is copy-then-truncate, as logrotate's ``copytruncate``: what the
+    child writes between the copy and the truncation (microseconds) is lost.
+    """
+    with _rotating:
+        return _rotate(path, max_bytes, collapse)
+
+
+def _rotate(path: Path, max_bytes: int, collapse: bool) -> bool:
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+    except OSError:
+        return False
+    backup = path.with_name(path.name + ".1")
+    try:
+        stat = os.fstat(fd)
+        if stat.st_size <= max_bytes:
+            return False
+        block = stat.st_blksize if stat.st_blksize > 0 else 4096
+        # whole blocks, short of the end (the range may not reach it)
+        cut = (stat.st_size - 1) // block * block
+        if collapse and cut > 0:
+            _copy(fd, max(0, cut - max_bytes), cut, backup)
+            if _collapse(fd, cut):
+                return True
+        _copy(fd, max(0, stat.st_size - max_bytes), None, backup)
+        os.ftruncate(fd, 0)
+        return True
+    except OSError as exc:
+        log.warning("could not rotate %s: %s", path, exc)
+        return False
+    finally:
+        os.close(fd)
 
 
 def process_start_ticks(pid: int) -> int | None:
@@ -130,10 +239,21 @@ UNKNOWN_EXIT = 255
 class Supervisor:
     """Owns the child processes of one daemon."""
 
-    def __init__(self, store: Store, log_dir: Path) -> None:
+    def __init__(self, store: Store, log_dir: Path, log_max_bytes: int = LOG_MAX_BYTES) -> None:
         self.store = store
         self.log_dir = log_dir
+        self.log_max_bytes = log_max_bytes
         self.children: dict[str, Child] = {}
+
+    def rotate_logs(self) -> list[Path]:
+        """Rotate every child's log that is over the limit (see :func:`rotate_log`); the
+        rotated ones. Safe to call from a thread while children come and go."""
+        rotated = []
+        for child in list(self.children.values()):
+            path = child.record.get("log")
+            if path and rotate_log(Path(path), self.log_max_bytes):
+                rotated.append(Path(path))
+        return rotated
 
     def reap_orphans(self) -> list[dict[str, Any]]:
         """Stop processes a previous daemon left behind (it died without cleaning up)."""
@@ -203,6 +323,39 @@ class Supervisor:
         self.children[process_id] = child
         return child
 
+    def assign(
+        self,
+        process_id: str,
+        new_id: str,
+        *,
+        owner_name: str,
+        role: str,
+        argv: list[str],
+        log_name: str,
+        extra: dict[str, Any] | None = None,
+    ) -> Child:
+        """A running child becomes another: a standby model server that was given a
+        replica to be (serving/standby.py). Same process, new id, role and log; its record
+        is replaced (the new one first: a daemon that dies in between still finds it)."""
+        child = self.children.pop(process_id)
+        now = time.time()
+        record = {
+            **child.record,
+            "id": new_id,
+            "ownerName": owner_name,
+            "role": role,
+            "argv": argv,
+            "log": str(self.log_dir / log_name),
+            "startedAt": now,
+            **(extra or {}),
+        }
+        self.store.put_process(record)
+        self.store.delete_process(process_id)
+        child.id, child.record, child.started_at = new_id, record, now
+        child.extra = {**child.extra, **(extra or {})}
+        self.children[new_id] = child
+        return child
+
     def adopt(self, record: dict[str, Any]) -> Child:
         """Take over a process a previous daemon started. If it no longer runs (same PID and
         start time), the child reports it ended (with the launcher's exit code if recorded)."""
@@ -231,6 +384,9 @@ class Supervisor:
             # the leader is gone; anything still in its group (a worker whose launcher was
             # killed, a model server's stray child) goes too
             kill_orphaned_group(child.pid, child.start_ticks)
+            # what it wrote last is rotated too: nothing rotates this log after now
+            if child.record.get("log"):
+                rotate_log(Path(child.record["log"]), self.log_max_bytes)
         self.store.delete_process(process_id)
 
     def kill(self, process_id: str) -> None:
