@@ -443,9 +443,12 @@ def budget_platform(fresh_platform: Platform) -> Platform:
 def test_unfinished_uploads_stay_within_the_body_budget(budget_platform: Platform) -> None:
     platform = budget_platform
     v1 = register_v1(platform.home.models)
-    with platform.client() as api:
+    api = platform.client()
+    try:
         api.apply([_doc("uploads", v1.version)])
         st = _ready(api, "uploads")
+    finally:
+        api.close()
     url = urlsplit(st["url"])
     host, port = url.hostname or "127.0.0.1", url.port or 80
     info = platform.home.read_daemon_info()

@@ -486,6 +486,8 @@ class Route:
                         self.codes[str(exc.status)] += 1
                         extra = [(b"retry-after", b"1")] if exc.status == 503 else []
                         writer.write(Reply(exc.status, str(exc), extra).encode(False))
+                        parser.release()
+                        await _linger(reader, writer)
                         return
                     if parser.phase != phase:
                         phase = parser.phase
@@ -804,6 +806,24 @@ class Route:
         if self.server is not None:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self.server.wait_closed()
+
+
+LINGER_SECONDS = 2.0
+LINGER_BYTES = 64 * 2**20
+
+
+async def _linger(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Close after an error answer without losing it: a client still sending its body
+    would otherwise get a reset that discards the answer (nginx's lingering close). What
+    it sends meanwhile is read and dropped, bounded in time and bytes."""
+    with contextlib.suppress(Exception):
+        await writer.drain()
+        if writer.can_write_eof():
+            writer.write_eof()
+        dropped = 0
+        async with asyncio.timeout(LINGER_SECONDS):
+            while dropped < LINGER_BYTES and (chunk := await reader.read(65536)):
+                dropped += len(chunk)
 
 
 def _retry_preference(attempts: list[_Attempt]) -> Callable[[str], int]:
