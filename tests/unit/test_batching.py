@@ -139,3 +139,59 @@ def test_rows_of_different_widths_are_not_merged() -> None:
 def test_max_batch_size_must_be_positive() -> None:
     with pytest.raises(ValueError, match="at least 1"):
         Batcher(lambda x: x, max_batch_size=0)
+
+
+class RefusesNegatives:
+    """Refuses (ValueError) any call with a negative first feature; the first call blocks
+    until released, so that the requests behind it are merged into one call."""
+
+    def __init__(self, error: type[Exception] = ValueError) -> None:
+        self.calls: list[int] = []
+        self.error = error
+        self.started = threading.Event()
+        self.release = threading.Event()
+
+    def __call__(self, features: np.ndarray) -> np.ndarray:
+        self.calls.append(features.shape[0])
+        self.started.set()
+        if len(self.calls) == 1:
+            assert self.release.wait(10)
+        if (features[:, 0] < 0).any():
+            raise self.error(f"negative input in {features.shape[0]} row(s)")
+        return features[:, 0] * 10.0
+
+
+@pytest.mark.parametrize("error", [ValueError, RuntimeError])
+def test_a_request_that_fails_a_merged_call_does_not_fail_its_neighbours(
+    error: type[Exception],
+) -> None:
+    model = RefusesNegatives(error)
+
+    async def scenario() -> list[BaseException | np.ndarray]:
+        batcher = Batcher(model, max_batch_size=64)
+        first = asyncio.create_task(batcher.submit(rows(0)))
+        assert await asyncio.to_thread(model.started.wait, 10)
+        # queued while the first call runs: one merged call of 5 requests, one of them bad
+        rest = [asyncio.create_task(batcher.submit(rows(v))) for v in (1, 2, -3, 4, 5)]
+        await asyncio.sleep(0)
+        model.release.set()
+        return list(await asyncio.gather(first, *rest, return_exceptions=True))
+
+    results = asyncio.run(scenario())
+    assert model.calls[:2] == [1, 5], "the five queued requests were merged into one call"
+    for value, result in zip((0, 1, 2, -3, 4, 5), results, strict=True):
+        if value < 0:
+            assert isinstance(result, error)
+            assert "1 row(s)" in str(result), "the culprit gets the error of its own call"
+        else:
+            assert isinstance(result, np.ndarray), f"request {value} failed: {result!r}"
+            np.testing.assert_array_equal(result, [value * 10.0])
+    assert sum(model.calls) == 1 + 5 + 5, "after a failed merged call, each request ran alone"
+
+
+def test_a_model_answering_the_wrong_number_of_rows_is_a_model_error() -> None:
+    async def scenario() -> np.ndarray:
+        return await Batcher(lambda x: np.zeros(x.shape[0] + 1), max_batch_size=8).submit(rows(1))
+
+    with pytest.raises(RuntimeError, match="returned 2 scores for 1 rows"):
+        asyncio.run(scenario())

@@ -6,6 +6,10 @@ queued requests up to ``max_batch_size`` rows, optionally waits up to
 With ``max_delay=0`` (the default) nothing waits: a lone request runs at
 once, and batches form only from requests that arrived during the previous
 call — batching costs no latency at low load and saves most of it at high load.
+
+A merged call that raises cannot say which request was at fault: each request
+of that batch is then run alone, so a request the model refuses (or crashes
+on) gets its own error and its neighbours their own answers.
 """
 
 from __future__ import annotations
@@ -88,28 +92,38 @@ class Batcher:
             batch = [p for p in self._take() if not p.future.cancelled()]
             if not batch:
                 continue
-            sizes = [p.features.shape[0] for p in batch]
-            merged = (
-                batch[0].features
-                if len(batch) == 1
-                else np.concatenate([p.features for p in batch])
-            )
-            try:
-                loop = asyncio.get_running_loop()
-                scores = await loop.run_in_executor(self._executor, self._predict, merged)
-                if scores.shape[0] != merged.shape[0]:
-                    raise ValueError(
-                        f"the model returned {scores.shape[0]} scores for {merged.shape[0]} rows"
-                    )
-            except Exception as exc:
+            if not await self._run(batch):
+                # The merged call failed: run each request alone, so that only a request
+                # the model refuses (or fails on) gets an error, and only its own.
                 for pending in batch:
                     if not pending.future.done():
-                        pending.future.set_exception(exc)
-                continue
-            if self._on_batch is not None:
-                self._on_batch(merged.shape[0])
-            start = 0
-            for pending, size in zip(batch, sizes, strict=True):
+                        await self._run([pending])
+
+    async def _run(self, batch: list[_Pending]) -> bool:
+        """One model call for ``batch``; False, and nothing set, if a merged call failed."""
+        merged = (
+            batch[0].features if len(batch) == 1 else np.concatenate([p.features for p in batch])
+        )
+        try:
+            loop = asyncio.get_running_loop()
+            scores = await loop.run_in_executor(self._executor, self._predict, merged)
+            if scores.shape[0] != merged.shape[0]:
+                raise RuntimeError(
+                    f"the model returned {scores.shape[0]} scores for {merged.shape[0]} rows"
+                )
+        except Exception as exc:
+            if len(batch) > 1:
+                return False
+            for pending in batch:
                 if not pending.future.done():
-                    pending.future.set_result(scores[start : start + size])
-                start += size
+                    pending.future.set_exception(exc)
+            return True
+        if self._on_batch is not None:
+            self._on_batch(merged.shape[0])
+        start = 0
+        for pending in batch:
+            size = pending.features.shape[0]
+            if not pending.future.done():
+                pending.future.set_result(scores[start : start + size])
+            start += size
+        return True

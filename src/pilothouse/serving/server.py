@@ -3,11 +3,24 @@
 Readiness is false until the model is loaded and stays false if verification
 fails (the replica then reports why on ``/v2/health/ready`` and in its log),
 so the router never sends traffic to a replica that cannot answer.
+
+Every answer is JSON. Input the replica can check is a 4xx that names the field
+(``serving/protocol.py``); a model that refuses an input (``ValueError``) is a
+400 for that request alone, even inside a merged batch (``serving/batching.py``);
+a model that fails, or answers NaN or infinity, is a 500 counted as such in
+``pilothouse_model_requests_total``. Connections are bounded: a new one must
+start a request within ``first_byte_timeout``, a request head must be complete
+within ``head_timeout`` of its first byte and within ``MAX_HEAD_BYTES``, an idle
+keep-alive one is closed after ``keep_alive_timeout``, and past
+``limit_concurrency`` connections requests get 503.
 """
 
 from __future__ import annotations
 
-import json
+import asyncio
+import contextlib
+import enum
+import http
 import logging
 import os
 import socket
@@ -19,31 +32,38 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import Any, ClassVar, Literal
 
+import h11
+import orjson
 import uvicorn
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import Response
 from starlette.routing import Route
+from uvicorn.protocols.http.h11_impl import H11Protocol
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from pilothouse.registry.local import ModelVersion, RegistryError, read_version
 from pilothouse.serving.batching import Batcher
 from pilothouse.serving.openapi import openapi_document
 from pilothouse.serving.protocol import (
+    BadOutput,
     BadRequest,
-    decode_v1,
-    decode_v2,
+    decode_request,
     encode_v1,
     encode_v2_output,
-    split_binary,
 )
 from pilothouse.serving.runtimes import Predictor, UnsupportedFramework, load_predictor
 
 log = logging.getLogger("pilothouse.serving")
 MAX_BODY_BYTES = 16 * 2**20
+#: the most bytes a request head (request line and headers) may take
+MAX_HEAD_BYTES = 64 * 2**10
+#: the status a replica counts when the client went away before the answer (nginx's)
+CLIENT_CLOSED = 499
 
 
 @dataclass(frozen=True)
@@ -56,6 +76,16 @@ class ServerOptions:
     graceful_timeout: float = 30.0
     #: threads one model call may use (OpenMP/BLAS); replicas, not threads, are how we scale
     model_threads: int = 1
+    #: seconds a new connection may stay silent before its first request starts
+    first_byte_timeout: float = 5.0
+    #: seconds from a request's first byte to the end of its head (request line, headers)
+    head_timeout: float = 10.0
+    #: seconds an idle keep-alive connection stays open between requests (uvicorn's default)
+    keep_alive_timeout: int = 5
+    #: connections served at once; past it, requests get 503 (uvicorn's ``limit_concurrency``)
+    limit_concurrency: int | None = 1024
+    #: the HTTP/1.1 parser: llhttp (``httptools``, the default) or pure-Python ``h11``
+    http: Literal["httptools", "h11"] = "httptools"
 
 
 @dataclass
@@ -107,6 +137,15 @@ class Metrics:
         )
 
 
+class JSONResponse(Response):
+    """A JSON response encoded by orjson (NaN and infinity never get here: see ``BadOutput``)."""
+
+    media_type = "application/json"
+
+    def render(self, content: Any) -> bytes:
+        return orjson.dumps(content)
+
+
 def _error(status: int, message: str) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status)
 
@@ -155,23 +194,25 @@ def create_app(slot: ModelSlot, options: ServerOptions | None = None) -> Starlet
         slot.draining = True
         model_thread.shutdown(wait=False)
 
-    async def read_json(request: Request) -> tuple[Any, bytes]:
-        """The JSON body, and the raw tensor bytes of the binary extension (if used)."""
+    async def read_body(request: Request) -> bytes:
+        """The request body, refused (``_TooLarge``) past ``MAX_BODY_BYTES``."""
         declared = request.headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+        if (
+            declared is not None
+            and declared.isascii()
+            and declared.isdigit()
+            and int(declared) > MAX_BODY_BYTES
+        ):
             raise _TooLarge()
-        body = bytearray()
+        chunks: list[bytes] = []
+        size = 0
         async for chunk in request.stream():
-            body += chunk
-            if len(body) > MAX_BODY_BYTES:
-                raise _TooLarge()
-        header, binary = split_binary(
-            bytes(body), request.headers.get("inference-header-content-length")
-        )
-        try:
-            return json.loads(header), binary
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise BadRequest(f"request body is not valid JSON: {exc}") from exc
+            if chunk:
+                size += len(chunk)
+                if size > MAX_BODY_BYTES:
+                    raise _TooLarge()
+                chunks.append(chunk)
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
     def check_model(request: Request) -> ModelSlot | JSONResponse:
         name = request.path_params["name"]
@@ -205,17 +246,22 @@ def create_app(slot: ModelSlot, options: ServerOptions | None = None) -> Starlet
             assert checked.predictor is not None
             assert checked.version is not None
             try:
-                body, binary = await read_json(request)
-                if protocol == "v2":
-                    features = decode_v2(body, checked.version.signature, binary)
-                else:
-                    features = decode_v1(body, checked.version.signature)
+                raw = await read_body(request)
+                features, body = decode_request(
+                    protocol,
+                    raw,
+                    request.headers.get("inference-header-content-length"),
+                    checked.version.signature,
+                )
             except _TooLarge:
                 status = 413
                 return _error(413, f"request body larger than {MAX_BODY_BYTES} bytes")
             except BadRequest as exc:
                 status = 400
                 return _error(400, str(exc))
+            except ClientDisconnect:
+                status = CLIENT_CLOSED
+                return Response(status_code=CLIENT_CLOSED)
             try:
                 if checked.batcher is not None:
                     scores = await checked.batcher.submit(features)
@@ -224,20 +270,29 @@ def create_app(slot: ModelSlot, options: ServerOptions | None = None) -> Starlet
                     # hop to another thread per request costs more than small models do.
                     scores = checked.predictor.predict(features)
                     metrics.rows.observe(features.shape[0])
+                if protocol == "v1":
+                    answer = encode_v1(scores)
+                else:
+                    answer = {
+                        "model_name": checked.name,
+                        "model_version": str(checked.version.version),
+                        "outputs": [encode_v2_output(scores)],
+                    }
+                    if isinstance(body.get("id"), str):
+                        answer["id"] = body["id"]
+            except BadOutput as exc:
+                status = 500
+                log.error("the model's answer cannot be sent: %s", exc)
+                return _error(500, f"the model's answer cannot be sent: {exc}")
             except ValueError as exc:
                 status = 400
                 return _error(400, f"the model rejected the input: {exc}")
+            except Exception as exc:
+                status = 500
+                log.error("the model failed: %s: %s", type(exc).__name__, exc)
+                return _error(500, f"the model failed: {type(exc).__name__}: {exc}")
             status = 200
-            if protocol == "v1":
-                return JSONResponse(encode_v1(scores))
-            response: dict[str, Any] = {
-                "model_name": checked.name,
-                "model_version": str(checked.version.version),
-                "outputs": [encode_v2_output(scores)],
-            }
-            if isinstance(body, dict) and isinstance(body.get("id"), str):
-                response["id"] = body["id"]
-            return JSONResponse(response)
+            return JSONResponse(answer)
         finally:
             metrics.inflight.dec()
             metrics.requests.labels(protocol, str(status)).inc()
@@ -315,8 +370,13 @@ def create_app(slot: ModelSlot, options: ServerOptions | None = None) -> Starlet
     async def method_not_allowed(request: Request, exc: Exception) -> Response:
         return _error(405, f"method {request.method} not allowed here")
 
+    async def server_error(request: Request, exc: Exception) -> Response:
+        # Starlette logs the traceback; the client gets JSON like every other answer.
+        return _error(500, f"internal error: {type(exc).__name__}")
+
     app.add_exception_handler(404, not_found)
     app.add_exception_handler(405, method_not_allowed)
+    app.add_exception_handler(Exception, server_error)
     return app
 
 
@@ -328,6 +388,229 @@ def _limit_threads(threads: int) -> None:
     from threadpoolctl import threadpool_limits
 
     threadpool_limits(limits=threads)
+
+
+# --- connections: bounded waits for a request head ----------------------------------------
+#
+# uvicorn (0.55) times only one wait: after a response, a keep-alive connection that
+# sends nothing for ``timeout_keep_alive`` seconds is closed. Nothing else is timed: a
+# fresh connection that never sends a byte is held forever, and the keep-alive timer is
+# cancelled by the first byte of the next request, so a client that sends its head one
+# byte at a time (slowloris) holds the connection, and a task slot under
+# ``limit_concurrency``, for as long as it likes. llhttp also puts no bound on a head's
+# size. The protocol classes below add the missing waits, on the events each parser
+# reports (llhttp's callbacks; h11's states), not on uvicorn's private attributes.
+
+
+class _Phase(enum.Enum):
+    WAITING = "waiting"  # no request in flight, no byte of the next one yet
+    HEAD = "head"  # bytes of a request head have arrived, the head is not complete
+    BUSY = "busy"  # a request is being read, served or answered
+    REFUSED = "refused"  # answered with an error outside any request; closing
+
+
+@dataclass(frozen=True)
+class ConnectionLimits:
+    """How long a connection may wait, or take, to send a request head."""
+
+    first_byte: float = 5.0
+    head: float = 10.0
+    keep_alive: float = 5.0
+    max_head_bytes: int = MAX_HEAD_BYTES
+
+
+class _HeadClock:
+    """One connection's deadline while it is not busy with a request.
+
+    A new connection must start a request within ``first_byte`` seconds, and an idle
+    keep-alive one within ``keep_alive`` seconds (as uvicorn's own timer, which the
+    first byte of a head cancels); once bytes of a head have arrived, the whole head
+    must be in within ``head`` seconds. Past a deadline the connection is closed.
+    """
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        transport: asyncio.Transport,
+        limits: ConnectionLimits,
+    ) -> None:
+        self.loop = loop
+        self.transport = transport
+        self.limits = limits
+        self.phase = _Phase.WAITING
+        self.head_bytes = 0
+        self._timer: asyncio.TimerHandle | None = loop.call_later(limits.first_byte, self._expire)
+
+    def received(self, size: int) -> None:
+        """Bytes arrived (before the parser sees them)."""
+        if self.phase is _Phase.WAITING:
+            self.head()
+        if self.phase is _Phase.HEAD:
+            self.head_bytes += size
+
+    def head(self) -> None:
+        """A request head has begun: it has ``head`` seconds to complete."""
+        if self.phase is not _Phase.HEAD:
+            self.phase = _Phase.HEAD
+            self.head_bytes = 0
+            self._arm(self.limits.head)
+
+    def busy(self) -> None:
+        """A request is in flight: nothing is timed here until it is answered."""
+        self.phase = _Phase.BUSY
+        self.cancel()
+
+    def waiting(self) -> None:
+        """Between requests: the next one must start within ``keep_alive`` seconds."""
+        if self.phase is not _Phase.WAITING:
+            self.phase = _Phase.WAITING
+            self._arm(self.limits.keep_alive)
+
+    @property
+    def head_too_large(self) -> bool:
+        return self.phase is _Phase.HEAD and self.head_bytes > self.limits.max_head_bytes
+
+    def refuse(self, answer: bytes, linger: float = 2.0) -> None:
+        """Send ``answer``, then close: reading (and dropping) what the client still sends
+        for ``linger`` seconds, so that it is not reset before it has read the answer."""
+        self.phase = _Phase.REFUSED
+        self.transport.write(answer)
+        with contextlib.suppress(OSError, RuntimeError, NotImplementedError):
+            self.transport.write_eof()
+        self._arm(linger)
+
+    def cancel(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _arm(self, seconds: float) -> None:
+        self.cancel()
+        self._timer = self.loop.call_later(seconds, self._expire)
+
+    def _expire(self) -> None:
+        self._timer = None
+        if self.phase is not _Phase.BUSY and not self.transport.is_closing():
+            log.debug(
+                "closing a connection: no complete request head in time (%s)", self.phase.value
+            )
+            self.transport.close()
+
+
+def _refusal(status: int, message: str) -> bytes:
+    """A complete HTTP/1.1 response that closes the connection, for use outside any request."""
+    body = orjson.dumps({"error": message})
+    return (
+        f"HTTP/1.1 {status} {http.HTTPStatus(status).phrase}\r\n"
+        "content-type: application/json\r\n"
+        f"content-length: {len(body)}\r\n"
+        "connection: close\r\n\r\n"
+    ).encode("ascii") + body
+
+
+class TimedHttpToolsProtocol(HttpToolsProtocol):
+    """uvicorn's llhttp protocol, with :class:`_HeadClock`'s deadlines and a head size bound."""
+
+    limits: ClassVar[ConnectionLimits] = ConnectionLimits()
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._clock = _HeadClock(self.loop, transport, self.limits)
+        self._in_head = False  # llhttp is between on_message_begin and on_headers_complete
+        self._in_body = False  # ... between on_headers_complete and on_message_complete
+        self._owed = 0  # heads complete, responses not yet complete
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._clock.cancel()
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        if self._clock.phase is _Phase.REFUSED:
+            return  # answered and closing: what still comes is dropped
+        self._clock.received(len(data))
+        super().data_received(data)
+        if self._clock.head_too_large and not self.transport.is_closing():
+            message = f"request head larger than {self.limits.max_head_bytes} bytes"
+            self._clock.refuse(_refusal(431, message))
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._in_head = True
+        if self._clock.phase is _Phase.WAITING:
+            self._clock.head()
+
+    def on_headers_complete(self) -> None:
+        self._in_head = False
+        self._in_body = True
+        self._owed += 1
+        self._clock.busy()
+        super().on_headers_complete()
+
+    def on_message_complete(self) -> None:
+        super().on_message_complete()
+        self._in_body = False
+        if self._owed == 0:  # answered before its body was in (a 413, say)
+            self._settle()
+
+    def on_response_complete(self) -> None:
+        self._owed = max(self._owed - 1, 0)
+        super().on_response_complete()
+        self._settle()
+
+    def _settle(self) -> None:
+        if self._owed or self._in_body:
+            self._clock.busy()
+        elif self._in_head:
+            self._clock.head()
+        else:
+            self._clock.waiting()
+
+
+class TimedH11Protocol(H11Protocol):
+    """uvicorn's h11 protocol, with :class:`_HeadClock`'s deadlines (h11 bounds head size)."""
+
+    limits: ClassVar[ConnectionLimits] = ConnectionLimits()
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._clock = _HeadClock(self.loop, transport, self.limits)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._clock.cancel()
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        self._clock.received(len(data))
+        super().data_received(data)
+        self._settle()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        self._settle()
+
+    def _settle(self) -> None:
+        theirs, ours = self.conn.their_state, self.conn.our_state
+        if theirs is h11.IDLE and ours is h11.IDLE:
+            if self._clock.phase is _Phase.BUSY:
+                if self.conn.trailing_data[0]:  # part of the next head is already here
+                    self._clock.head()
+                else:
+                    self._clock.waiting()
+        else:  # a request in flight, or the connection closing
+            self._clock.busy()
+
+
+def protocol_class(options: ServerOptions) -> type[asyncio.Protocol]:
+    """The uvicorn protocol class for ``options``, its deadlines bound in."""
+    base: type[TimedHttpToolsProtocol] | type[TimedH11Protocol] = (
+        TimedH11Protocol if options.http == "h11" else TimedHttpToolsProtocol
+    )
+    limits = ConnectionLimits(
+        first_byte=options.first_byte_timeout,
+        head=options.head_timeout,
+        keep_alive=options.keep_alive_timeout,
+    )
+    return type(base.__name__, (base,), {"limits": limits})
 
 
 class _DrainingServer(uvicorn.Server):
@@ -381,6 +664,10 @@ def serve(
         log_level="warning",
         access_log=False,
         timeout_graceful_shutdown=int(opts.graceful_timeout),
+        http=protocol_class(opts),
+        ws="none",
+        timeout_keep_alive=opts.keep_alive_timeout,
+        limit_concurrency=opts.limit_concurrency,
     )
     server = _DrainingServer(config, slot, opts.drain_seconds)
     if fd is not None:
