@@ -13,20 +13,14 @@ answer on the same path, ``/v2/models/fraud/infer``), small and fast to train:
   silently wrong, every label at 0.5 flipped, the score distribution mirrored.
 
 How a failing model call reaches clients (``serving/batching.py``, ``server.py``): the
-server merges concurrent requests into one ``predict`` call; when that call raises,
-the batcher sets the same exception on every request of the batch, and the server
-answers each of them ``500`` (a ``ValueError`` would become ``400`` "the model rejected
-the input", so the bad model raises ``RuntimeError``). A custom model therefore cannot
-fail one row of a batch and answer the others. To make the *per-request* error share
-come out at the wanted 20 % whatever the batch sizes are, the bad model decides per
-call from its **first row**: the call fails iff the sha256 of that row (rounded to 6
-decimals) falls into the lowest ``error_share`` of the hash space. Whether a batch
-fails is then independent of its size, so each request fails with probability
-``error_share`` -- and deterministically so when it is alone in its batch (a lone
-request fails iff its own row is a "bad row"), which :func:`bad_rows` lists. A request
-with a good row can still fail as a passenger of a batch led by a bad row, and a
-request with a bad row can succeed behind a good first row; in expectation the two
-cancel out.
+server merges concurrent requests into one ``predict`` call; when that call raises, the
+batcher runs each request of the batch again on its own, so only the requests whose own
+call raises are answered ``500`` (a ``ValueError`` would become ``400`` "the model
+rejected the input", so the bad model raises ``RuntimeError``). The bad model decides
+per call from its **first row**: the call fails iff the sha256 of that row (rounded to
+6 decimals) falls into the lowest ``error_share`` of the hash space; a request alone in
+its call therefore fails iff its own row is a "bad row" (:func:`bad_rows` lists them),
+so each request fails with probability ``error_share`` whatever the batch sizes are.
 
 :class:`Rows` is the traffic: a fixed pool of synthetic transactions, their v2 request
 bodies, and v1's score for each (so a response can be judged "v1-like" or "wrong"
