@@ -118,3 +118,20 @@ def shared_platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platfo
     assert result.returncode == 0, result.stderr + result.stdout
     yield platform
     platform.cli("down", timeout=60)
+
+
+@pytest.fixture
+def api(shared_platform: Platform) -> Iterator[Client]:
+    """A control API client of the module's shared platform."""
+    client = shared_platform.client()
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def deployments(shared_platform: Platform) -> Iterator[list[str]]:
+    """Names to delete at the end of the test (freeing the cores), whatever it did."""
+    names: list[str] = []
+    yield names
+    for name in names:
+        shared_platform.cli("delete", "modeldeployment", name, "--timeout", "60s", timeout=90)

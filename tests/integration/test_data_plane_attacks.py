@@ -15,7 +15,6 @@ import resource
 import signal
 import socket
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -121,21 +120,6 @@ def versions(shared_platform: Platform) -> dict[str, ModelVersion]:
     poison_b = _custom(root, v1, POISON_MODEL, {}, {"scenario": "poison", "retrain": 2})
     assert (v1.version, poison_a.version, poison_b.version) == (1, 2, 3)
     return {"v1": v1, "poison_a": poison_a, "poison_b": poison_b}
-
-
-@pytest.fixture
-def api(shared_platform: Platform) -> Iterator[Client]:
-    client = shared_platform.client()
-    yield client
-    client.close()
-
-
-@pytest.fixture
-def deployments(shared_platform: Platform) -> Iterator[list[str]]:
-    names: list[str] = []
-    yield names
-    for name in names:
-        shared_platform.cli("delete", "modeldeployment", name, "--timeout", "60s", timeout=90)
 
 
 # ------------------------------------------------------------------- request smuggling

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -97,22 +97,6 @@ def models(shared_platform: Platform) -> Models:
     broken = register_bad(root, v1, 1.0)
     assert [v.version for v in (v1, good, bad, wrong, broken)] == [1, 2, 3, 4, 5]
     return Models(v1, good, bad, wrong, broken, Rows.for_version(v1))
-
-
-@pytest.fixture
-def api(shared_platform: Platform) -> Iterator[Client]:
-    client = shared_platform.client()
-    yield client
-    client.close()
-
-
-@pytest.fixture
-def deployments(shared_platform: Platform) -> Iterator[list[str]]:
-    """Names to delete at the end of the test (freeing the cores), whatever it did."""
-    names: list[str] = []
-    yield names
-    for name in names:
-        shared_platform.cli("delete", "modeldeployment", name, "--timeout", "60s", timeout=90)
 
 
 # ----------------------------------------------------------------------------- helpers

@@ -186,7 +186,39 @@ def _check_framing(headers: list[tuple[bytes, bytes]], status: int) -> bool:
     return False
 
 
-class RequestParser:
+class _Parser:
+    """What both directions share: the budget charged, the headers read, the first error."""
+
+    #: the status a framing error is answered with (400 for requests, 502 for responses)
+    status = 400
+
+    def __init__(self, budget: BodyBudget, max_body: int) -> None:
+        self._budget = budget
+        self._max_body = max_body
+        self._error: ProtocolError | None = None
+        self._headers: list[tuple[bytes, bytes]] = []
+        self._head_bytes = 0
+        self._reserved = 0
+
+    def release(self) -> None:
+        """Give back what the message being read holds of the budget."""
+        self._budget.give(self._reserved)
+        self._reserved = 0
+
+    def _fail(self, error: ProtocolError) -> None:
+        self._error = error
+        raise error
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._head_bytes += len(name) + len(value) + 4
+        if len(self._headers) >= MAX_HEADERS or self._head_bytes > MAX_HEAD_BYTES:
+            self._fail(ProtocolError(431 if self.status == 400 else 502, "headers too large"))
+        if not _TOKEN.fullmatch(name) or not _FIELD_VALUE.fullmatch(value):
+            self._fail(ProtocolError(self.status, "invalid character in a header"))
+        self._headers.append((name.lower(), value))
+
+
+class RequestParser(_Parser):
     """Feed it the bytes of one client connection; it hands out complete requests.
 
     Pipelined requests queue up in ``ready``. A ``ProtocolError`` from ``feed`` means:
@@ -194,19 +226,17 @@ class RequestParser:
     """
 
     def __init__(self, budget: BodyBudget, max_body: int) -> None:
+        super().__init__(budget, max_body)
         self._parser = httptools.HttpRequestParser(self)
-        self._budget = budget
-        self._max_body = max_body
         self.ready: deque[Request] = deque()
         #: "idle" (between requests), "head" (reading a head), "body" (reading its body)
         self.phase = "idle"
         self.expect_continue = False
-        self._error: ProtocolError | None = None
         self._reset()
 
     def _reset(self) -> None:
         self._url = bytearray()
-        self._headers: list[tuple[bytes, bytes]] = []
+        self._headers = []
         self._head_bytes = 0
         self._body = bytearray()
         self._reserved = 0
@@ -235,15 +265,6 @@ class RequestParser:
             self.release()
             raise ProtocolError(400, f"malformed request: {exc}") from exc
 
-    def release(self) -> None:
-        """Give back what the request being read holds of the budget (the connection ends)."""
-        self._budget.give(self._reserved)
-        self._reserved = 0
-
-    def _fail(self, error: ProtocolError) -> None:
-        self._error = error
-        raise error
-
     # -- llhttp callbacks -----------------------------------------------------------------
 
     def on_message_begin(self) -> None:
@@ -255,14 +276,6 @@ class RequestParser:
         self._head_bytes += len(url)
         if len(self._url) > MAX_TARGET_BYTES:
             self._fail(ProtocolError(414, "request target too long"))
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self._head_bytes += len(name) + len(value) + 4
-        if len(self._headers) >= MAX_HEADERS or self._head_bytes > MAX_HEAD_BYTES:
-            self._fail(ProtocolError(431, "request headers too large"))
-        if not _TOKEN.fullmatch(name) or not _FIELD_VALUE.fullmatch(value):
-            self._fail(ProtocolError(400, "invalid character in a header"))
-        self._headers.append((name.lower(), value))
 
     def on_headers_complete(self) -> None:
         parser = self._parser
@@ -328,20 +341,17 @@ class RequestParser:
         self.phase = "idle"
 
 
-class ResponseParser:
+class ResponseParser(_Parser):
     """llhttp for one response from a replica; strict framing as for requests."""
 
+    status = 502
+
     def __init__(self, budget: BodyBudget, max_body: int, head_request: bool) -> None:
+        super().__init__(budget, max_body)
         self._parser = httptools.HttpResponseParser(self)
-        self._budget = budget
-        self._max_body = max_body
         self._head_request = head_request
-        self._error: ProtocolError | None = None
         self._reason = b""
-        self._headers: list[tuple[bytes, bytes]] = []
-        self._head_bytes = 0
         self._body = bytearray()
-        self._reserved = 0
         self._to_eof = False
         self.headers_done = False
         self.response: Response | None = None
@@ -367,14 +377,6 @@ class ResponseParser:
             self._finish(reusable=False)
         return self.response is not None
 
-    def release(self) -> None:
-        self._budget.give(self._reserved)
-        self._reserved = 0
-
-    def _fail(self, error: ProtocolError) -> None:
-        self._error = error
-        raise error
-
     def on_message_begin(self) -> None:
         if self.response is not None:
             self.trailing = True
@@ -385,14 +387,6 @@ class ResponseParser:
 
     def on_status(self, reason: bytes) -> None:
         self._reason += reason
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self._head_bytes += len(name) + len(value) + 4
-        if len(self._headers) >= MAX_HEADERS or self._head_bytes > MAX_HEAD_BYTES:
-            self._fail(ProtocolError(502, "the replica's response headers are too large"))
-        if not _TOKEN.fullmatch(name) or not _FIELD_VALUE.fullmatch(value):
-            self._fail(ProtocolError(502, "invalid character in a response header"))
-        self._headers.append((name.lower(), value))
 
     def on_headers_complete(self) -> None:
         status = self._parser.get_status_code()
