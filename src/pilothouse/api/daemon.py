@@ -23,7 +23,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import uvicorn
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from pilothouse.api.home import Home
 from pilothouse.api.server import create_app, daemon_info
@@ -34,6 +33,7 @@ from pilothouse.registry.objectstore import open_registry
 from pilothouse.router.proxy import Router, RouterLimits
 from pilothouse.runtime.local.nodes import load_nodes
 from pilothouse.runtime.local.runtime import LocalRuntime
+from pilothouse.serving.connections import ConnectionLimits, timed_protocol
 from pilothouse.store.sqlite import Store
 
 log = logging.getLogger("pilothouse.daemon")
@@ -129,51 +129,6 @@ def router_connection_cap(nofile: int, max_connections: int) -> int:
         return max_connections
     spare = nofile - api_connection_limit(nofile) - RESERVED_FDS
     return max(64, min(spare // 2, 65536))
-
-
-class GuardedHttpToolsProtocol(HttpToolsProtocol):
-    """uvicorn's HTTP/1.1 protocol with a deadline on the request head.
-
-    uvicorn 0.55 arms its keep-alive timer only after a response: a connection that
-    never sends a byte (or sends a head a byte a minute) is kept forever, and enough of
-    them exhaust file descriptors and ``limit_concurrency``. Here the head must be
-    complete within ``head_timeout`` of the connection opening (or of the first byte of
-    a later request on it), else the connection is closed.
-    """
-
-    head_timeout: float = HEAD_TIMEOUT
-    _head_timer: asyncio.TimerHandle | None = None
-
-    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        super().connection_made(transport)
-        self._arm_head_timer()
-
-    def on_message_begin(self) -> None:
-        super().on_message_begin()
-        if self._head_timer is None:
-            self._arm_head_timer()
-
-    def on_headers_complete(self) -> None:
-        self._cancel_head_timer()
-        super().on_headers_complete()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._cancel_head_timer()
-        super().connection_lost(exc)
-
-    def _arm_head_timer(self) -> None:
-        self._cancel_head_timer()
-        self._head_timer = self.loop.call_later(self.head_timeout, self._head_timed_out)
-
-    def _cancel_head_timer(self) -> None:
-        if self._head_timer is not None:
-            self._head_timer.cancel()
-            self._head_timer = None
-
-    def _head_timed_out(self) -> None:
-        self._head_timer = None
-        if not self.transport.is_closing():
-            self.transport.close()
 
 
 class _EmbeddedServer(uvicorn.Server):
@@ -273,7 +228,11 @@ async def run(
     server = _EmbeddedServer(
         uvicorn.Config(
             app,
-            http=GuardedHttpToolsProtocol,
+            http=timed_protocol(
+                ConnectionLimits(
+                    first_byte=HEAD_TIMEOUT, head=HEAD_TIMEOUT, keep_alive=KEEPALIVE_TIMEOUT
+                )
+            ),
             log_level="warning",
             access_log=False,
             timeout_graceful_shutdown=3,
