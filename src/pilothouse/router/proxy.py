@@ -457,27 +457,27 @@ class Route:
         forwarded_for = ((b"x-forwarded-for", client_ip.encode()),)
         parser = RequestParser(shared.budget, limits.max_body)
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + limits.first_byte_timeout
         phase = "idle"
 
         def client_gone() -> bool:
             return reader.at_eof() or writer.transport.is_closing()
 
+        def expire() -> None:
+            """Past the deadline of what is being read: answer 408 if a request had begun,
+            and close (the pending read then ends). One timer per connection, moved when
+            the deadline moves: cheaper than a timeout scope around every read."""
+            if parser.phase != "idle":
+                self.codes["408"] += 1
+                writer.write(
+                    Reply(408, f"request {parser.phase} not received in time").encode(False)
+                )
+            writer.close()
+
+        timer = loop.call_later(limits.first_byte_timeout, expire)
         try:
             while True:
                 while not parser.ready:
-                    try:
-                        async with asyncio.timeout_at(deadline):
-                            data = await reader.read(65536)
-                    except TimeoutError:
-                        if parser.phase != "idle":
-                            self.codes["408"] += 1
-                            writer.write(
-                                Reply(408, f"request {parser.phase} not received in time").encode(
-                                    False
-                                )
-                            )
-                        return
+                    data = await reader.read(65536)
                     if not data:
                         return
                     try:
@@ -491,13 +491,16 @@ class Route:
                         return
                     if parser.phase != phase:
                         phase = parser.phase
-                        deadline = loop.time() + (
-                            limits.header_timeout if phase == "head" else limits.body_timeout
+                        timer.cancel()
+                        timer = loop.call_later(
+                            limits.header_timeout if phase == "head" else limits.body_timeout,
+                            expire,
                         )
                     if parser.expect_continue:
                         parser.expect_continue = False
                         writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
                 request = parser.ready.popleft()
+                timer.cancel()  # forwarding has deadlines of its own
                 try:
                     status, head, body, held = await self._forward(
                         request, forwarded_for, client_gone
@@ -527,12 +530,13 @@ class Route:
                 if not keep_alive:
                     return
                 phase = parser.phase
-                deadline = loop.time() + (
-                    limits.keepalive_timeout if phase == "idle" else limits.header_timeout
+                timer = loop.call_later(
+                    limits.keepalive_timeout if phase == "idle" else limits.header_timeout, expire
                 )
         except ConnectionError:
             return
         finally:
+            timer.cancel()
             parser.release()
             for pending in parser.ready:
                 shared.budget.give(pending.reserved)
@@ -605,8 +609,7 @@ class Route:
             status = 0
             response: Response | None = None
             try:
-                async with asyncio.timeout_at(deadline):
-                    response = await upstream.exchange(head, request.body, head_request)
+                response = await upstream.exchange(head, request.body, head_request, deadline)
                 status = response.status
             except UpstreamFailed as exc:
                 log.warning("%s: replica %s failed: %s", self.key, upstream.backend.id, exc)

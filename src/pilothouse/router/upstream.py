@@ -90,17 +90,30 @@ class _Connection(asyncio.Protocol):
     def usable(self) -> bool:
         return not self.closed and self.transport is not None and not self.transport.is_closing()
 
-    async def exchange(self, head: bytes, body: bytes, parser: ResponseParser) -> Response:
+    async def exchange(
+        self, head: bytes, body: bytes, parser: ResponseParser, deadline: float | None = None
+    ) -> Response:
+        """Send one request and wait for its response; TimeoutError past ``deadline``
+        (loop time), and the connection is dropped."""
         assert self.transport is not None
         loop = asyncio.get_running_loop()
         self.parser, self.waiter = parser, loop.create_future()
+        timer = loop.call_at(deadline, self._expire) if deadline is not None else None
         self.transport.write(head + body if len(body) < 16384 else head)
         if len(body) >= 16384:
             self.transport.write(body)
         try:
             return await self.waiter
         finally:
+            if timer is not None:
+                timer.cancel()
             self.parser = self.waiter = None
+
+    def _expire(self) -> None:
+        waiter = self.waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(TimeoutError("the replica did not answer in time"))
+        self.abort()
 
 
 @dataclass
@@ -146,11 +159,14 @@ class Upstream:
         conn.transport = transport
         return conn
 
-    async def exchange(self, head: bytes, body: bytes, head_request: bool = False) -> Response:
+    async def exchange(
+        self, head: bytes, body: bytes, head_request: bool = False, deadline: float | None = None
+    ) -> Response:
         """Send one request; a stale pooled connection is replaced by a fresh one once.
 
         Raises UpstreamFailed (retryable: nothing reached the client, responses are
-        buffered and inference is idempotent) or BudgetExhausted.
+        buffered and inference is idempotent), TimeoutError past ``deadline`` (loop
+        time) or BudgetExhausted.
         """
         while True:
             conn: _Connection | None = None
@@ -164,7 +180,7 @@ class Upstream:
                 conn = await self._connect()
             parser = ResponseParser(self.budget, MAX_RESPONSE_BYTES, head_request)
             try:
-                response = await conn.exchange(head, body, parser)
+                response = await conn.exchange(head, body, parser, deadline)
             except BudgetExhausted:
                 conn.abort()
                 parser.release()
