@@ -476,6 +476,10 @@ def test_unfinished_uploads_stay_within_the_body_budget(budget_platform: Platfor
     assert len(refused) >= 40, f"most uploads were refused with 503: {len(refused)}"
     assert all(b"retry-after" in a for a in refused)
     margin = 48 * 2**20
+    print(
+        f"50 unfinished 15 MiB uploads: {len(refused)} refused with 503; daemon RSS "
+        f"{before / 2**20:.0f} MiB -> {peak / 2**20:.0f} MiB (budget 64 MiB)"
+    )
     assert peak - before < 64 * 2**20 + margin, (before, peak)
     # and the daemon still serves
     body = _body(Rows.for_version(v1, n=4).features[0], "after")
