@@ -9,7 +9,7 @@ import socket
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -73,6 +73,29 @@ def run_replica(
     version_dir: Path, log_dir: Path, *extra: str, name: str = "fraud"
 ) -> Iterator[Replica]:
     """``pilothouse serve`` on a socket bound here (no port race), until ready."""
+    with launch_replica(
+        lambda fd: [
+            sys.executable,
+            "-m",
+            "pilothouse",
+            "serve",
+            "--model-dir",
+            str(version_dir),
+            "--name",
+            name,
+            "--fd",
+            str(fd),
+            *extra,
+        ],
+        log_dir,
+    ) as replica:
+        yield replica
+
+
+@contextmanager
+def launch_replica(argv: Callable[[int], list[str]], log_dir: Path) -> Iterator[Replica]:
+    """Run ``argv(fd)``, a model server listening on ``fd`` (a socket bound here: no port
+    race), until it answers ``/v2/health/live``; stopped at the end."""
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     sock.listen(512)
@@ -81,19 +104,7 @@ def run_replica(
     log = log_dir / f"replica-{port}.log"
     with log.open("wb") as out:
         process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "pilothouse",
-                "serve",
-                "--model-dir",
-                str(version_dir),
-                "--name",
-                name,
-                "--fd",
-                str(sock.fileno()),
-                *extra,
-            ],
+            argv(sock.fileno()),
             pass_fds=(sock.fileno(),),
             stdout=out,
             stderr=subprocess.STDOUT,

@@ -82,6 +82,12 @@ def _ready(api: Client, name: str, count: int = 2) -> dict[str, Any]:
     return wait_for(f"{count} ready replicas of {name}", probe, timeout=90, every=0.2)
 
 
+def _endpoint(status: dict[str, Any]) -> tuple[str, int]:
+    """(host, port) of a deployment's router endpoint, from its status.url."""
+    url = urlsplit(status["url"])
+    return url.hostname or "127.0.0.1", url.port or 80
+
+
 def _body(row: np.ndarray, request_id: str) -> bytes:
     return json.dumps(
         {
@@ -210,8 +216,7 @@ def test_smuggled_bytes_never_reach_a_replica_nor_another_client(
     deployments.append(name)
     api.apply([_doc(name, versions["v1"].version)])
     st = _ready(api, name)
-    url = urlsplit(st["url"])
-    host, port = url.hostname or "127.0.0.1", url.port or 80
+    host, port = _endpoint(st)
     path = f"/v2/models/{MODEL}/infer"
     rows = Rows.for_version(versions["v1"], n=64).features
     endpoints = [r["endpoint"] for r in st["replicaStatuses"]]
@@ -365,8 +370,7 @@ def test_idle_connections_are_capped_and_timed_out_while_others_are_served(
     deployments.append(name)
     api.apply([_doc(name, versions["v1"].version)])
     st = _ready(api, name)
-    url = urlsplit(st["url"])
-    host, port = url.hostname or "127.0.0.1", url.port or 80
+    host, port = _endpoint(st)
     wanted = 2000
     limit = _raise_nofile()
     count = min(wanted, limit - 200)
@@ -433,8 +437,7 @@ def test_unfinished_uploads_stay_within_the_body_budget(budget_platform: Platfor
         st = _ready(api, "uploads")
     finally:
         api.close()
-    url = urlsplit(st["url"])
-    host, port = url.hostname or "127.0.0.1", url.port or 80
+    host, port = _endpoint(st)
     info = platform.home.read_daemon_info()
     assert info
     pid = int(info["pid"])
@@ -520,7 +523,8 @@ def test_no_request_fails_while_replicas_are_killed_every_two_seconds(
                     os.kill(victim, signal.SIGKILL)
                     killed.append(victim)
                 next_kill += 2.0
-            time.sleep(0.05)  # the kill cadence itself, not synchronisation
+            # the kill cadence (the attack's schedule), not a wait for any state
+            time.sleep(max(0.0, min(next_kill, deadline) - time.monotonic()))
         load.stop()
         result = load.join(60)
     finally:

@@ -10,7 +10,6 @@ import os
 import re
 import select
 import socket
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -30,6 +29,7 @@ from tests.integration.conftest import wait_for
 from tests.integration.servers import (
     FEATURES,
     Replica,
+    launch_replica,
     register_fraud_model,
     run_replica,
     sample_rows,
@@ -643,41 +643,11 @@ serve(Path(sys.argv[1]), "fraud", "127.0.0.1", 0, fd=int(sys.argv[2]),
 
 @contextmanager
 def replica_with(version: ModelVersion, log_dir: Path, **options: Any) -> Iterator[Replica]:
-    """A replica run by ``serve()`` with these ServerOptions, on a socket bound here."""
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    sock.listen(512)
-    sock.set_inheritable(True)
-    port = sock.getsockname()[1]
-    log = log_dir / f"replica-{port}.log"
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            [
-                sys.executable,
-                "-c",
-                LAUNCH,
-                str(version.path),
-                str(sock.fileno()),
-                json.dumps(options),
-            ],
-            pass_fds=(sock.fileno(),),
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        )
-    sock.close()
-    replica = Replica(process, f"http://127.0.0.1:{port}", log)
-    try:
-
-        def ready() -> bool:
-            if process.poll() is not None:
-                raise AssertionError(f"replica exited: {log.read_text()}")
-            return _ready(replica.url)
-
-        wait_for("replica ready", ready, timeout=60)
+    """A replica run by ``serve()`` with these ServerOptions, until its model is ready."""
+    argv = [sys.executable, "-c", LAUNCH, str(version.path)]
+    with launch_replica(lambda fd: [*argv, str(fd), json.dumps(options)], log_dir) as replica:
+        wait_for("model ready", lambda: _ready(replica.url), timeout=60)
         yield replica
-    finally:
-        replica.stop()
 
 
 def test_h11_replica_closes_idle_and_slow_connections_and_bounds_connections(

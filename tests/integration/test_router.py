@@ -657,16 +657,16 @@ def test_at_most_the_configured_share_of_a_revision_is_ejected() -> None:
     run(both())
 
 
-def test_requests_that_fail_on_every_replica_eject_none() -> None:
-    """A poisoned request (every replica answers it 500) is the request's fault."""
+def judging(good: set[bytes]) -> Handler:
+    """A keep-alive upstream answering 200 to the request bodies in ``good``, 500 to others."""
 
-    async def picky(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             while True:
                 head = await reader.readuntil(b"\r\n\r\n")
                 length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
                 body = await reader.readexactly(length)
-                status = b"500 Internal Server Error" if body == b"poison" else b"200 OK"
+                status = b"200 OK" if body in good else b"500 Internal Server Error"
                 writer.write(b"HTTP/1.1 " + status + b"\r\ncontent-length: 2\r\n\r\nok")
                 await writer.drain()
         except (asyncio.IncompleteReadError, ConnectionError):
@@ -674,8 +674,14 @@ def test_requests_that_fail_on_every_replica_eject_none() -> None:
         finally:
             writer.close()
 
+    return handler
+
+
+def test_requests_that_fail_on_every_replica_eject_none() -> None:
+    """A poisoned request (every replica answers it 500) is the request's fault."""
+
     async def scenario() -> None:
-        async with upstream(picky) as a, upstream(picky) as b:
+        async with upstream(judging({b"fine!!"})) as a, upstream(judging({b"fine!!"})) as b:
             router = Router("127.0.0.1")
             url = await router.ensure_route("p")
             router.set_backends("p", [Backend(u.id, u.host, u.port, "v1") for u in (a, b)])
@@ -705,28 +711,11 @@ def test_a_request_failing_on_both_revisions_is_excused_not_held_against_the_can
     """errorRate's rule: a canary's failure counts unless the stable revision failed the
     same request too; a failure the stable revision answered counts."""
 
-    def answering(ok: bytes) -> Handler:
-        async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            try:
-                while True:
-                    head = await reader.readuntil(b"\r\n\r\n")
-                    length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
-                    body = await reader.readexactly(length)
-                    status = b"200 OK" if body in ok else b"500 Internal Server Error"
-                    writer.write(b"HTTP/1.1 " + status + b"\r\ncontent-length: 2\r\n\r\nok")
-                    await writer.drain()
-            except (asyncio.IncompleteReadError, ConnectionError):
-                pass
-            finally:
-                writer.close()
-
-        return handler
-
     async def scenario(policy: TrafficPolicy, expected: list[int]) -> None:
         # the stable revision fails "poison"; the canary fails "poison" and "canary-bug"
         async with (
-            upstream(answering(b"fine|canary-bug")) as stable,
-            upstream(answering(b"fine")) as canary,
+            upstream(judging({b"fine", b"canary-bug"})) as stable,
+            upstream(judging({b"fine"})) as canary,
         ):
             router = Router("127.0.0.1")
             url = await router.ensure_route("c")

@@ -19,6 +19,7 @@ process: N slow uploads cannot grow the daemon's memory past it.
 
 from __future__ import annotations
 
+import json
 from collections import deque
 from dataclasses import dataclass, field
 
@@ -467,8 +468,6 @@ class Reply:
     extra: list[tuple[bytes, bytes]] = field(default_factory=list)
 
     def encode(self, keep_alive: bool) -> bytes:
-        import json
-
         body = json.dumps({"error": self.message}).encode()
         headers = [(b"content-type", b"application/json"), *self.extra]
         return serialize_response(self.status, b"", headers, body, keep_alive) + body

@@ -140,12 +140,12 @@ class RevisionMeter:
             )
         counter.inc()
 
-    def error(self, now: float) -> None:
+    def error(self) -> None:
         """A failed attempt that counts against this revision (decided by the router once
         the request is over: see proxy)."""
         self._errors += 1
 
-    def excused(self, now: float) -> None:
+    def excused(self) -> None:
         """A failed attempt the same request also met on another revision."""
         self._excused += 1
 

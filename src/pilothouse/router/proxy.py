@@ -379,10 +379,10 @@ class Route:
                 # another replica of its revision answered this very request
                 self._failed(upstream)
             if succeeded or len(revisions) == 1:
-                self.meter(attempt.revision).error(attempt.ended)
+                self.meter(attempt.revision).error()
             else:
                 # it failed on another revision too: the request's fault, not the revision's
-                self.meter(attempt.revision).excused(attempt.ended)
+                self.meter(attempt.revision).excused()
                 EXCUSED.labels(self.key).inc()
 
     def _failed(self, upstream: Upstream) -> None:
@@ -738,10 +738,10 @@ class Route:
                     # a mirrored request the serving revision failed too is the request's
                     # fault: it never counts against the mirror
                     if status >= 500:
-                        meter.excused(ended)
+                        meter.excused()
                         EXCUSED.labels(self.key).inc()
                     else:
-                        meter.error(ended)
+                        meter.error()
                 self._release(upstream)
         self.mirrors.append(
             MirrorRecord(

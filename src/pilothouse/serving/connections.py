@@ -103,6 +103,8 @@ class _HeadClock:
         for ``linger`` seconds, so that it is not reset before it has read the answer."""
         self.phase = _Phase.REFUSED
         self.transport.write(answer)
+        # half-close so the client reads the answer; TLS transports cannot
+        # (NotImplementedError) and a closing one may refuse: then the timer closes it
         with contextlib.suppress(OSError, RuntimeError, NotImplementedError):
             self.transport.write_eof()
         self._arm(linger)
