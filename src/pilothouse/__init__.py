@@ -1,7 +1,7 @@
 """pilothouse: ML training and model serving with Kubernetes-grade guarantees.
 
 One declarative spec runs embedded on one machine (``pilothouse up``) or on
-Kubernetes through an operator. See DESIGN.md for the layers.
+Kubernetes through an operator. See docs/architecture.md for the layers.
 """
 
 __version__ = "0.1.0"

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -21,6 +22,7 @@ import pytest
 
 from pilothouse.api.client import Client
 from pilothouse.api.home import Home
+from pilothouse.spec.resources import kind_for
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "examples" / "fraud-detection"
@@ -49,6 +51,29 @@ def pid_alive(pid: int) -> bool:
     return state != "Z"
 
 
+def pods(client: Client, kind: str, name: str) -> list[dict[str, Any]]:
+    """The process view of one object (``GET .../{plural}/{name}/pods``), ``kind`` as the
+    CLI takes it (``md``, ``tj``, ``modeldeployments``...).
+
+    A replica is ``{id, node, phase, message, revision, ready, pid, endpoint, exitCode}``,
+    a worker ``{id, node, phase, message, rank, attempt, running, pending, pid, exitCode,
+    outputDir}``. Replicas being let go are not listed; one being stopped is
+    ``Terminating``; one that ended and is not replaced yet has its ``exitCode``.
+    """
+    return client.pods(kind_for(kind).PLURAL, name)
+
+
+def live(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The replicas that run or start (placed or waiting for a node): neither ended nor
+    being stopped."""
+    return [p for p in items if p["phase"] != "Terminating" and p.get("exitCode") is None]
+
+
+def replicas(client: Client, name: str) -> list[dict[str, Any]]:
+    """The live replicas of a ModelDeployment (see ``live``), oldest first."""
+    return live(pods(client, "modeldeployments", name))
+
+
 @dataclass
 class Platform:
     home: Home
@@ -75,6 +100,19 @@ class Platform:
         result = self.cli(*args)
         assert result.returncode == 0, result.stderr
         return json.loads(result.stdout)
+
+    def pods(self, kind: str, name: str) -> list[dict[str, Any]]:
+        """The replicas or workers of one object (see the module's ``pods``)."""
+        with closing(self.client()) as client:
+            return pods(client, kind, name)
+
+    def replicas(self, name: str) -> list[dict[str, Any]]:
+        """The live replicas of a ModelDeployment (see ``live``)."""
+        return live(self.pods("modeldeployments", name))
+
+    def workers(self, name: str) -> list[dict[str, Any]]:
+        """The workers of a TrainingJob (every attempt the platform still holds)."""
+        return self.pods("trainingjobs", name)
 
     def token(self) -> str:
         token = self.home.read_token()

@@ -155,7 +155,15 @@ def test_apply_is_idempotent_and_updates_in_place(platform: Platform, tmp_path) 
     first = platform.cli("apply", "-f", str(spec))
     assert first.returncode == 0
     assert "queue.pilothouse.dev/research created" in first.stdout
-    before = platform.get_json("queues", "research")
+    # the controller writes the status (a new resourceVersion) once it has seen the queue:
+    # compare from there on
+    before = wait_for(
+        "the queue's status",
+        lambda: (q := platform.get_json("queues", "research"))["status"].get("observedGeneration")
+        == 1
+        and q,
+        timeout=30,
+    )
     second = platform.cli("apply", "-f", str(spec))
     assert second.returncode == 0
     assert "unchanged" in second.stdout

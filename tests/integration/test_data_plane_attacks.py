@@ -7,6 +7,7 @@ the daemon holds), never a count of calls.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import os
 import random
@@ -25,7 +26,7 @@ import pytest
 
 from pilothouse.api.client import Client
 from pilothouse.registry.local import ModelVersion
-from tests.integration.conftest import Platform, pid_alive, wait_for
+from tests.integration.conftest import Platform, pid_alive, replicas, wait_for
 from tests.integration.rollout_models import MODEL, BackgroundLoad, Rows, _custom, register_v1
 
 pytestmark = pytest.mark.integration
@@ -76,7 +77,7 @@ def _status(api: Client, name: str) -> dict[str, Any]:
 def _ready(api: Client, name: str, count: int = 2) -> dict[str, Any]:
     def probe() -> dict[str, Any] | None:
         st = _status(api, name)
-        ready = [r for r in st.get("replicaStatuses") or [] if r.get("ready")]
+        ready = [r for r in replicas(api, name) if r["ready"]]
         return st if len(ready) >= count and st.get("url") else None
 
     return wait_for(f"{count} ready replicas of {name}", probe, timeout=90, every=0.2)
@@ -219,7 +220,8 @@ def test_smuggled_bytes_never_reach_a_replica_nor_another_client(
     host, port = _endpoint(st)
     path = f"/v2/models/{MODEL}/infer"
     rows = Rows.for_version(versions["v1"], n=64).features
-    endpoints = [r["endpoint"] for r in st["replicaStatuses"]]
+    endpoints = [r["endpoint"] for r in replicas(api, name)]
+    assert len(endpoints) == 2
     before = sum(_replica_requests(e) for e in endpoints)
     attempts = _smuggling_attempts(path, _body(rows[0], SMUGGLED_ID))
 
@@ -289,7 +291,8 @@ def test_requests_failing_on_every_replica_eject_nothing(
     ejected = _router_metric(shared_platform, "pilothouse_router_ejections_total", name)
     assert ejected == ejected_before, "failures every replica shares eject no replica"
     st = _status(api, name)
-    assert sum(1 for r in st["replicaStatuses"] if r["ready"]) == 2
+    assert st["readyReplicas"] == 2
+    assert sum(1 for r in replicas(api, name) if r["ready"]) == 2
 
 
 def test_a_canary_is_not_rolled_back_for_requests_the_stable_revision_fails_too(
@@ -445,38 +448,54 @@ def test_unfinished_uploads_stay_within_the_body_budget(budget_platform: Platfor
     size = 15 * 2**20
     chunk = b"7" * 2**20
 
+    async def read_answer(reader: asyncio.StreamReader) -> bytes:
+        try:
+            return await reader.readuntil(b"\r\n\r\n")
+        except (asyncio.IncompleteReadError, ConnectionError) as exc:
+            return getattr(exc, "partial", b"")
+
     async def upload(i: int) -> bytes:
         reader, writer = await asyncio.open_connection(host, port)
+        writers.append(writer)
         writer.write(
             f"POST /v2/models/{MODEL}/infer HTTP/1.1\r\nhost: x\r\ncontent-length: {size}\r\n\r\n".encode()
         )
+        # read while sending: a refused upload is answered as soon as its head is read,
+        # and that answer must be read before the router gives up on the connection
+        answered = asyncio.ensure_future(read_answer(reader))
         try:
             for _ in range(14):  # all but the last MiB: never finished
+                if answered.done():
+                    break
                 writer.write(chunk)
                 async with asyncio.timeout(5):
                     await writer.drain()
         except (TimeoutError, ConnectionError):
             pass  # refused and closed by the router, or it stopped reading
-        try:
-            async with asyncio.timeout(2):
-                return await reader.read(4096)
-        except (TimeoutError, ConnectionError):
-            return b""
-        finally:
-            writers.append(writer)
+        if answered.done():
+            return answered.result()
+        # sent all but the last MiB, unanswered: an upload the router holds
+        pending.append(answered)
+        return b""
 
     writers: list[asyncio.StreamWriter] = []
+    pending: list[asyncio.Future[bytes]] = []
 
     async def scenario() -> tuple[list[bytes], int]:
         answers = await asyncio.gather(*(upload(i) for i in range(50)))
         peak = _rss(pid)
+        for waiting in pending:
+            waiting.cancel()
         for writer in writers:
             writer.close()
         return list(answers), peak
 
     answers, peak = asyncio.run(scenario())
     refused = [a for a in answers if a.startswith(b"HTTP/1.1 503")]
-    assert len(refused) >= 40, f"most uploads were refused with 503: {len(refused)}"
+    # each upload declares 15 MiB and holds it from its head on: 4 fit in 64 MiB, and
+    # every later one is refused while those 4 are held unfinished
+    held = (64 * 2**20) // size
+    assert len(refused) == 50 - held, f"uploads refused with 503: {len(refused)} of 50"
     assert all(b"retry-after" in a for a in refused)
     margin = 48 * 2**20
     print(
@@ -493,7 +512,7 @@ def test_unfinished_uploads_stay_within_the_body_budget(budget_platform: Platfor
 # ------------------------------------------------------------------ replicas killed
 
 
-def test_no_request_fails_while_replicas_are_killed_every_two_seconds(
+def test_no_request_fails_while_replicas_are_killed_one_after_another(
     shared_platform: Platform,
     versions: dict[str, ModelVersion],
     api: Client,
@@ -504,33 +523,49 @@ def test_no_request_fails_while_replicas_are_killed_every_two_seconds(
     api.apply([_doc(name, versions["v1"].version)])
     st = _ready(api, name)
     rows = Rows.for_version(versions["v1"], n=200)
-    load = BackgroundLoad(st["url"], rows, 50.0, 40.0, max_requests=2000, request_timeout=30)
+    # open-loop load with room for every round; stopped once the last round is seen
+    load = BackgroundLoad(st["url"], rows, 50.0, 600.0, max_requests=30000, request_timeout=30)
     rng = random.Random(7)
     killed: list[int] = []
+    kills, served = 6, 25  # answers wanted to requests sent after each kill, and before
+
+    def replaced_and_serving(since: float) -> list[dict[str, Any]] | None:
+        """Both replicas ready and alive (the last victim replaced), with ``served``
+        answers to requests sent since ``since``."""
+        running = [
+            r for r in replicas(api, name) if r["ready"] and r["pid"] and pid_alive(int(r["pid"]))
+        ]
+        ok = len(running) == 2 and load.answers_since(since) >= served
+        return running if ok else None
+
     try:
-        wait_for("load to flow", lambda: load.answers_since(0) >= 50, timeout=20)
-        deadline = time.monotonic() + 20
-        next_kill = time.monotonic()
-        while time.monotonic() < deadline:
-            if time.monotonic() >= next_kill:
-                running = [
-                    r
-                    for r in _status(api, name).get("replicaStatuses") or []
-                    if r.get("ready") and r.get("pid") and pid_alive(int(r["pid"]))
-                ]
-                if running:
-                    victim = int(rng.choice(running)["pid"])
-                    os.kill(victim, signal.SIGKILL)
-                    killed.append(victim)
-                next_kill += 2.0
-            # the kill cadence (the attack's schedule), not a wait for any state
-            time.sleep(max(0.0, min(next_kill, deadline) - time.monotonic()))
+        since = load.started
+        for kill in range(kills):
+            # the attack's schedule, by state: the next kill as soon as the last victim is
+            # replaced and requests sent after it have been answered
+            running = wait_for(
+                f"kill {kill + 1}: 2 ready replicas answering",
+                functools.partial(replaced_and_serving, since),
+                timeout=90,
+                every=0.2,
+            )
+            victim = int(rng.choice(running)["pid"])
+            since = time.monotonic()
+            os.kill(victim, signal.SIGKILL)
+            killed.append(victim)
+        wait_for(
+            "answers after the last kill",
+            lambda: load.answers_since(since) >= served,
+            timeout=60,
+            every=0.2,
+        )
         load.stop()
         result = load.join(60)
     finally:
         load.stop()
-    assert len(killed) >= 6, killed
+    assert len(killed) == kills, killed
+    assert not any(pid_alive(pid) for pid in killed)
     failed = [(a.status, a.error) for a in result.answers if a.status != 200]
-    assert len(result.answers) >= 500
+    assert result.unfinished == 0
     assert not failed, (len(failed), failed[:5])
     _ready(api, name)

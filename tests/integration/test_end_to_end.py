@@ -94,7 +94,10 @@ def test_deploy_two_replicas_behind_the_router(shared_platform: Platform) -> Non
     assert status["desiredReplicas"] == 2
     assert status["model"] == "fraud-detector:1"
     assert status["url"].startswith("http://127.0.0.1:")
-    pids = {r["pid"] for r in status["replicaStatuses"]}
+    assert [(r["desired"], r["ready"]) for r in status["revisions"]] == [(2, 2)]
+    replicas = p.replicas("fraud-detector")
+    assert all(r["ready"] and r["endpoint"] for r in replicas)
+    pids = {r["pid"] for r in replicas}
     assert len(pids) == 2
     assert all(pid_alive(pid) for pid in pids)
     table = p.cli("get", "modeldeployments")
@@ -146,7 +149,8 @@ def _served(endpoint: str) -> float:
 def test_router_spreads_load_over_both_replicas(shared_platform: Platform) -> None:
     p = shared_platform
     status = p.get_json("modeldeployments", "fraud-detector")["status"]
-    endpoints = [r["endpoint"] for r in status["replicaStatuses"]]
+    endpoints = [r["endpoint"] for r in p.replicas("fraud-detector") if r["ready"]]
+    assert len(endpoints) == 2
     before = [_served(e) for e in endpoints]
     with httpx.Client(base_url=status["url"]) as client:
         for _ in range(60):
@@ -172,14 +176,12 @@ def test_router_spreads_load_over_both_replicas(shared_platform: Platform) -> No
 
 def test_killed_replica_is_replaced(shared_platform: Platform) -> None:
     p = shared_platform
-    status = p.get_json("modeldeployments", "fraud-detector")["status"]
-    victim = status["replicaStatuses"][0]["pid"]
-    survivor = status["replicaStatuses"][1]["pid"]
+    victim, survivor = (r["pid"] for r in p.replicas("fraud-detector"))
     os.kill(victim, signal.SIGKILL)
 
     def healed() -> bool:
         st = p.get_json("modeldeployments", "fraud-detector")["status"]
-        pids = {r["pid"] for r in st["replicaStatuses"]}
+        pids = {r["pid"] for r in p.replicas("fraud-detector") if r["ready"]}
         return st["readyReplicas"] == 2 and victim not in pids and survivor in pids
 
     wait_for("the killed replica to be replaced", healed, timeout=60, every=0.3)
@@ -191,7 +193,8 @@ def test_killed_replica_is_replaced(shared_platform: Platform) -> None:
 def test_changing_replica_settings_rolls_the_replicas(shared_platform: Platform, tmp_path) -> None:  # type: ignore[no-untyped-def]
     p = shared_platform
     before = p.get_json("modeldeployments", "fraud-detector")["status"]
-    old_pids = {r["pid"] for r in before["replicaStatuses"]}
+    old_pids = {r["pid"] for r in p.replicas("fraud-detector")}
+    assert len(old_pids) == 2
     spec = tmp_path / "md.yaml"
     spec.write_text(
         (EXAMPLE / "modeldeployment.yaml").read_text() + "  batching:\n    maxBatchSize: 1\n"
@@ -211,15 +214,16 @@ def test_changing_replica_settings_rolls_the_replicas(shared_platform: Platform,
     load.start()
     assert p.cli("apply", "-f", str(spec)).returncode == 0
 
-    def rolled() -> dict[str, Any] | None:
+    def rolled() -> list[dict[str, Any]] | None:
         st = p.get_json("modeldeployments", "fraud-detector")["status"]
-        pids = {r["pid"] for r in st["replicaStatuses"]}
+        replicas = p.replicas("fraud-detector")
         done = (
             st["readyReplicas"] == 2
-            and not pids & old_pids
-            and st["revision"] != before["revision"]
+            and len(replicas) == 2
+            and not {r["pid"] for r in replicas} & old_pids
+            and {r["revision"] for r in replicas} == {st["revision"]} != {before["revision"]}
         )
-        return st if done else None
+        return replicas if done else None
 
     try:
         after = wait_for("replicas of the new revision", rolled, timeout=90, every=0.3)
@@ -227,7 +231,7 @@ def test_changing_replica_settings_rolls_the_replicas(shared_platform: Platform,
         stop.set()
         load.join(timeout=30)
     assert set(codes) == {200}, f"a roll under load must not fail a request: {codes}"
-    for replica in after["replicaStatuses"]:
+    for replica in after:
         argv = Path(f"/proc/{replica['pid']}/cmdline").read_bytes().split(b"\0")
         assert argv[argv.index(b"--max-batch-size") + 1] == b"1"
     assert p.cli("predict", "fraud-detector", "--data", json.dumps(_sample())).returncode == 0
@@ -259,7 +263,8 @@ spec:
 def test_delete_deployment_stops_its_replicas(shared_platform: Platform) -> None:
     p = shared_platform
     status = p.get_json("modeldeployments", "fraud-detector")["status"]
-    pids = [r["pid"] for r in status["replicaStatuses"]]
+    pids = [r["pid"] for r in p.replicas("fraud-detector")]
+    assert len(pids) == 2
     deleted = p.cli("delete", "modeldeployment", "fraud-detector")
     assert deleted.returncode == 0, deleted.stderr
     wait_for("replica processes to exit", lambda: not any(pid_alive(x) for x in pids), timeout=30)
@@ -271,8 +276,9 @@ def test_delete_deployment_stops_its_replicas(shared_platform: Platform) -> None
 def test_down_after_daemon_crash_stops_leftovers(shared_platform: Platform) -> None:
     p = shared_platform
     assert p.cli("apply", "-f", str(EXAMPLE / "modeldeployment.yaml")).returncode == 0
-    obj = wait_for("redeployed", lambda: _ready(p, "fraud-detector"), timeout=120, every=0.3)
-    pids = [r["pid"] for r in obj["status"]["replicaStatuses"]]
+    wait_for("redeployed", lambda: _ready(p, "fraud-detector"), timeout=120, every=0.3)
+    pids = [r["pid"] for r in p.replicas("fraud-detector")]
+    assert len(pids) == 2
     info = p.home.read_daemon_info()
     assert info is not None
     os.kill(info["pid"], signal.SIGKILL)

@@ -129,8 +129,9 @@ def test_history_and_undo(platform: Platform) -> None:
     assert back["revision"] == first["revision"]  # the same template: the same revision
     numbers = {h["model"]: (h["number"], h["outcome"]) for h in back["history"]}
     assert numbers == {"fraud:2": (2, "Superseded"), "fraud:1": (3, "Stable")}
-    replicas = back["replicaStatuses"]
-    assert [r["revision"] for r in replicas] == [first["revision"]]
+    serving = [(r["revision"], r["ready"]) for r in back["revisions"] if r["ready"]]
+    assert serving == [(first["revision"], 1)]
+    assert [r["revision"] for r in platform.replicas("fraud")] == [first["revision"]]
     client = platform.client()
     try:
         events = json.dumps(client.events("modeldeployments", "fraud"))

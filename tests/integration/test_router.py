@@ -90,7 +90,7 @@ def free_port() -> int:
 
 
 def run(coro: Awaitable[None]) -> None:
-    asyncio.run(asyncio.wait_for(coro, 30))  # type: ignore[arg-type]
+    asyncio.run(asyncio.wait_for(coro, 30))
 
 
 def test_forwards_and_dechunks() -> None:
@@ -437,15 +437,36 @@ def test_failing_replica_is_ejected_and_comes_back_after_a_probe(
 
 
 def test_beyond_capacity_the_router_sheds_with_503() -> None:
+    # The upstream holds every request until the gate opens, so which requests are in
+    # flight, queued or shed is set by the policy alone: 2 in flight + 3 queued of 20,
+    # whatever the speed of the machine.
+    gate = asyncio.Event()
+
+    async def gated(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await gate.wait()
+        await tagged_upstream(b"busy")(reader, writer)
+
     async def scenario() -> None:
-        async with upstream(tagged_upstream(b"busy", delay=0.3)) as only:
+        async with upstream(gated) as only:
             router = Router("127.0.0.1")
             url = await router.ensure_route("s")
             router.set_backends("s", [Backend(only.id, only.host, only.port, "v1")])
-            router.set_policy("s", TrafficPolicy(max_concurrency=2, queue_limit=3, queue_timeout=5))
+            router.set_policy(
+                "s", TrafficPolicy(max_concurrency=2, queue_limit=3, queue_timeout=20)
+            )
             port = int(url.rsplit(":", 1)[1])
+            route = router.route("s")
+            assert route is not None
             try:
-                bodies = await post(port, 20, concurrency=20)
+                pending = asyncio.create_task(post(port, 20, concurrency=20))
+                for _ in range(1000):  # bounded: all 20 have arrived and were placed
+                    held = (route.upstreams[only.id].inflight, route.queued, route.codes["503"])
+                    if held == (2, 3, 15) or pending.done():
+                        break
+                    await asyncio.sleep(0.01)
+                assert held == (2, 3, 15), f"(in flight, queued, shed) while held: {held}"
+                gate.set()
+                bodies = await asyncio.wait_for(pending, 10)
             finally:
                 await router.close()
         ok = [b for b in bodies if b.startswith(b"200")]

@@ -13,7 +13,7 @@ import pytest
 
 from tests.integration.conftest import Platform, pid_alive, wait_for
 from tests.integration.rollout_models import register_v1
-from tests.integration.test_scheduling import apply, phase_is, status
+from tests.integration.test_scheduling import apply, phase_is
 
 pytestmark = pytest.mark.integration
 
@@ -101,8 +101,9 @@ def test_worker_sees_no_secret_of_the_daemon_unless_passed(
 
 
 def _replicas(platform: Platform, count: int, revision: str | None = None) -> Any:
-    st = status(platform, "md", "fraud")
-    current = st.get("replicaStatuses") or []
+    """The replicas of 'fraud' (its pods) once exactly ``count`` run, all ready and none of
+    ``revision``."""
+    current = platform.replicas("fraud")
     ready = [r for r in current if r["ready"] and (revision is None or r["revision"] != revision)]
     return ready if len(ready) == count and len(current) == count else None
 

@@ -79,9 +79,24 @@ def placed_nowhere(platform: Platform, name: str) -> dict[str, Any] | None:
     """The job's status once every worker waits and the scheduler has said why."""
     st = status(platform, "tj", name)
     workers = st.get("workers") or []
-    if workers and all(w["pending"] for w in workers) and "waiting to be placed:" in st["message"]:
+    if (
+        workers
+        and all(w["phase"] == "Pending" for w in workers)
+        and "waiting to be placed:" in st["message"]
+    ):
         return st
     return None
+
+
+def running_workers(platform: Platform, name: str) -> list[dict[str, Any]]:
+    """The job's workers (its pods) that run now."""
+    return [w for w in platform.workers(name) if w["running"]]
+
+
+def output_dir(platform: Platform, name: str, attempt: int) -> Path:
+    """Where the attempt of the job (this incarnation of the name) writes its output."""
+    uid = platform.get_json("tj", name)["metadata"]["uid"]
+    return platform.home.root / "outputs" / f"{name}-{uid[:8]}" / f"attempt-{attempt}"
 
 
 def nodes_view(platform: Platform) -> dict[str, Any]:
@@ -127,7 +142,7 @@ def test_gang_ranks_meet_through_master_addr_across_nodes(
 
     st = wait_for("the gang to finish", lambda: phase_is(platform, "meet", "Succeeded"), 60)
     assert st["restarts"] == 0
-    folder = Path(st["outputDir"])
+    folder = output_dir(platform, "meet", st["attempt"])
     ranks = {r: json.loads((folder / f"rank-{r}.json").read_text()) for r in range(3)}
     # every rank learnt every other rank's node through rank 0's MASTER_ADDR:MASTER_PORT
     nodes = {r: ranks[r]["env"]["PILOTHOUSE_NODE"] for r in range(3)}
@@ -156,8 +171,9 @@ def test_gang_is_all_or_nothing_and_starts_when_room_frees(
         "both workers of 'first' to run",
         lambda: (
             (st := status(platform, "tj", "first")).get("workers")
-            and all(w["running"] for w in st["workers"])
+            and all(w["phase"] == "Running" for w in st["workers"])
             and len(st["workers"]) == 2
+            and len(running_workers(platform, "first")) == 2
         ),
         30,
     )
@@ -168,7 +184,9 @@ def test_gang_is_all_or_nothing_and_starts_when_room_frees(
     assert len(st["workers"]) == 2
     # one node is free, but a gang of two does not start half of itself
     assert "only 1 fit" in st["message"]
-    assert all(w["pid"] is None for w in st["workers"])
+    waiting = platform.workers("second")
+    assert len(waiting) == 2
+    assert all(w["pending"] and w["pid"] is None and w["node"] is None for w in waiting)
     view = nodes_view(platform)
     assert {p["owner"] for p in view["pending"]} == {"TrainingJob/second"}
     assert sum(len(n["items"]) for n in view["items"]) == 2
@@ -207,10 +225,7 @@ def test_higher_priority_job_preempts_training_that_resumes_from_its_checkpoint(
     assert apply(platform, tmp_path, low).returncode == 0
     wait_for(
         "the low-priority gang to fill the cluster",
-        lambda: (
-            len([w for w in status(platform, "tj", "low").get("workers") or [] if w["running"]])
-            == 3
-        ),
+        lambda: len(running_workers(platform, "low")) == 3,
         30,
     )
     urgent = job("urgent", args=["--steps", "3"], workers=1, gpu=2, priority=100)
@@ -260,8 +275,7 @@ def test_failed_node_moves_replicas_and_training_elsewhere(
     assert apply(platform, tmp_path, deployment).returncode == 0
 
     def replicas_on_both() -> dict[str, str] | None:
-        st = status(platform, "md", "fraud")
-        placed = {r["node"]: r["id"] for r in st.get("replicaStatuses") or [] if r["ready"]}
+        placed = {r["node"]: r["id"] for r in platform.replicas("fraud") if r["ready"]}
         return placed if set(placed) == {"a", "b"} else None
 
     placed = wait_for("one ready replica on each node", replicas_on_both, 60)
@@ -277,10 +291,8 @@ def test_failed_node_moves_replicas_and_training_elsewhere(
         lambda: next(
             (
                 w
-                for w in status(platform, "tj", "train").get("workers") or []
-                if w["running"]
-                and w["pid"]
-                and list((platform.home.root / "checkpoints").glob("train-*/step-*"))
+                for w in running_workers(platform, "train")
+                if w["pid"] and list((platform.home.root / "checkpoints").glob("train-*/step-*"))
             ),
             None,
         ),
@@ -293,15 +305,26 @@ def test_failed_node_moves_replicas_and_training_elsewhere(
     assert "failed" in result.stdout
     assert not pid_alive(worker["pid"])
 
-    def moved() -> dict[str, Any] | None:
-        st = status(platform, "md", "fraud")
-        ready = [r for r in st.get("replicaStatuses") or [] if r["ready"]]
+    def moved() -> list[dict[str, Any]] | None:
+        replicas = platform.replicas("fraud")
+        ready = [r for r in replicas if r["ready"]]
         if len(ready) == 2 and all(r["node"] == survivor for r in ready):
-            return st
+            return replicas
         return None
 
-    st = wait_for("both replicas to serve from the surviving node", moved, 60)
-    assert placed[lost] not in {r["id"] for r in st["replicaStatuses"]}
+    replicas = wait_for("both replicas to serve from the surviving node", moved, 60)
+    assert placed[lost] not in {r["id"] for r in replicas}
+    wait_for(
+        "the status to say both serve from the surviving node",
+        lambda: (
+            [
+                (r["ready"], r["nodes"])
+                for r in status(platform, "md", "fraud").get("revisions") or []
+            ]
+            == [(2, [survivor])]
+        ),
+        30,
+    )
     st = wait_for(
         "the job to finish elsewhere", lambda: phase_is(platform, "train", "Succeeded"), 90
     )
@@ -335,10 +358,7 @@ def test_drain_evicts_gracefully_and_cordons(fresh_platform: Platform, tmp_path:
     assert apply(platform, tmp_path, train).returncode == 0
     worker = wait_for(
         "the worker to run",
-        lambda: next(
-            (w for w in status(platform, "tj", "train").get("workers") or [] if w["running"]),
-            None,
-        ),
+        lambda: next(iter(running_workers(platform, "train")), None),
         30,
     )
     node = worker["node"]
@@ -386,7 +406,7 @@ def test_queue_quota_holds_jobs_until_its_room_frees(
     assert apply(platform, tmp_path, queue + "---" + one).returncode == 0
     wait_for(
         "'one' to run",
-        lambda: any(w["running"] for w in status(platform, "tj", "one").get("workers") or []),
+        lambda: running_workers(platform, "one"),
         30,
     )
     assert apply(platform, tmp_path, two).returncode == 0
@@ -532,13 +552,17 @@ def test_a_job_deleted_and_applied_again_at_once_is_a_new_job(
     assert apply(platform, tmp_path, spec(f"[{PY}, {script}]")).returncode == 0
     old = wait_for(
         "the first job to run",
-        lambda: (
-            (st := status(platform, "tj", "again")).get("outputDir")
-            and (Path(st["outputDir"]) / "started").exists()
-            and st
+        lambda: next(
+            (
+                w
+                for w in platform.workers("again")
+                if w["outputDir"] and (Path(w["outputDir"]) / "started").exists()
+            ),
+            None,
         ),
         30,
     )
+    assert Path(old["outputDir"]) == output_dir(platform, "again", 1)
     assert platform.cli("delete", "tj", "again").returncode == 0
     write_new = f'[{PY}, -c, "import os, pathlib; pathlib.Path(os.environ[\\"PILOTHOUSE_OUTPUT_DIR\\"], \\"who.txt\\").write_text(\\"new\\")"]'
     wait_for(
@@ -548,8 +572,8 @@ def test_a_job_deleted_and_applied_again_at_once_is_a_new_job(
     )
     st = wait_for("the new job to finish", lambda: phase_is(platform, "again", "Succeeded"), 60)
     assert st["restarts"] == 0
-    assert st["outputDir"] != old["outputDir"]
-    new_out = Path(st["outputDir"]) / "who.txt"
+    assert output_dir(platform, "again", st["attempt"]) != Path(old["outputDir"])
+    new_out = output_dir(platform, "again", st["attempt"]) / "who.txt"
     old_out = Path(old["outputDir"]) / "who.txt"
     wait_for("the old worker to have checkpointed", old_out.exists, 30)
     assert old_out.read_text() == "old"

@@ -38,8 +38,8 @@ def deploy(platform: Platform, tmp_path: Path, replicas: int = 2, probes: str = 
 
 
 def ready_replicas(platform: Platform, count: int) -> list[dict[str, Any]] | None:
-    st = status(platform, "md", "fraud")
-    replicas = st.get("replicaStatuses") or []
+    """The replicas of 'fraud' (its pods) once exactly ``count`` run and all are ready."""
+    replicas = platform.replicas("fraud")
     ready = [r for r in replicas if r["ready"]]
     return ready if len(ready) == count and len(replicas) == count else None
 
@@ -51,9 +51,9 @@ def predict(platform: Platform) -> int:
 
 
 def serve_pids(platform: Platform) -> set[int]:
-    """Model server processes of this platform's home (their model dir is under it)."""
+    """Model server processes of this platform's home (their registry is under it)."""
     out = subprocess.run(
-        ["pgrep", "-f", f"pilothouse serve --model-dir {platform.home.root}"],
+        ["pgrep", "-f", f"pilothouse serve --model [^ ]+ --registry {platform.home.root}/"],
         capture_output=True,
         text=True,
         check=False,
@@ -130,8 +130,7 @@ def test_training_killed_mid_run_resumes_and_ends_like_an_uninterrupted_run(
         assert apply(platform, tmp_path, text).returncode == 0
 
     def checkpointed() -> dict[str, Any] | None:
-        st = status(platform, "tj", "broken")
-        workers = [w for w in st.get("workers") or [] if w["running"] and w["pid"]]
+        workers = [w for w in platform.workers("broken") if w["running"] and w["pid"]]
         done = list((platform.home.root / "checkpoints").glob("broken-*/step-*"))
         return workers[0] if workers and done else None
 
@@ -183,11 +182,7 @@ def test_control_plane_killed_and_restarted_adopts_its_processes(
     worker = wait_for(
         "the worker to run",
         lambda: next(
-            (
-                w
-                for w in status(platform, "tj", "train").get("workers") or []
-                if w["running"] and w["pid"]
-            ),
+            (w for w in platform.workers("train") if w["running"] and w["pid"]),
             None,
         ),
         30,
@@ -208,8 +203,9 @@ def test_control_plane_killed_and_restarted_adopts_its_processes(
     again = wait_for("the adopted replicas to be ready", lambda: ready_replicas(platform, 2), 30)
     assert {r["id"]: r["pid"] for r in again} == {r["id"]: r["pid"] for r in replicas}
     assert predict(platform) == 200
+    assert [w["pid"] for w in platform.workers("train") if w["running"]] == [worker["pid"]]
     st = status(platform, "tj", "train")
-    assert [w["pid"] for w in st["workers"] if w["running"]] == [worker["pid"]]
+    assert [(w["rank"], w["phase"]) for w in st["workers"]] == [(0, "Running")]
 
     hold.touch()
     st = wait_for("the job to finish", lambda: phase_is(platform, "train", "Succeeded"), 60)
@@ -235,14 +231,32 @@ def test_command_probes_gate_traffic_and_kill_what_fails_them(
     deploy(platform, tmp_path, replicas=1, probes=probes)
     started = wait_for(
         "the replica to run, not ready",
-        lambda: next(iter(status(platform, "md", "fraud").get("replicaStatuses") or []), None),
+        lambda: next((r for r in platform.replicas("fraud") if r["endpoint"]), None),
         60,
     )
     wait_for("the model server to answer", lambda: _answers(started["endpoint"]), 60)
-    st = status(platform, "md", "fraud")
     # the server answers, but its readiness command fails: no traffic for it
+    [replica] = wait_for(
+        "the readiness probe to have failed",
+        lambda: [
+            r
+            for r in platform.replicas("fraud")
+            if "readiness probe failed: exit code 1" in r["message"]
+        ],
+        30,
+    )
+    assert replica["id"] == started["id"]
+    assert not replica["ready"]
+    st = wait_for(
+        "the status to count the replica as starting",
+        lambda: (
+            (st := status(platform, "md", "fraud")).get("revisions")
+            and [(r["ready"], r["starting"]) for r in st["revisions"]] == [(0, 1)]
+            and st
+        ),
+        30,
+    )
     assert st["readyReplicas"] == 0
-    assert "readiness probe failed: exit code 1" in st["replicaStatuses"][0]["message"]
     gate.touch()
     wait_for("the replica to be ready", lambda: ready_replicas(platform, 1), 30)
     assert predict(platform) == 200

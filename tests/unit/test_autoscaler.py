@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -175,6 +176,77 @@ def test_rate_limits_apply_in_panic() -> None:
     assert d.reason == "scale-up limited by maxScaleUpRate 2.0: 2 -> 4"
 
 
+# --- a panic window as long as the stable window -------------------------------
+
+# Knative's panic-window-percentage goes up to 100 %: both windows then average the
+# same samples, and panic mode keeps only its hold against scaling down.
+EQUAL = AutoscalerSpec(
+    target=10.0, min_replicas=1, max_replicas=100, stable_window=10.0, panic_window=10.0
+)
+
+
+def test_a_panic_window_equal_to_the_stable_window_is_accepted() -> None:
+    assert (EQUAL.stable_window, EQUAL.panic_window) == (10.0, 10.0)
+
+
+def test_equal_windows_average_the_same_samples() -> None:
+    # The sample at now - 10 is outside both windows; the 10 after it are in both.
+    d = decide_scale(EQUAL, [Sample(0.0, 1000.0), *load(50.0, 1, 10)], 5, FRESH, now=10.0)
+    assert (d.stable_samples, d.panic_samples) == (10, 10)
+    assert d.stable_average == d.panic_average == 50.0
+    assert d.stable_desired == d.panic_desired == 5
+    assert not d.in_panic
+    assert d.desired_replicas == 5
+
+
+def test_equal_windows_panic_when_the_load_needs_the_threshold_times_ready() -> None:
+    at_threshold = decide_scale(EQUAL, load(99.0, 1, 10), 5, FRESH, now=10.0)
+    assert at_threshold.stable_desired == 10  # 2.0 x 5 ready: the threshold itself
+    assert at_threshold.in_panic
+    below = decide_scale(EQUAL, load(90.0, 1, 10), 5, FRESH, now=10.0)
+    assert below.stable_desired == 9
+    assert not below.in_panic
+    d = decide_scale(EQUAL, load(150.0, 1, 10), 5, FRESH, now=10.0)
+    assert d.in_panic
+    assert d.desired_replicas == 15
+    assert d.reason == "panic: 10s avg concurrency 150.0 needs 15 replicas >= 2.0x 5 ready -> 15"
+
+
+def test_equal_windows_hold_the_panic_count_for_a_stable_window() -> None:
+    decisions = simulate(EQUAL, lambda t: 150.0 if t <= 10 else 50.0, 5, range(10, 23))
+    assert decisions[10].in_panic
+    assert decisions[10].desired_replicas == 15
+    # The load falls at once, but nothing scales down while panic lasts ...
+    for now in range(11, 20):
+        assert decisions[now].in_panic, now
+        assert decisions[now].desired_replicas == 15, now
+    assert decisions[15].stable_desired == 10
+    assert decisions[19].stable_desired == 6
+    # (6, or 7 after the scale-down rate limit from 15)
+    assert decisions[19].reason == "held at 15 during panic (load wants 7)"
+    # ... and a stable window after the last overload panic ends, rate limited down.
+    after = decisions[20]
+    assert not after.in_panic
+    assert after.stable_desired == 5
+    assert after.desired_replicas == 7
+    assert decisions[21].desired_replicas == 5
+
+
+def test_without_panic_equal_windows_would_scale_down_at_once() -> None:
+    # The same load with a threshold never reached: the hold above is panic's doing.
+    calm = AutoscalerSpec(
+        target=10.0,
+        min_replicas=1,
+        max_replicas=100,
+        stable_window=10.0,
+        panic_window=10.0,
+        panic_threshold=100.0,
+    )
+    decisions = simulate(calm, lambda t: 150.0 if t <= 10 else 50.0, 15, range(10, 16))
+    assert not any(d.in_panic for d in decisions.values())
+    assert decisions[15].desired_replicas == 10
+
+
 # --- rate limits and clamps ---------------------------------------------------
 
 
@@ -328,8 +400,9 @@ def test_metric_may_be_given_as_a_string() -> None:
         ("stable_window", {"stable_window": -60.0}),
         ("panic_window", {"panic_window": 0.0}),
         ("panic_window", {"panic_window": -6.0}),
-        ("panic_window", {"panic_window": 60.0}),
+        ("panic_window", {"panic_window": 60.001}),
         ("panic_window", {"panic_window": 90.0}),
+        ("panic_window", {"panic_window": math.inf}),
         ("panic_threshold", {"panic_threshold": 1.0}),
         ("max_scale_up_rate", {"max_scale_up_rate": 1.0}),
         ("max_scale_down_rate", {"max_scale_down_rate": 0.5}),
@@ -344,6 +417,12 @@ def test_invalid_specs_name_the_field(field: str, overrides: dict[str, Any]) -> 
     params.update(overrides)
     with pytest.raises(ValueError, match=f"^{field} must be"):
         AutoscalerSpec(**params)
+
+
+def test_a_panic_window_longer_than_the_stable_window_is_refused_with_both() -> None:
+    expected = "panic_window must be > 0 and <= stable_window (60), got 60.5"
+    with pytest.raises(ValueError, match=f"^{re.escape(expected)}$"):
+        AutoscalerSpec(target=10.0, min_replicas=0, max_replicas=10, panic_window=60.5)
 
 
 def test_negative_ready_is_rejected() -> None:
@@ -378,7 +457,7 @@ def specs(draw: st.DrawFn) -> AutoscalerSpec:
         min_replicas=draw(st.integers(0, max_replicas)),
         max_replicas=max_replicas,
         stable_window=stable,
-        panic_window=stable * draw(st.floats(0.01, 0.99)),
+        panic_window=stable * draw(st.floats(0.01, 1.0)),
         panic_threshold=draw(st.floats(1.01, 5.0)),
         max_scale_up_rate=draw(st.floats(1.01, 1000.0)),
         max_scale_down_rate=draw(st.floats(1.01, 10.0)),

@@ -160,6 +160,14 @@ class Client:
         )["items"]
         return items
 
+    def pods(self, plural: str, name: str) -> list[dict[str, Any]]:
+        """``GET .../{plural}/{name}/pods``: the object's replicas or workers on this machine
+        (node, phase, pid, endpoint, exit code of each), as ``kubectl get pods -o wide``."""
+        items: list[dict[str, Any]] = self._check(self._http.get(self.path(plural, name, "pods")))[
+            "items"
+        ]
+        return items
+
     def logs(self, plural: str, name: str, follow: bool = False, tail: int = -1) -> Iterator[str]:
         params = {"follow": str(follow).lower(), "tail": str(tail)}
         with self._http.stream(

@@ -26,15 +26,14 @@ import uvicorn
 
 from pilothouse.api.home import Home
 from pilothouse.api.server import create_app, daemon_info
-from pilothouse.controllers import scheduler
 from pilothouse.controllers.base import Context
 from pilothouse.controllers.manager import Manager
 from pilothouse.registry.objectstore import open_registry
 from pilothouse.router.proxy import Router, RouterLimits
+from pilothouse.runtime.local.backend import LocalBackend
 from pilothouse.runtime.local.nodes import load_nodes
-from pilothouse.runtime.local.runtime import LocalRuntime
 from pilothouse.serving.connections import ConnectionLimits, timed_protocol
-from pilothouse.store.sqlite import Store
+from pilothouse.store.sqlite import SchemaError, Store
 
 log = logging.getLogger("pilothouse.daemon")
 
@@ -189,17 +188,33 @@ async def run(
         tls=(str(tls[0]), str(tls[1])) if tls is not None else None,
     )
     nodes = load_nodes(home.nodes_file if home.nodes_file.exists() else None, data_host)
-    runtime = LocalRuntime(store, home.root, router, data_host, nodes)
-    orphans = await runtime.start()
+    backend = LocalBackend(
+        store,
+        registry,
+        home.root,
+        router,
+        data_host,
+        nodes,
+        registry_uri=home.registry_uri,
+        model_cache=home.model_cache,
+    )
+    runtime = backend.runtime
+    manager = Manager(
+        Context(
+            state=backend.state,
+            workload=backend.workload,
+            dataplane=backend.dataplane,
+            clock=time.time,
+        )
+    )
+    # a replica or worker exited, a replica turned ready or unready, a gang was placed:
+    # its owner's controller looks now
+    backend.on_change(manager.trigger)
+    orphans = await backend.start()
     if orphans:
         log.warning("stopped %d process(es) left by a previous daemon: %s", len(orphans), orphans)
-    manager = Manager(Context(store=store, runtime=runtime, registry=registry, clock=time.time))
     # a request held at a deployment scaled to zero wakes its controller at once
     router.on_activate = lambda key: manager.trigger("ModelDeployment", key)
-    # something waits for a node, or room was freed: the scheduler looks at once
-    runtime.on_pending = lambda: manager.trigger(scheduler.KIND, scheduler.KEY)
-    # a replica or worker exited, or a replica turned ready or unready: its owner looks now
-    runtime.on_change = manager.trigger
 
     family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
     sock = socket.socket(family, socket.SOCK_STREAM)
@@ -218,6 +233,7 @@ async def run(
         nodes=runtime.node_statuses,
         node_view=runtime.node_view,
         node_action=runtime.node_action,
+        pods=runtime.pods,
         info=lambda: daemon_info(
             started,
             url,
@@ -270,7 +286,7 @@ async def run(
         controllers.cancel()
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await controllers
-        await runtime.close()
+        await backend.close()
         store.close()
         info = home.read_daemon_info()
         if info and info.get("pid") == os.getpid():
@@ -321,8 +337,14 @@ def main(
         body_budget=body_budget,
     )
     try:
-        import uvloop
-    except ImportError:  # pragma: no cover - uvloop is a dependency; keep the daemon usable
-        asyncio.run(daemon)
-    else:
-        uvloop.run(daemon)
+        try:
+            import uvloop
+        except ImportError:  # pragma: no cover - uvloop is a dependency; keep the daemon usable
+            asyncio.run(daemon)
+        else:
+            uvloop.run(daemon)
+    except SchemaError as exc:
+        # a state file this release cannot read (a newer release's, or a failed
+        # migration): say so and stop, touching nothing
+        log.error("%s", exc)
+        raise SystemExit(2) from None

@@ -92,8 +92,11 @@ def start_background(
     while time.monotonic() < deadline:
         code = proc.poll()
         if code is not None:
+            why = _last_error(home.daemon_log)
             raise StartFailed(
-                f"the daemon exited with code {code}; see {home.daemon_log} and {home.daemon_out}"
+                f"the daemon exited with code {code}"
+                + (f": {why}" if why else "")
+                + f"; see {home.daemon_log} and {home.daemon_out}"
             )
         info = home.read_daemon_info()
         if info and info.get("pid") == proc.pid and healthy(home):
@@ -101,6 +104,22 @@ def start_background(
         time.sleep(0.1)
     proc.terminate()
     raise StartFailed(f"the daemon did not answer within {timeout:.0f}s; see {home.daemon_log}")
+
+
+def _last_error(log_file: Path) -> str:
+    """The daemon's last ERROR line (why it could not start), without its prefix."""
+    try:
+        with log_file.open("rb") as handle:
+            handle.seek(0, 2)
+            handle.seek(max(0, handle.tell() - 16384))
+            lines = handle.read().decode("utf-8", "replace").splitlines()
+    except OSError:
+        return ""
+    for line in reversed(lines):
+        _, marker, message = line.partition(" ERROR ")
+        if marker:
+            return message.partition(": ")[2] or message
+    return ""
 
 
 def stop(home: Home, timeout: float = 60.0) -> tuple[bool, int]:

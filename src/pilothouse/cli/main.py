@@ -405,7 +405,10 @@ def describe(kind: str, name: str | None) -> None:
     if not name:
         raise click.UsageError("describe needs a name: describe KIND NAME")
     c = client()
-    render.describe(c.get(cls.PLURAL, name), c.events(cls.PLURAL, name))
+    obj, events = c.get(cls.PLURAL, name), c.events(cls.PLURAL, name)
+    # what runs of it on this machine: replicas or workers (GET .../pods)
+    runs = cls.KIND in ("ModelDeployment", "TrainingJob")
+    render.describe(obj, events, c.pods(cls.PLURAL, name) if runs else None)
 
 
 @cli.command()
@@ -593,9 +596,31 @@ def schema(kind: str) -> None:
 
 @cli.command(hidden=True)
 @click.option(
-    "--model-dir", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path)
+    "--model",
+    "model_ref",
+    default=None,
+    metavar="NAME:VERSION",
+    help="Fetch this exact version from --registry, verify it, and serve it.",
 )
-@click.option("--name", required=True)
+@click.option(
+    "--registry",
+    default=None,
+    metavar="URI",
+    help="Where --model is: a folder, file://PATH or s3://BUCKET/PREFIX (credentials: AWS_*).",
+)
+@click.option(
+    "--cache",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Where versions from a remote registry are cached [default: $PILOTHOUSE_HOME/cache/models].",
+)
+@click.option(
+    "--model-dir",
+    default=None,
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="Serve the version in this folder instead (by hand).",
+)
+@click.option("--name", default=None, help="The name served [default: the model's name].")
 @click.option("--host", default="127.0.0.1")
 @click.option("--port", default=8080)
 @click.option("--fd", type=int, default=None, help="Serve on this inherited listening socket.")
@@ -604,8 +629,11 @@ def schema(kind: str) -> None:
 @click.option("--drain", default=1.0, show_default=True, help="Seconds to drain after SIGTERM.")
 @click.option("--threads", default=1, show_default=True, help="Threads one model call may use.")
 def serve(
-    model_dir: Path,
-    name: str,
+    model_ref: str | None,
+    registry: str | None,
+    cache: Path | None,
+    model_dir: Path | None,
+    name: str | None,
     host: str,
     port: int,
     fd: int | None,
@@ -614,10 +642,32 @@ def serve(
     drain: float,
     threads: int,
 ) -> None:
-    """Run one model server replica (started by the runtime, or by hand)."""
-    from pilothouse.serving.server import ServerOptions
+    """Run one model server replica (started by the runtime, or by hand).
+
+    With --model the replica fetches and verifies its version itself and exits with
+    code 3 if it cannot (see serving/server.py).
+    """
+    from pilothouse.serving.server import ModelSource, ServerOptions
     from pilothouse.serving.server import serve as run_server
 
+    if (model_ref is None) == (model_dir is None):
+        raise click.UsageError("give exactly one of --model NAME:VERSION and --model-dir DIR")
+    model: Path | ModelSource
+    if model_ref is not None:
+        if not registry:
+            raise click.UsageError("--model needs --registry URI")
+        try:
+            model = ModelSource.parse(model_ref, registry, cache or Home.from_env().model_cache)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--model") from exc
+        name = name or model.name
+    else:
+        if registry is not None or cache is not None:
+            raise click.UsageError("--registry and --cache go with --model, not --model-dir")
+        if not name:
+            raise click.UsageError("--model-dir needs --name")
+        assert model_dir is not None
+        model = model_dir
     if max_batch_size < 1:
         raise click.BadParameter("must be at least 1", param_hint="--max-batch-size")
     if not 0 <= max_batch_delay <= 1:
@@ -625,7 +675,7 @@ def serve(
     if threads < 1:
         raise click.BadParameter("must be at least 1", param_hint="--threads")
     options = ServerOptions(max_batch_size, max_batch_delay, drain, model_threads=threads)
-    run_server(model_dir, name, host, port, fd, options)
+    run_server(model, name, host, port, fd, options)
 
 
 @cli.command()
@@ -641,10 +691,12 @@ def demo(rows: int, timeout: str) -> None:
 
 
 def main() -> None:
+    from pilothouse.cli.kube import kube
     from pilothouse.cli.models import models
     from pilothouse.cli.nodes import node
     from pilothouse.cli.rollout import rollout
 
+    cli.add_command(kube)
     cli.add_command(models)
     cli.add_command(node)
     cli.add_command(rollout)

@@ -125,7 +125,75 @@ def dump(data: Any, output: str) -> None:
         )
 
 
-def describe(obj: dict[str, Any], events: list[dict[str, Any]]) -> None:
+def revisions_table(revisions: list[dict[str, Any]]) -> Table:
+    """``status.revisions``: what runs of each revision of a ModelDeployment."""
+    table = Table(box=None, header_style="bold", pad_edge=False)
+    for column in ("REVISION", "MODEL", "READY", "STARTING", "PENDING", "FAILED", "RESTARTS"):
+        table.add_column(column, no_wrap=True)
+    table.add_column("NODES")
+    table.add_column("MESSAGE")
+    for r in revisions:
+        reason, message = r.get("reason") or "", r.get("message") or ""
+        table.add_row(
+            str(r.get("revision", "-")),
+            str(r.get("model") or "-"),
+            f"{r.get('ready', 0)}/{r.get('desired', 0)}",
+            str(r.get("starting", 0)),
+            str(r.get("pending", 0)),
+            str(r.get("failed", 0)),
+            str(r.get("restarts", 0)) + (" (crash loop)" if r.get("crashLooping") else ""),
+            ",".join(r.get("nodes") or []) or "-",
+            f"{reason}: {message}" if reason and message else reason or message,
+            style="red" if r.get("crashLooping") else "",
+        )
+    return table
+
+
+def _cell(value: Any) -> str:
+    return "-" if value is None or value == "" else str(value)
+
+
+def pods_table(kind: str, pods: list[dict[str, Any]]) -> Table:
+    """The object's replicas (ModelDeployment) or workers (TrainingJob) from
+    ``GET .../{name}/pods``: what runs where, as ``kubectl get pods -o wide``."""
+    table = Table(box=None, header_style="bold", pad_edge=False)
+    workers = kind == "TrainingJob"
+    columns = (
+        ("ID", "NODE", "PHASE", "RANK", "ATTEMPT", "PID", "EXIT")
+        if workers
+        else ("ID", "NODE", "PHASE", "READY", "REVISION", "PID", "ENDPOINT")
+    )
+    for column in columns:
+        table.add_column(column, no_wrap=True)
+    table.add_column("MESSAGE")
+    for p in pods:
+        if workers:
+            middle = [_cell(p.get(key)) for key in ("rank", "attempt", "pid", "exitCode")]
+        else:
+            ended = f" (exit {p['exitCode']})" if p.get("exitCode") is not None else ""
+            middle = [
+                "yes" if p.get("ready") else "no",
+                _cell(p.get("revision")),
+                _cell(p.get("pid")),
+                _cell(p.get("endpoint")) + ended,
+            ]
+        table.add_row(
+            _cell(p.get("id")),
+            _cell(p.get("node")),
+            _cell(p.get("phase")),
+            *middle,
+            p.get("message") or "",
+        )
+    return table
+
+
+def describe(
+    obj: dict[str, Any],
+    events: list[dict[str, Any]],
+    pods: list[dict[str, Any]] | None = None,
+) -> None:
+    """``pods``: the object's replicas or workers (``GET .../pods``), for the kinds that
+    run something; None shows no Pods section."""
     meta, status = obj["metadata"], obj.get("status") or {}
     console.print(f"[bold]Name:[/]        {meta['name']}")
     console.print(f"[bold]Kind:[/]        {obj['kind']} ({obj['apiVersion']})")
@@ -149,19 +217,9 @@ def describe(obj: dict[str, Any], events: list[dict[str, Any]]) -> None:
         .replace("\n", "\n  "),
         highlight=False,
     )
-    # the rollout and its history get their own sections below, from status.rollout;
-    # rolloutState and analysis* are the controller's bookkeeping behind it
-    hidden = (
-        "conditions",
-        "replicaPolicy",
-        "nextStartAt",
-        "rollout",
-        "history",
-        "rolloutState",
-        "analysisState",
-        "analysisRun",
-        "analysisVerdict",
-    )
+    # the revisions, the rollout and its history get their own sections below;
+    # ``internal`` is the controller's bookkeeping behind them, not for people
+    hidden = ("conditions", "revisions", "rollout", "history", "internal")
     shown = {k: v for k, v in status.items() if k not in hidden}
     if shown:
         console.print("[bold]Status:[/]")
@@ -172,6 +230,13 @@ def describe(obj: dict[str, Any], events: list[dict[str, Any]]) -> None:
             .replace("\n", "\n  "),
             highlight=False,
         )
+    if status.get("revisions"):
+        console.print("[bold]Revisions:[/]")
+        console.print(Padding(revisions_table(status["revisions"]), (0, 0, 0, 2)))
+    if pods is not None:
+        console.print("[bold]Pods:[/]" + ("" if pods else "  <none>"))
+        if pods:
+            console.print(Padding(pods_table(obj["kind"], pods), (0, 0, 0, 2)))
     if status.get("rollout"):
         console.print("[bold]Rollout:[/]")
         console.print(Padding(rollout_view(status["rollout"], datetime.now(UTC)), (0, 0, 0, 2)))

@@ -4,11 +4,10 @@ and hand them to the pure analysis policy."""
 
 from __future__ import annotations
 
-from typing import Any
-
 from prometheus_client.parser import text_string_to_metric_families
 
 from pilothouse.controllers.base import Context
+from pilothouse.controllers.internal import AnalysisRun
 from pilothouse.policy.analysis import (
     AnalysisState,
     Observation,
@@ -18,7 +17,7 @@ from pilothouse.policy.analysis import (
     evaluate,
     predictions_from_body,
 )
-from pilothouse.runtime.port import LoadSample
+from pilothouse.ports.dataplane import LoadSample
 from pilothouse.spec.resources import SERVER_METRIC_PREFIX, Analysis
 
 #: live responses parsed per revision and interval (bounds the controller's CPU)
@@ -68,7 +67,7 @@ async def _server_values(
     wanted = [c.metric for c in analysis.checks if c.metric.startswith(SERVER_METRIC_PREFIX)]
     if not wanted:
         return {}
-    texts = await ctx.runtime.scrape(name, canary)
+    texts = await ctx.dataplane.scrape(name, canary)
     return {
         metric: _server_value(texts, metric[len(SERVER_METRIC_PREFIX) :]) if texts else None
         for metric in wanted
@@ -76,13 +75,13 @@ async def _server_values(
 
 
 async def baseline_server_metrics(
-    ctx: Context, name: str, analysis: Analysis, canary: str, now: float, meta: dict[str, Any]
+    ctx: Context, name: str, analysis: Analysis, canary: str, now: float, run: AnalysisRun
 ) -> None:
     """Read the counters once when the analysis window opens, so the first measurement
     already has an increase to report."""
     values = await _server_values(ctx, name, analysis, canary)
-    meta["server"] = {
-        metric[len(SERVER_METRIC_PREFIX) :]: [value, now]
+    run.server = {
+        metric[len(SERVER_METRIC_PREFIX) :]: (value, now)
         for metric, value in values.items()
         if value is not None
     }
@@ -97,10 +96,10 @@ async def run_analysis(
     canary: str,
     since: float,
     now: float,
-    meta: dict[str, Any],
+    run: AnalysisRun,
 ) -> tuple[AnalysisState, Verdict]:
-    load = await ctx.runtime.load(name, since=since)
-    responses = await ctx.runtime.responses(name, since=since)
+    load = await ctx.dataplane.load(name, since=since)
+    responses = await ctx.dataplane.responses(name, since=since)
     pairs: list[tuple[Rows, Rows]] = []
     pair_errors = 0
     for m in responses.mirrors[-SCORED_RESPONSES:]:
@@ -126,19 +125,19 @@ async def run_analysis(
     server: dict[str, float | None] = {}
     read = await _server_values(ctx, name, analysis, canary)
     if read:
-        baselines: dict[str, Any] = dict(meta.get("server") or {})
+        baselines = dict(run.server)
         for check_metric, value in read.items():
             metric = check_metric[len(SERVER_METRIC_PREFIX) :]
             if value is not None and metric.endswith(COUNTER_SUFFIXES):
                 # counters: their increase per second over the interval
                 previous = baselines.get(metric)
-                baselines[metric] = [value, now]
+                baselines[metric] = (value, now)
                 if previous is None or now <= previous[1] or value < previous[0]:
                     value = None
                 else:
                     value = (value - previous[0]) / (now - previous[1])
             server[check_metric] = value
-        meta["server"] = baselines
+        run.server = baselines
     observation = Observation(
         canary=_traffic(load.revisions.get(canary, [])),
         stable=_traffic(load.revisions.get(stable, [])),

@@ -5,11 +5,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Literal
 
-from pilothouse.registry.local import BaseRegistry
-from pilothouse.runtime.port import Runtime
-from pilothouse.store.sqlite import Store
+from pilothouse.ports.dataplane import DataPlane
+from pilothouse.ports.state import State
+from pilothouse.ports.workload import Workload
+from pilothouse.spec.status import Condition
 
 
 @dataclass(frozen=True)
@@ -25,15 +26,17 @@ class TerminalError(Exception):
 
 @dataclass
 class Context:
-    store: Store
-    runtime: Runtime
-    registry: BaseRegistry
+    """The three ports a controller sees the world through, and the clock."""
+
+    state: State
+    workload: Workload
+    dataplane: DataPlane
     clock: Callable[[], float]
     #: wake another key now (set by the manager)
     trigger: Callable[[str, str], None] | None = None
 
     def event(self, kind: str, name: str, type_: str, reason: str, message: str) -> None:
-        self.store.record_event(kind, name, type_, reason, message)
+        self.state.event(kind, name, type_, reason, message)
 
 
 def timestamp(seconds: float) -> str:
@@ -41,44 +44,29 @@ def timestamp(seconds: float) -> str:
 
 
 def set_condition(
-    conditions: list[dict[str, Any]],
+    conditions: list[Condition],
     type_: str,
     status: bool,
     reason: str,
     message: str,
     now: float,
-) -> list[dict[str, Any]]:
+) -> list[Condition]:
     """Kubernetes-style condition update: lastTransitionTime moves only when status flips."""
-    text = "True" if status else "False"
-    out = [c for c in conditions if c.get("type") != type_]
-    previous = next((c for c in conditions if c.get("type") == type_), None)
+    text: Literal["True", "False"] = "True" if status else "False"
+    previous = next((c for c in conditions if c.type == type_), None)
     since = (
-        previous["lastTransitionTime"]
-        if previous is not None and previous.get("status") == text
+        previous.last_transition_time
+        if previous is not None and previous.status == text
         else timestamp(now)
     )
+    out = [c for c in conditions if c.type != type_]
     out.append(
-        {
-            "type": type_,
-            "status": text,
-            "reason": reason,
-            "message": message,
-            "lastTransitionTime": since,
-        }
+        Condition(
+            type=type_, status=text, reason=reason, message=message, last_transition_time=since
+        )
     )
-    return sorted(out, key=lambda c: str(c["type"]))
+    return sorted(out, key=lambda c: c.type)
 
 
-def tail(path_text: str, lines: int = 5) -> str:
-    """Last lines of a log file, for events that explain a failure."""
-    from pathlib import Path
-
-    try:
-        with Path(path_text).open("rb") as handle:
-            handle.seek(0, 2)
-            size = handle.tell()
-            handle.seek(max(0, size - 4096))
-            data = handle.read().decode("utf-8", "replace")
-    except OSError:
-        return ""
-    return " | ".join(line for line in data.splitlines()[-lines:] if line.strip())
+def drop_condition(conditions: list[Condition], type_: str) -> list[Condition]:
+    return [c for c in conditions if c.type != type_]

@@ -1,20 +1,24 @@
 """A deployment's revision history (``status.history``): what ran, from what change, and
-how it ended. Like a Deployment's ReplicaSets: each entry keeps the template its
-replicas are started from, so any revision can be scaled up again (rollback) or
-applied again (``rollout undo``)."""
+how it ended. Like a Deployment's ReplicaSets: each entry keeps the spec fields it was
+made from, so any revision can be applied again (``rollout undo``); the replica template
+each revision starts from is kept in the internal status (any revision can be scaled up
+again on a rollback)."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from pilothouse.controllers.base import timestamp
-from pilothouse.runtime.port import ReplicaSpec
 from pilothouse.spec.resources import TEMPLATE_FIELDS
+from pilothouse.spec.status import HistoryEntry
 
 
 class History:
     def __init__(self, entries: list[dict[str, Any]]) -> None:
         self.entries = [dict(e) for e in entries]
+
+    def models(self) -> list[HistoryEntry]:
+        return [HistoryEntry.model_validate(e) for e in self.entries]
 
     def find(self, revision: str | None) -> dict[str, Any] | None:
         return next((e for e in self.entries if e.get("revision") == revision), None)
@@ -27,22 +31,12 @@ class History:
         entry = self.find(revision)
         return str(entry.get("model", "?")) if entry is not None else "?"
 
-    def replica_spec(self, revision: str) -> ReplicaSpec | None:
-        entry = self.find(revision)
-        if entry is None or not isinstance(entry.get("replicaSpec"), dict):
-            return None
-        try:
-            return ReplicaSpec.from_dict(entry["replicaSpec"])
-        except TypeError:
-            return None
-
     def record(
         self,
         revision: str,
         *,
         model: str,
         spec: dict[str, Any],
-        replica_spec: dict[str, Any],
         applied_by: str,
         now: float,
     ) -> None:
@@ -66,7 +60,6 @@ class History:
                 "revision": revision,
                 "model": model,
                 "template": template,
-                "replicaSpec": replica_spec,
                 "createdAt": timestamp(now),
                 "deployedAt": timestamp(now),
                 "appliedBy": applied_by,

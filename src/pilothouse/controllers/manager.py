@@ -1,9 +1,11 @@
 """Runs the reconcile loops: a work queue of keys, each with its next due time.
 
-Changes from the API wake a key at once; every reconcile returns when to look
-again; a periodic resync revisits everything (level-based safety net). One
-failing reconcile is logged, recorded as an event and retried later; it never
-stops the loop. Every pass is timed.
+Changes (from the API, or from the backends: a replica turned ready, a worker ended)
+wake a key at once; every reconcile returns when to look again; a periodic resync
+revisits everything (level-based safety net). Reconciles of different objects run
+concurrently, one at a time per object (a key woken while it runs is run again right
+after), so one slow object never holds up the others. One failing reconcile is logged,
+recorded as an event and retried later; it never stops the loop. Every pass is timed.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 
-from pilothouse.controllers import modeldeployment, queue, scheduler, trainingjob
+from pilothouse.controllers import modeldeployment, queue, trainingjob
 from pilothouse.controllers.base import Context, Result, TerminalError
 
 log = logging.getLogger("pilothouse.controllers")
@@ -24,25 +26,33 @@ RECONCILERS: dict[str, Reconciler] = {
     "ModelDeployment": modeldeployment.reconcile,
     "TrainingJob": trainingjob.reconcile,
     "Queue": queue.reconcile,
-    scheduler.KIND: scheduler.reconcile,
 }
-#: keys that are not stored objects but are always reconciled
-SINGLETONS = ((scheduler.KIND, scheduler.KEY),)
 RETRY_AFTER_ERROR = 5.0
 RESYNC_EVERY = 10.0
+#: reconciles running at once (each holds one key)
+WORKERS = 16
+
+Key = tuple[str, str]
 
 
 class Manager:
-    def __init__(self, ctx: Context) -> None:
+    def __init__(self, ctx: Context, workers: int = WORKERS) -> None:
         self.ctx = ctx
         ctx.trigger = self.trigger
-        self._due: dict[tuple[str, str], float] = {key: 0.0 for key in SINGLETONS}
+        self._due: dict[Key, float] = {}
+        self._running: dict[Key, asyncio.Task[None]] = {}
+        #: keys woken while their reconcile ran: run again right after
+        self._again: set[Key] = set()
+        self._slots = asyncio.Semaphore(workers)
         self._wake = asyncio.Event()
         self._stopping = False
         self.last_pass_seconds: dict[str, float] = {}
 
     def trigger(self, kind: str, name: str) -> None:
-        self._due[(kind, name)] = 0.0
+        key = (kind, name)
+        if key in self._running:
+            self._again.add(key)
+        self._due[key] = 0.0
         self._wake.set()
 
     def stop(self) -> None:
@@ -60,14 +70,27 @@ class Manager:
         except Exception as exc:
             log.exception("%s/%s: reconcile failed; retrying in %ss", kind, name, RETRY_AFTER_ERROR)
             self._record(kind, name, "ReconcileError", f"{type(exc).__name__}: {exc}")
-            self._due[(kind, name)] = self.ctx.clock() + RETRY_AFTER_ERROR
+            self._schedule((kind, name), self.ctx.clock() + RETRY_AFTER_ERROR)
             return
         finally:
             self.last_pass_seconds[f"{kind}/{name}"] = time.perf_counter() - started
         if result.requeue_after is not None:
-            due = self.ctx.clock() + result.requeue_after
-            current = self._due.get((kind, name))
-            self._due[(kind, name)] = min(due, current) if current is not None else due
+            self._schedule((kind, name), self.ctx.clock() + result.requeue_after)
+
+    def _schedule(self, key: Key, due: float) -> None:
+        current = self._due.get(key)
+        self._due[key] = min(due, current) if current is not None else due
+
+    async def _run(self, key: Key) -> None:
+        try:
+            async with self._slots:
+                await self._reconcile(*key)
+        finally:
+            self._running.pop(key, None)
+            if key in self._again:
+                self._again.discard(key)
+                self._due[key] = 0.0
+            self._wake.set()
 
     def _record(self, kind: str, name: str, reason: str, message: str) -> None:
         """Best effort: failing to record an event must not stop the loop."""
@@ -78,30 +101,39 @@ class Manager:
 
     async def run(self) -> None:
         """Run until stopped; an unexpected error in one pass is logged, and the loop goes on."""
-        while not self._stopping:
-            try:
-                await self._loop()
-            except Exception:
-                log.exception("controller loop failed; restarting it in 1s")
-                await asyncio.sleep(1.0)
+        try:
+            while not self._stopping:
+                try:
+                    await self._loop()
+                except Exception:
+                    log.exception("controller loop failed; restarting it in 1s")
+                    await asyncio.sleep(1.0)
+        finally:
+            running = list(self._running.values())
+            for task in running:
+                task.cancel()
+            for task in running:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
 
     async def _loop(self) -> None:
         next_resync = 0.0
         while not self._stopping:
             now = self.ctx.clock()
             if now >= next_resync:
-                for obj in self.ctx.store.list_objects():
-                    key = (obj["kind"], obj["metadata"]["name"])
-                    self._due.setdefault(key, now)
-                for key in SINGLETONS:
-                    self._due.setdefault(key, now)
+                for kind in RECONCILERS:
+                    for obj in self.ctx.state.list(kind):
+                        self._due.setdefault((kind, obj.name), now)
                 next_resync = now + RESYNC_EVERY
-            for key in [k for k, t in self._due.items() if t <= now]:
+            self._wake.clear()
+            for key in [k for k, t in self._due.items() if t <= now and k not in self._running]:
                 self._due.pop(key, None)
                 if key[0] in RECONCILERS:
-                    await self._reconcile(*key)
-            self._wake.clear()
-            soonest = min([*self._due.values(), next_resync])
+                    self._running[key] = asyncio.create_task(
+                        self._run(key), name=f"reconcile-{key[0]}/{key[1]}"
+                    )
+            waiting = [t for k, t in self._due.items() if k not in self._running]
+            soonest = min([*waiting, next_resync])
             timeout = max(0.05, min(soonest - self.ctx.clock(), 1.0))
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout)

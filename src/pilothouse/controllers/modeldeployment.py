@@ -1,349 +1,311 @@
-"""ModelDeployment controller: resolve the model, roll revisions out, converge replicas,
-route ready ones.
+"""ModelDeployment controller: resolve the model, roll revisions out, scale them, route
+traffic between them.
 
-Level-based: every pass reads the spec and what runs, asks the rollout policy which
-revisions should run and who gets traffic (judging the new revision with the
-analysis policy every interval), asks the replica policy what to start and stop,
-applies that, points the deployment's endpoint at the ready replicas, and writes
-status. Running it twice in a row changes nothing.
+Level-based: every pass reads the spec and what runs of each revision (workload port),
+asks the rollout policy which revisions should run with how many replicas and who gets
+traffic (judging the new revision with the analysis policy every interval, on what the
+data plane measured), sets the traffic split (data-plane port), asks the workload port for
+those revisions, and writes the public status plus the controller's internal bookkeeping
+(state port). Replacing crashed replicas, placing them on nodes and draining the ones
+scaled away is the workload backend's job, as it is a Deployment's on Kubernetes. Running
+the pass twice in a row changes nothing.
 """
 
 from __future__ import annotations
 
-import asyncio
-import hashlib
-import json
-from dataclasses import asdict, replace
-from typing import Any
-from urllib.parse import urlsplit
+from dataclasses import dataclass, replace
+
+from pydantic import ValidationError
 
 from pilothouse.controllers.analysis import baseline_server_metrics, run_analysis
 from pilothouse.controllers.base import Context, Result, set_condition, timestamp
+from pilothouse.controllers.deployment_status import (
+    conditions_of,
+    public_rollout,
+    revision_statuses,
+)
 from pilothouse.controllers.history import History
-from pilothouse.controllers.scaling import desired_replicas
+from pilothouse.controllers.internal import (
+    AnalysisRun,
+    DeploymentInternal,
+    InternalUnreadable,
+    dump,
+    read_deployment,
+)
+from pilothouse.controllers.scaling import Scaled, desired_replicas
+from pilothouse.controllers.templates import revision_of, template_of
 from pilothouse.policy.analysis import AnalysisState, verdict_of
-from pilothouse.policy.replicas import ObservedReplica, ReplicaPolicyState, plan_revisions
-from pilothouse.policy.rollout import Gate, Requests, RevisionCounts, RolloutState, plan_rollout
-from pilothouse.registry.local import ModelNotFound
-from pilothouse.runtime.port import ProbeSpec, ReplicaSpec, ReplicaStatus, Traffic
-from pilothouse.runtime.port import Requests as ResourceRequests
+from pilothouse.policy.rollout import (
+    Gate,
+    Requests,
+    RevisionCounts,
+    RolloutDecision,
+    RolloutState,
+    plan_rollout,
+)
+from pilothouse.ports.dataplane import Traffic
+from pilothouse.ports.state import ModelRef, ModelUnavailable, Resource
+from pilothouse.ports.workload import RevisionState, RevisionTarget
 from pilothouse.spec.resources import ModelDeploymentSpec, Rollout
-from pilothouse.store.sqlite import NotFound
+from pilothouse.spec.status import ModelDeploymentStatus
 
 KIND = "ModelDeployment"
 
 
-def revision_of(
-    model_version: int, template: ReplicaSpec, extra: dict[str, Any] | None = None
-) -> str:
-    """The model version plus a digest of everything a replica is started with (and of
-    ``extra``: the spec's runtime and resources), so any change (another model, batching,
-    probes, resources) rolls the replicas, and nothing else does."""
-    fields: dict[str, Any] = asdict(template)
-    fields.pop("revision")
-    if not fields.get("pass_env"):
-        fields.pop("pass_env", None)  # revisions made before the field existed stay the same
-    if extra:
-        fields["extra"] = extra
-    digest = hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:6]
-    return f"{model_version}-{digest}"
+async def _teardown(ctx: Context, name: str) -> bool:
+    """Stop everything of the deployment; True once nothing runs any more."""
+    gone = await ctx.workload.delete_deployment(name)
+    await ctx.dataplane.remove(name)
+    return gone
 
 
-async def _teardown(ctx: Context, name: str) -> None:
-    replicas = await ctx.runtime.list_replicas(name)
-    await asyncio.gather(*(ctx.runtime.stop_replica(r.id) for r in replicas))
-    await ctx.runtime.remove_traffic(name)
+def _read(ctx: Context, obj: Resource) -> tuple[ModelDeploymentStatus, DeploymentInternal]:
+    """The status as last written; what cannot be read is reported and started afresh."""
+    try:
+        public = ModelDeploymentStatus.model_validate(obj.status)
+    except ValidationError as exc:
+        ctx.event(KIND, obj.name, "Warning", "StatusUnreadable", f"status reset: {exc}")
+        public = ModelDeploymentStatus()
+    try:
+        internal = read_deployment(obj.status)
+    except InternalUnreadable as exc:
+        ctx.event(KIND, obj.name, "Warning", "StatusUnreadable", f"bookkeeping reset: {exc}")
+        internal = DeploymentInternal()
+    return public, internal
+
+
+def _write(
+    ctx: Context, name: str, public: ModelDeploymentStatus, internal: DeploymentInternal
+) -> None:
+    status = public.model_dump(mode="json", by_alias=True, exclude_none=True)
+    status["internal"] = dump(internal)
+    ctx.state.set_status(KIND, name, status)
+
+
+@dataclass
+class _Pass:
+    """One reconcile of one deployment: what it read, and what it has decided so far."""
+
+    ctx: Context
+    name: str
+    obj: Resource
+    spec: ModelDeploymentSpec
+    public: ModelDeploymentStatus
+    internal: DeploymentInternal
+    now: float
+    #: replicas the serving revision wants (autoscaled, or the spec's)
+    desired: int = 0
 
 
 async def reconcile(ctx: Context, name: str) -> Result:
-    try:
-        obj = ctx.store.get(KIND, name)
-    except NotFound:
+    obj = ctx.state.get(KIND, name)
+    if obj is None:
         await _teardown(ctx, name)
         return Result()
-    if obj["metadata"].get("deletionTimestamp"):
-        await _teardown(ctx, name)
-        ctx.store.remove(KIND, name)
-        ctx.runtime.remove_logs(KIND, name)
-        return Result()
+    if obj.deleting:
+        if await _teardown(ctx, name):
+            ctx.state.finalize(KIND, name)
+            return Result()
+        return Result(requeue_after=0.5)
 
-    now = ctx.clock()
-    spec = ModelDeploymentSpec.model_validate(obj["spec"])
-    status: dict[str, Any] = dict(obj.get("status") or {})
-    conditions: list[dict[str, Any]] = list(status.get("conditions") or [])
-    status["observedGeneration"] = obj["metadata"]["generation"]
-
+    public, internal = _read(ctx, obj)
+    p = _Pass(
+        ctx, name, obj, ModelDeploymentSpec.model_validate(obj.spec), public, internal, ctx.clock()
+    )
+    public.observed_generation = obj.generation
     try:
-        version = await asyncio.to_thread(ctx.registry.resolve, spec.model)
-        # a local copy the replicas can load (a no-op for a local registry)
-        version = await asyncio.to_thread(ctx.registry.fetch, version)
-    except ModelNotFound as exc:
-        message = str(exc)
-        if status.get("message") != message:
-            ctx.event(KIND, name, "Warning", "ModelNotFound", message)
-        status["message"] = message
-        status["conditions"] = set_condition(
-            conditions, "Ready", False, "ModelNotFound", message, now
-        )
-        status.setdefault("replicas", 0)
-        status.setdefault("readyReplicas", 0)
-        status["desiredReplicas"] = spec.replicas.min
-        ctx.store.set_status(KIND, name, status)
+        model = await ctx.state.resolve_model(p.spec.model)
+    except ModelUnavailable as exc:
+        _model_unavailable(p, str(exc))
         return Result(requeue_after=5.0)
 
-    template = ReplicaSpec(
-        deployment=name,
-        revision="",
-        model_name=version.name,
-        model_dir=str(version.path),
-        readiness_path=spec.probes.readiness.path,
-        probe_period=spec.probes.readiness.period,
-        probe_timeout=spec.probes.readiness.timeout,
-        failure_threshold=spec.probes.readiness.failure_threshold,
-        max_batch_size=spec.batching.max_batch_size,
-        max_batch_delay=spec.batching.max_delay,
-        readiness_command=tuple(spec.probes.readiness.command or ()),
-        liveness=ProbeSpec(
-            path=spec.probes.liveness.path,
-            command=tuple(spec.probes.liveness.command or ()),
-            period=spec.probes.liveness.period,
-            timeout=spec.probes.liveness.timeout,
-            failure_threshold=spec.probes.liveness.failure_threshold,
-            initial_delay=spec.probes.liveness.initial_delay,
-        ),
-        requests=ResourceRequests(spec.resources.cpu, spec.resources.memory, spec.resources.gpu),
-        priority=spec.priority,
-        grace=spec.termination_grace_period,
-        pass_env=tuple(spec.pass_env),
+    revision, history = _record_revision(p, model)
+    decision = await _decide(p, revision, history)
+    url = await _converge(p, decision)
+    is_ready = await _describe(p, model, revision, history, decision, url)
+    _write(ctx, name, public, internal)
+    requeue = decision.requeue_after if not is_ready else 2.0
+    if p.internal.rollout.canary is not None or p.spec.autoscaling is not None:
+        requeue = min(requeue, 1.0)  # rollout steps and autoscaling decisions every second
+    return Result(requeue_after=requeue)
+
+
+def _model_unavailable(p: _Pass, message: str) -> None:
+    """No such model version (yet): say so, and look again in a few seconds."""
+    if p.public.message != message:
+        p.ctx.event(KIND, p.name, "Warning", "ModelNotFound", message)
+    p.public.message = message
+    p.public.conditions = set_condition(
+        p.public.conditions, "Ready", False, "ModelNotFound", message, p.now
     )
-    revision = revision_of(
-        version.version,
-        template,
-        {
-            "runtime": spec.runtime,
-            "resources": spec.resources.model_dump(mode="json", by_alias=True),
-        },
-    )
-    requests = ctx.store.requests(KIND, name)
-    history = History(status.get("history") or [])
+    p.public.desired_replicas = p.spec.replicas.min
+    _write(p.ctx, p.name, p.public, p.internal)
+
+
+def _record_revision(p: _Pass, model: ModelRef) -> tuple[str, History]:
+    """The revision the spec asks for: its template kept, its history entry made."""
+    template = template_of(p.name, p.spec, model)
+    revision = revision_of(model, template, p.spec)
+    p.internal.templates[revision] = template
+    history = History([e.model_dump(mode="json", by_alias=True) for e in p.public.history])
     history.record(
         revision,
-        model=version.ref,
-        spec=obj["spec"],
-        replica_spec=asdict(replace(template, revision=revision)),
-        applied_by=requests.get("appliedBy", "unknown"),
-        now=now,
+        model=model.ref,
+        spec=p.obj.spec,
+        applied_by=p.ctx.state.requests(KIND, p.name).get("appliedBy", "unknown"),
+        now=p.now,
     )
+    return revision, history
 
-    observed = await ctx.runtime.list_replicas(name)
-    counts = _counts(observed)
-    state = RolloutState.from_dict(status.get("rolloutState"))
-    rollout = spec.rollout
-    desired, canary_desired = await _replica_counts(ctx, name, spec, state, counts, status, now)
-    gate, analysis_state, analysis_meta = await _judge(
-        ctx, name, rollout, state, counts, requests, status, now
+
+async def _decide(p: _Pass, revision: str, history: History) -> RolloutDecision:
+    """Scale, judge the rollout in progress, and ask the rollout policy what runs."""
+    ctx, name, spec, internal, public = p.ctx, p.name, p.spec, p.internal, p.public
+    requests = ctx.state.requests(KIND, name)
+    counts = _counts(await ctx.workload.revisions(name))
+    desired, canary_desired = await _replica_counts(
+        ctx, name, spec, internal, public, counts, p.now
     )
-
+    gate = await _judge(ctx, name, spec.rollout, internal, counts, requests, p.now)
     decision = plan_rollout(
-        rollout,
-        state,
+        spec.rollout,
+        internal.rollout,
         revision,
         desired,
         counts,
         gate,
         Requests.from_store(requests),
-        now,
+        p.now,
         canary_desired,
     )
     if decision.reset_analysis:
-        analysis_state = AnalysisState()
-        analysis_meta = {"revision": decision.state.canary, "since": None}
-        status.pop("analysisVerdict", None)
+        internal.analysis = AnalysisState()
+        internal.analysis_run = AnalysisRun(revision=decision.state.canary)
     if decision.reset_inconclusive:
-        analysis_state = AnalysisState(
-            checks={k: replace(c, inconclusive=0) for k, c in analysis_state.checks.items()}
+        internal.analysis = AnalysisState(
+            checks={k: replace(c, inconclusive=0) for k, c in internal.analysis.checks.items()}
         )
     for type_, reason, message in decision.events:
         ctx.event(KIND, name, type_, reason, message)
     for rev, outcome in decision.outcomes.items():
         history.set_outcome(rev, outcome)
-    state = decision.state
+    state = internal.rollout = decision.state
     if state.canary is None:
-        status.pop("rolloutStableFloor", None)
-    if state.canary is None and "canaryAutoscaler" in status:
-        if decision.outcomes.get(revision) == "Stable" and spec.autoscaling is not None:
-            status["autoscaler"] = status["canaryAutoscaler"]  # the promoted revision's state
-        status.pop("canaryAutoscaler", None)
+        internal.stable_floor = None
+        if internal.canary_autoscaler is not None or public.canary_autoscaler is not None:
+            if decision.outcomes.get(revision) == "Stable" and spec.autoscaling is not None:
+                # the promoted revision keeps its own autoscaler's windows
+                internal.autoscaler = internal.canary_autoscaler
+                public.autoscaler = public.canary_autoscaler
+            internal.canary_autoscaler = None
+            public.canary_autoscaler = None
+    p.desired = desired
+    return decision
 
-    policy_state = ReplicaPolicyState(**(status.get("replicaPolicy") or {}))
-    plan = plan_revisions(
-        decision.targets,
-        [
-            ObservedReplica(
-                r.id,
-                r.revision,
-                r.ready,
-                r.exited,
-                r.started_at,
-                r.exited_at,
-                # stopped by the platform (drain, lost node): no crash back-off for that
-                r.ever_ready or bool(r.disrupted),
-            )
-            for r in observed
-        ],
-        policy_state,
-        now,
+
+async def _converge(p: _Pass, decision: RolloutDecision) -> str:
+    """Traffic first (the data plane), then the revisions (the workload); the URL."""
+    spec = p.spec
+    url = await p.ctx.dataplane.set_traffic(
+        p.name,
+        Traffic(
+            weights=decision.weights,
+            mirror_revision=decision.mirror_revision,
+            mirror_percent=decision.mirror_percent,
+            max_concurrency=spec.traffic.max_concurrency,
+            queue_limit=spec.traffic.queue_limit,
+            queue_timeout=spec.traffic.queue_timeout,
+            max_ejection_percent=spec.traffic.max_ejection_percent,
+            hold_when_empty=spec.autoscaling is not None and spec.replicas.min == 0,
+        ),
     )
-    traffic = Traffic(
-        weights=decision.weights,
-        mirror_revision=decision.mirror_revision,
-        mirror_percent=decision.mirror_percent,
-        max_concurrency=spec.traffic.max_concurrency,
-        queue_limit=spec.traffic.queue_limit,
-        queue_timeout=spec.traffic.queue_timeout,
-        max_ejection_percent=spec.traffic.max_ejection_percent,
-        hold_when_empty=spec.autoscaling is not None and spec.replicas.min == 0,
-        port=_port_of(status.get("url")),
-    )
-    by_id = {r.id: r for r in observed}
-    # First point the endpoint at every ready replica that stays (and at the traffic
-    # split), then stop: the endpoint is never left without a replica.
-    staying = [r for r in observed if r.ready and not r.exited and r.id not in plan.stop]
-    await ctx.runtime.set_traffic(name, staying, traffic)
-    for replica_id in plan.stop:
-        replica = by_id.get(replica_id)
-        if replica is not None and replica.exited:
-            if replica.disrupted:
-                why = replica.disrupted
-            elif replica.exit_code is None or replica.message.startswith("liveness"):
-                why = replica.message
-            else:
-                why = f"exited with code {replica.exit_code}"
-            ctx.event(
-                KIND,
-                name,
-                "Warning",
-                "ReplicaExited",
-                f"replica {replica_id} {why}; replacing it",
+    targets: dict[str, RevisionTarget] = {}
+    for rev, count in decision.targets.items():
+        known = p.internal.templates.get(rev)
+        if known is None:
+            p.ctx.event(
+                KIND, p.name, "Warning", "RevisionUnknown", f"no template for revision {rev}"
             )
-        await ctx.runtime.stop_replica(replica_id)
-    for rev, count in plan.starts.items():
-        replica_spec = history.replica_spec(rev)
-        if replica_spec is None:
-            ctx.event(KIND, name, "Warning", "RevisionUnknown", f"no template for revision {rev}")
             continue
-        for _ in range(count):
-            replica_id = await ctx.runtime.start_replica(replica_spec)
-            ctx.event(
-                KIND,
-                name,
-                "Normal",
-                "ReplicaCreated",
-                f"created replica {replica_id} of revision {rev} ({history.model(rev)}); "
-                "it starts once placed on a node",
-            )
+        targets[rev] = RevisionTarget(known, count)
+    await p.ctx.workload.apply_revisions(p.name, targets)
+    return url
 
-    current = [r for r in await ctx.runtime.list_replicas(name) if not r.exited]
-    ready = [r for r in current if r.ready]
-    waiting = [r for r in current if r.pending]
-    url = await ctx.runtime.set_traffic(name, ready, traffic)
+
+async def _describe(
+    p: _Pass,
+    model: ModelRef,
+    revision: str,
+    history: History,
+    decision: RolloutDecision,
+    url: str,
+) -> bool:
+    """The public status from what runs now; True when the deployment is Ready."""
+    public, internal, state = p.public, p.internal, p.internal.rollout
+    current = await p.ctx.workload.revisions(p.name)
     counts = _counts(current)
     stable = state.stable or revision
     serving_revision = revision if state.phase == "Healthy" else stable
     ready_serving = counts.get(serving_revision, RevisionCounts()).ready
-    wanted = decision.targets.get(serving_revision, desired)
+    wanted = decision.targets.get(serving_revision, p.desired)
+    alive = sum(r.alive for r in current)
     rolled_out = state.phase == "Healthy" and stable == revision
-    is_ready = rolled_out and ready_serving >= wanted and (wanted > 0 or not current)
+    is_ready = rolled_out and ready_serving >= wanted and (wanted > 0 or not alive)
     was_ready = (
-        any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
-        and status.get("model") == version.ref
+        any(c.type == "Ready" and c.status == "True" for c in public.conditions)
+        and public.desired_model == model.ref
     )
-    history.trim(rollout.revision_history_limit, keep={stable, revision})
-    serving_model = history.model(serving_revision) if serving_revision != revision else version.ref
-    status.update(
-        {
-            "url": url,
-            # what serves live traffic (the stable revision during a rollout or after a
-            # rollback); desiredModel/revision are what the spec asks for
-            "model": serving_model,
-            "modelVersion": _version_of(serving_model, version.version),
-            "desiredModel": version.ref,
-            "revision": revision,
-            "framework": version.framework,
-            "desiredReplicas": wanted,
-            "replicas": len(current),
-            "readyReplicas": ready_serving,
-            "replicaPolicy": {
-                "failures": plan.state.failures,
-                "next_start_at": plan.state.next_start_at,
-                "revision": plan.state.revision,
-            },
-            "replicaStatuses": [
-                {
-                    "id": r.id,
-                    "revision": r.revision,
-                    "node": r.node,
-                    "ready": r.ready,
-                    "pid": r.pid,
-                    "endpoint": r.endpoint,
-                    "message": r.message,
-                }
-                for r in current
-            ],
-            "message": state.message
-            or (waiting[0].message if waiting and not plan.converged else plan.reason),
-            "rolloutState": state.to_dict(),
-            "analysisState": analysis_state.to_dict(),
-            "analysisRun": analysis_meta,
-            "history": history.entries,
-            "rollout": _public_rollout(
-                spec, state, revision, decision, counts, history, analysis_state, status
-            ),
-        }
+    history.trim(p.spec.rollout.revision_history_limit, keep={stable, revision})
+    kept = {str(e["revision"]) for e in history.entries} | set(decision.targets)
+    internal.templates = {r: t for r, t in internal.templates.items() if r in kept}
+    serving_model = history.model(serving_revision) if serving_revision != revision else model.ref
+    serving = next((r for r in current if r.revision == serving_revision), None)
+    waiting = next((r for r in current if r.pending), None)
+    public.url = url
+    # what serves live traffic (the stable revision during a rollout or after a rollback);
+    # desiredModel/revision are what the spec asks for
+    public.model = serving_model
+    public.model_version = _version_of(serving_model, model.version)
+    public.desired_model = model.ref
+    public.revision = revision
+    public.framework = model.framework
+    public.desired_replicas = wanted
+    public.replicas = alive
+    public.ready_replicas = ready_serving
+    public.revisions = revision_statuses(current, history)
+    public.message = state.message or (
+        serving.message
+        if serving is not None and serving.message
+        else (waiting.message if waiting is not None else f"{ready_serving}/{wanted} ready")
     )
-    if state.phase == "Degraded":
-        reason, message = "RolledBack", state.message
-    elif not rolled_out:
-        reason = "RolloutInProgress"
-        message = f"rolling out revision {revision}: {state.message or plan.reason}"
-    else:
-        reason = "ReplicasReady" if is_ready else "ReplicasNotReady"
-        message = f"{ready_serving}/{wanted} replicas of {version.ref} ready"
-    status["conditions"] = set_condition(conditions, "Ready", is_ready, reason, message, now)
-    status["conditions"] = set_condition(
-        status["conditions"],
-        "Available",
-        bool(ready),
-        "Serving" if ready else "NoReadyReplica",
-        f"{len(ready)} ready replica(s) behind {url}",
-        now,
-    )
-    status["conditions"] = set_condition(
-        status["conditions"],
-        "Scheduled",
-        not waiting,
-        "Unschedulable" if waiting else "Scheduled",
-        waiting[0].message if waiting else "every replica is placed",
-        now,
+    public.history = history.models()
+    public.rollout = public_rollout(p.spec, state, revision, decision, counts, history, internal)
+    public.conditions, message = conditions_of(
+        public.conditions,
+        state=state,
+        rolled_out=rolled_out,
+        is_ready=is_ready,
+        revision=revision,
+        model=model.ref,
+        ready_serving=ready_serving,
+        wanted=wanted,
+        ready_total=sum(r.ready for r in current),
+        url=url,
+        waiting=waiting,
+        now=p.now,
     )
     if is_ready and not was_ready:
-        ctx.event(KIND, name, "Normal", "Ready", f"{message}; serving at {url}")
-    ctx.store.set_status(KIND, name, status)
-    requeue = min(plan.requeue_after, decision.requeue_after) if not is_ready else 2.0
-    if state.canary is not None:
-        requeue = min(requeue, 1.0)
-    if spec.autoscaling is not None:
-        requeue = min(requeue, 1.0)  # autoscaling decisions every second
-    return Result(requeue_after=requeue)
+        p.ctx.event(KIND, p.name, "Normal", "Ready", f"{message}; serving at {url}")
+    return is_ready
 
 
 async def _replica_counts(
     ctx: Context,
     name: str,
     spec: ModelDeploymentSpec,
-    state: RolloutState,
+    internal: DeploymentInternal,
+    public: ModelDeploymentStatus,
     counts: dict[str, RevisionCounts],
-    status: dict[str, Any],
     now: float,
 ) -> tuple[int, int | None]:
     """(replicas the stable revision wants, the canary's own autoscaled count or None).
@@ -352,83 +314,96 @@ async def _replica_counts(
     stable one never below what it ran when the rollout began, so a rollback finds it able
     to take all traffic back at once. Otherwise one autoscaler sees all the traffic.
     """
+    state: RolloutState = internal.rollout
     stable, canary = state.stable, state.canary
     if stable is None or canary is None or spec.rollout.strategy not in ("canary", "blueGreen"):
         serving = sum(c.ready for c in counts.values())
-        status.pop("canaryAutoscaler", None)
-        status.pop("rolloutStableFloor", None)
-        return await desired_replicas(ctx, name, spec, serving, status, now), None
-    floor = status.get("rolloutStableFloor")
-    if not isinstance(floor, int):
-        floor = status["rolloutStableFloor"] = max(
-            spec.replicas.min, counts.get(stable, RevisionCounts()).alive
+        internal.canary_autoscaler, public.canary_autoscaler = None, None
+        internal.stable_floor = None
+        scaled = await desired_replicas(
+            ctx, name, spec, serving, public.autoscaler, internal.autoscaler, now
         )
-    desired = await desired_replicas(
+        _keep(scaled, public, internal, canary=False)
+        return scaled.desired, None
+    if internal.stable_floor is None:
+        internal.stable_floor = max(spec.replicas.min, counts.get(stable, RevisionCounts()).alive)
+    scaled = await desired_replicas(
         ctx,
         name,
         spec,
         counts.get(stable, RevisionCounts()).ready,
-        status,
+        public.autoscaler,
+        internal.autoscaler,
         now,
         revisions={stable},
-        min_replicas=min(floor, spec.replicas.max),
+        min_replicas=min(internal.stable_floor, spec.replicas.max),
     )
+    _keep(scaled, public, internal, canary=False)
     if spec.autoscaling is None:
-        return desired, None
-    canary_desired = await desired_replicas(
+        return scaled.desired, None
+    canary_scaled = await desired_replicas(
         ctx,
         name,
         spec,
         counts.get(canary, RevisionCounts()).ready,
-        status,
+        public.canary_autoscaler,
+        internal.canary_autoscaler,
         now,
         revisions={canary},
-        key="canaryAutoscaler",
+        count_queued=False,
         min_replicas=1,
     )
-    return desired, canary_desired
+    _keep(canary_scaled, public, internal, canary=True)
+    return scaled.desired, canary_scaled.desired
+
+
+def _keep(
+    scaled: Scaled, public: ModelDeploymentStatus, internal: DeploymentInternal, *, canary: bool
+) -> None:
+    if canary:
+        public.canary_autoscaler, internal.canary_autoscaler = scaled.public, scaled.state
+    else:
+        public.autoscaler, internal.autoscaler = scaled.public, scaled.state
 
 
 async def _judge(
     ctx: Context,
     name: str,
     rollout: Rollout,
-    state: RolloutState,
+    internal: DeploymentInternal,
     counts: dict[str, RevisionCounts],
     requests: dict[str, str],
-    status: dict[str, Any],
     now: float,
-) -> tuple[Gate | None, AnalysisState, dict[str, Any]]:
+) -> Gate | None:
     """The analysis gate for the rollout in progress: measured every interval once the new
     revision serves (live or mirrored traffic), otherwise the verdict the state stands at."""
-    analysis_state = AnalysisState.from_dict(status.get("analysisState") or {})
-    meta: dict[str, Any] = dict(status.get("analysisRun") or {})
+    state = internal.rollout
     resume = requests.get("resume", "")
     if resume and resume != state.seen_resume:
         # resumed: measure again from here (the policy marks the request seen)
-        analysis_state = AnalysisState(
-            checks={k: replace(c, inconclusive=0) for k, c in analysis_state.checks.items()}
+        internal.analysis = AnalysisState(
+            checks={k: replace(c, inconclusive=0) for k, c in internal.analysis.checks.items()}
         )
     if state.canary is None or state.stable is None or not rollout.analysis.checks:
-        return None, analysis_state, meta
-    if meta.get("revision") != state.canary:
-        meta = {"revision": state.canary, "since": None}
-        analysis_state = AnalysisState()
-    if counts.get(state.canary, RevisionCounts()).ready and meta.get("since") is None:
-        meta["since"] = now  # the first window starts when the canary serves
-        await baseline_server_metrics(ctx, name, rollout.analysis, state.canary, now, meta)
-    since = meta.get("since")
-    if since is not None and now >= since + rollout.analysis.interval:
-        analysis_state, verdict = await run_analysis(
-            ctx, name, rollout.analysis, analysis_state, state.stable, state.canary,
-            since, now, meta,
+        return None
+    run = internal.analysis_run
+    if run.revision != state.canary:
+        run = internal.analysis_run = AnalysisRun(revision=state.canary)
+        internal.analysis = AnalysisState()
+    if counts.get(state.canary, RevisionCounts()).ready and run.since is None:
+        run.since = now  # the first window starts when the canary serves
+        await baseline_server_metrics(ctx, name, rollout.analysis, state.canary, now, run)
+    if run.since is not None and now >= run.since + rollout.analysis.interval:
+        internal.analysis, verdict = await run_analysis(
+            ctx, name, rollout.analysis, internal.analysis, state.stable, state.canary,
+            run.since, now, run,
         )  # fmt: skip
-        meta["since"] = now
-        meta["lastRun"] = timestamp(now)
+        run.since = now
+        run.last_run = timestamp(now)
     else:
-        verdict = verdict_of(rollout.analysis, analysis_state)
-    status["analysisVerdict"] = {"phase": verdict.phase, "message": verdict.message}
-    return Gate(verdict.phase, verdict.message), analysis_state, meta
+        verdict = verdict_of(rollout.analysis, internal.analysis)
+    run.verdict, run.verdict_message = verdict.phase, verdict.message
+    return Gate(verdict.phase, verdict.message)
 
 
 def _version_of(ref: str, default: int) -> int:
@@ -438,94 +413,5 @@ def _version_of(ref: str, default: int) -> int:
         return default
 
 
-def _port_of(url: Any) -> int:
-    """The port of the endpoint this deployment had (kept across control-plane restarts)."""
-    if not isinstance(url, str):
-        return 0
-    try:
-        return urlsplit(url).port or 0
-    except ValueError:
-        return 0
-
-
-def _counts(replicas: list[ReplicaStatus]) -> dict[str, RevisionCounts]:
-    out: dict[str, RevisionCounts] = {}
-    for r in replicas:
-        if r.exited:
-            continue
-        c = out.get(r.revision, RevisionCounts())
-        out[r.revision] = RevisionCounts(ready=c.ready + r.ready, alive=c.alive + 1)
-    return out
-
-
-def _public_rollout(
-    spec: ModelDeploymentSpec,
-    state: RolloutState,
-    revision: str,
-    decision: Any,
-    counts: dict[str, RevisionCounts],
-    history: History,
-    analysis_state: AnalysisState,
-    status: dict[str, Any],
-) -> dict[str, Any]:
-    """``status.rollout``: what `pilothouse rollout status` shows."""
-    rollout = spec.rollout
-    steps = rollout.canary.steps if rollout.canary is not None else None
-    checks = []
-    for check in rollout.analysis.checks:
-        kept = analysis_state.checks.get(check.name)
-        last = kept.history[-1] if kept is not None and kept.history else None
-        checks.append(
-            {
-                "name": check.name,
-                "metric": check.metric,
-                "min": check.min,
-                "max": check.max,
-                "phase": last.phase if last else None,
-                "value": last.value if last else None,
-                "samples": last.samples if last else 0,
-                "message": last.message if last else "",
-                "successful": kept.successful if kept else 0,
-                "failed": kept.failed if kept else 0,
-                "consecutiveErrors": kept.consecutive_errors if kept else 0,
-                "inconclusive": kept.inconclusive if kept else 0,
-            }
-        )
-    if state.canary is None and state.phase == "Healthy":
-        checks = []  # the last rollout's measurements no longer describe anything running
-    verdict = status.get("analysisVerdict") or {}
-    run = status.get("analysisRun") or {}
-    judged = state.canary is not None or state.phase == "Degraded"
-    return {
-        "strategy": rollout.strategy,
-        "phase": state.phase,
-        "desiredRevision": revision,
-        "stableRevision": state.stable,
-        "canaryRevision": state.canary,
-        "stableRevisionNumber": history.number(state.stable),
-        "canaryRevisionNumber": history.number(state.canary),
-        "step": min(state.step, len(steps) - 1)
-        if steps is not None and state.canary is not None
-        else None,
-        "steps": len(steps) if steps is not None else None,
-        "weight": round(state.weight, 1) if state.canary is not None else 0.0,
-        "mirrorPercent": decision.mirror_percent if decision.mirror_revision else 0.0,
-        "pauseUntil": timestamp(state.pause_until) if state.pause_until else None,
-        "pausedReason": state.paused_reason,
-        "startedAt": timestamp(state.started_at) if state.started_at else None,
-        "message": state.message,
-        "replicas": {
-            rev: {
-                "desired": decision.targets.get(rev, 0),
-                "ready": counts.get(rev, RevisionCounts()).ready,
-            }
-            for rev in sorted(set(decision.targets) | set(counts))
-        },
-        "analysis": {
-            "verdict": verdict.get("phase") if judged else None,
-            "message": verdict.get("message", "") if judged else "",
-            "lastRun": run.get("lastRun"),
-            "checks": checks,
-        },
-        "abortedRevision": state.aborted,
-    }
+def _counts(revisions: list[RevisionState]) -> dict[str, RevisionCounts]:
+    return {r.revision: RevisionCounts(ready=r.ready, alive=r.alive) for r in revisions if r.alive}

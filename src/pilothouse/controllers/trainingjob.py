@@ -1,17 +1,29 @@
-"""TrainingJob controller: run the worker gang, restart it with backoff, register the output.
+"""TrainingJob controller: run the worker gang, restart it with back-off, record the output.
 
-The job's phase machine lives in ``policy.training``; this module only
-observes workers, applies the decision and persists the policy state in the
-job's status (so a restarted daemon continues where it was).
+The job's phase machine lives in ``policy.training``; this module observes the current
+attempt's gang through the workload port, applies the decision (submit the next attempt,
+let a failed one go) and writes the status. Admission of the whole gang, placing its
+workers and registering the finished attempt's output in the registry are the workload
+backend's; the controller records what it reports.
 """
 
 from __future__ import annotations
 
-import asyncio
-from dataclasses import replace
-from typing import Any
+from pydantic import ValidationError
 
-from pilothouse.controllers.base import Context, Result, set_condition, tail, timestamp
+from pilothouse.controllers.base import (
+    Context,
+    Result,
+    drop_condition,
+    set_condition,
+    timestamp,
+)
+from pilothouse.controllers.internal import (
+    InternalUnreadable,
+    TrainingInternal,
+    dump,
+    read_training,
+)
 from pilothouse.policy.backoff import BackoffParams
 from pilothouse.policy.training import (
     Action,
@@ -20,140 +32,129 @@ from pilothouse.policy.training import (
     TrainingState,
     decide_training,
 )
-from pilothouse.registry.local import RegistryError
-from pilothouse.runtime.port import Requests, WorkerSpec, WorkerStatus
-from pilothouse.spec.resources import CheckpointPolicy, QueueSpec, TrainingJobSpec
-from pilothouse.store.sqlite import NotFound
+from pilothouse.ports.state import Resource
+from pilothouse.ports.workload import (
+    GangState,
+    GangTemplate,
+    MemberPhase,
+    Resources,
+    TrainingOutput,
+)
+from pilothouse.spec.resources import CheckpointPolicy, TrainingJobSpec
+from pilothouse.spec.status import Condition, OutputModel, TrainingJobStatus, WorkerView
 
 KIND = "TrainingJob"
+FINAL = (Phase.SUCCEEDED, Phase.FAILED)
 
 
-def _observe(workers: list[WorkerStatus], attempt: int, size: int) -> GangObservation | None:
-    current = [w for w in workers if w.attempt == attempt]
-    if not current:
+def _observe(gang: GangState | None, size: int) -> GangObservation | None:
+    if gang is None or not gang.members:
         return None
-    disrupted = next((w.disrupted for w in current if w.disrupted), "")
-    failed = [
-        w for w in current if not w.running and not w.pending and w.exit_code not in (None, 0)
-    ]
+    failed = [m for m in gang.members if m.phase == MemberPhase.FAILED]
+    message = ""
+    if failed:
+        first = failed[0]
+        what = (
+            first.message
+            if first.message and not first.message.startswith("exit code")
+            else f"exited with code {first.exit_code}"
+        )
+        message = f"worker {first.rank}: {what}"
     return GangObservation(
-        running=sum(1 for w in current if w.running),
-        succeeded=sum(1 for w in current if not w.running and w.exit_code == 0),
+        running=gang.count(MemberPhase.RUNNING),
+        succeeded=gang.count(MemberPhase.SUCCEEDED),
         failed=len(failed),
         workers=size,
         exit_code=failed[0].exit_code if failed else None,
-        message=(
-            f"worker {failed[0].rank}: "
-            + (
-                failed[0].message
-                if failed[0].message and not failed[0].message.startswith("exit code")
-                else f"exited with code {failed[0].exit_code}"
-            )
-        )
-        if failed
-        else "",
-        pending=sum(1 for w in current if w.pending),
-        disrupted=disrupted,
+        message=message,
+        pending=gang.count(MemberPhase.PENDING),
+        disrupted=gang.disrupted,
     )
 
 
-def _failure_detail(ctx: Context, name: str, observed: list[WorkerStatus]) -> str:
+def _detail(gang: GangState | None) -> str:
     """The last lines the failed worker wrote (its own log, not another rank's)."""
-    failed = [w for w in observed if not w.running and w.exit_code not in (None, 0)]
-    if not failed:
+    if gang is None:
         return ""
-    wanted = f"worker-{failed[0].rank}.log"
-    for path in ctx.runtime.log_files(KIND, name):
-        if path.name == wanted:
-            lines = [
-                line
-                for line in tail(str(path), 12).split(" | ")
-                if line and not line.startswith("--- pilothouse:")
-            ]
-            return " | ".join(lines[-3:])
-    return ""
+    failed = next((m for m in gang.members if m.phase == MemberPhase.FAILED and m.detail), None)
+    return f" — {failed.detail}" if failed is not None else ""
 
 
-def _state(status: dict[str, Any]) -> TrainingState:
-    return TrainingState(
-        # status.phase is what users see (Pending while the gang waits for nodes);
-        # policyPhase is the state machine's own
-        phase=Phase(status.get("policyPhase", status.get("phase", Phase.PENDING))),
-        attempt=int(status.get("attempt", 0)),
-        restarts=int(status.get("restarts", 0)),
-        next_start_at=float(status.get("nextStartAt", 0.0)),
-        message=str(status.get("message", "")),
-        disruptions=int(status.get("disruptions", 0)),
+def _template(obj: Resource, spec: TrainingJobSpec, attempt: int) -> GangTemplate:
+    checkpoint = spec.checkpoint or CheckpointPolicy()
+    return GangTemplate(
+        job=obj.name,
+        uid=obj.uid,
+        attempt=attempt,
+        workers=spec.workers,
+        command=(*spec.command, *spec.args),
+        env=tuple((e.name, e.value) for e in spec.env),
+        working_dir=spec.working_dir,
+        resources=Resources(spec.resources.cpu, spec.resources.memory, spec.resources.gpu),
+        queue=spec.queue,
+        priority=spec.priority,
+        grace=spec.termination_grace_period,
+        checkpoint_interval=checkpoint.interval,
+        checkpoint_keep=checkpoint.keep,
+        pass_env=tuple(spec.pass_env),
+        output=TrainingOutput(spec.output.model, spec.output.framework)
+        if spec.output is not None
+        else None,
+        generation=obj.generation,
     )
 
 
-def _queue_priority(ctx: Context, queue: str) -> int:
+def _read(ctx: Context, obj: Resource) -> tuple[TrainingJobStatus, TrainingInternal]:
     try:
-        return int(QueueSpec.model_validate(ctx.store.get("Queue", queue)["spec"]).priority)
-    except NotFound:
-        return 0
-
-
-def _gang(
-    ctx: Context, name: str, obj: dict[str, Any], spec: TrainingJobSpec, attempt: int
-) -> list[WorkerSpec]:
-    env = {e.name: e.value for e in spec.env}
-    checkpoint = spec.checkpoint or CheckpointPolicy()
-    requests = Requests(spec.resources.cpu, spec.resources.memory, spec.resources.gpu)
-    queue_priority = _queue_priority(ctx, spec.queue)
-    return [
-        WorkerSpec(
-            job=name,
-            attempt=attempt,
-            rank=rank,
-            world_size=spec.workers,
-            command=[*spec.command, *spec.args],
-            env=env,
-            working_dir=spec.working_dir,
-            requests=requests,
-            queue=spec.queue,
-            priority=spec.priority,
-            queue_priority=queue_priority,
-            grace=spec.termination_grace_period,
-            checkpoint_id=str(obj["metadata"]["uid"]),
-            checkpoint_interval=checkpoint.interval,
-            checkpoint_keep=checkpoint.keep,
-            pass_env=tuple(spec.pass_env),
-        )
-        for rank in range(spec.workers)
-    ]
+        public = TrainingJobStatus.model_validate(obj.status)
+    except ValidationError as exc:
+        ctx.event(KIND, obj.name, "Warning", "StatusUnreadable", f"status reset: {exc}")
+        public = TrainingJobStatus()
+    try:
+        internal = read_training(obj.status)
+    except InternalUnreadable as exc:
+        ctx.event(KIND, obj.name, "Warning", "StatusUnreadable", f"bookkeeping reset: {exc}")
+        internal = TrainingInternal()
+    return public, internal
 
 
 async def reconcile(ctx: Context, name: str) -> Result:
-    try:
-        obj = ctx.store.get(KIND, name)
-    except NotFound:
-        await ctx.runtime.stop_workers(name)
+    obj = ctx.state.get(KIND, name)
+    if obj is None:
+        await ctx.workload.delete_gang(name)
         return Result()
-    if obj["metadata"].get("deletionTimestamp"):
-        await ctx.runtime.stop_workers(name)
-        ctx.store.remove(KIND, name)
-        ctx.runtime.remove_logs(KIND, name)
-        return Result()
+    if obj.deleting:
+        if await ctx.workload.delete_gang(name):
+            ctx.state.finalize(KIND, name)
+            return Result()
+        return Result(requeue_after=0.5)
 
     now = ctx.clock()
-    spec = TrainingJobSpec.model_validate(obj["spec"])
-    status: dict[str, Any] = dict(obj.get("status") or {})
-    state = _state(status)
-    workers = await ctx.runtime.list_workers(name)
-    gang = _observe(workers, state.attempt, spec.workers)
+    spec = TrainingJobSpec.model_validate(obj.spec)
+    public, internal = _read(ctx, obj)
+    state = TrainingState(
+        phase=Phase(internal.policy_phase),
+        attempt=public.attempt,
+        restarts=public.restarts,
+        next_start_at=internal.next_start_at,
+        message=public.message,
+        disruptions=public.disruptions,
+    )
+    gang = await ctx.workload.gang(name)
+    current = gang if gang is not None and gang.attempt == state.attempt else None
     backoff = BackoffParams(
         initial=spec.restart_policy.backoff.initial,
         maximum=spec.restart_policy.backoff.max,
         multiplier=spec.restart_policy.backoff.multiplier,
     )
-    decision = decide_training(state, gang, spec.restart_policy.max_restarts, backoff, now)
+    decision = decide_training(
+        state, _observe(current, spec.workers), spec.restart_policy.max_restarts, backoff, now
+    )
     new = decision.state
+    requeue = decision.requeue_after
 
-    observed = [w for w in workers if w.attempt == state.attempt]
     if decision.action == Action.START:
-        await ctx.runtime.stop_workers(name)  # the previous attempt's leftovers, if any
-        await ctx.runtime.start_gang(_gang(ctx, name, obj, spec, new.attempt))
+        await ctx.workload.apply_gang(_template(obj, spec, new.attempt))
         ctx.event(
             KIND,
             name,
@@ -167,156 +168,188 @@ async def reconcile(ctx: Context, name: str) -> Result:
             ),
         )
     elif new.phase == Phase.RESTARTING and state.phase == Phase.RUNNING:
-        await ctx.runtime.stop_workers(name)
-        if gang is not None and gang.disrupted:
+        await ctx.workload.delete_gang(name)
+        if current is not None and current.disrupted:
             ctx.event(KIND, name, "Warning", "Disrupted", new.message)
         else:
-            detail = _failure_detail(ctx, name, observed)
-            ctx.event(
-                KIND, name, "Warning", "BackOff", new.message + (f" — {detail}" if detail else "")
-            )
+            ctx.event(KIND, name, "Warning", "BackOff", new.message + _detail(current))
     elif decision.action == Action.FAIL:
-        await ctx.runtime.stop_workers(name)
-        detail = _failure_detail(ctx, name, observed)
-        ctx.event(KIND, name, "Warning", "Failed", new.message + (f" — {detail}" if detail else ""))
-        status["completionTime"] = timestamp(now)
+        await ctx.workload.delete_gang(name)
+        ctx.event(KIND, name, "Warning", "Failed", new.message + _detail(current))
+        public.completion_time = timestamp(now)
     elif decision.action == Action.REGISTER:
-        # copying and hashing the output is file I/O: keep it off the event loop
-        new = await asyncio.to_thread(_register, ctx, name, obj, spec, new, status, now)
+        new, requeue = _registered(ctx, name, spec, new, current, public, now)
 
-    current = [w for w in await ctx.runtime.list_workers(name) if w.attempt == new.attempt]
-    if not current and new.phase in (Phase.SUCCEEDED, Phase.FAILED):
-        # their records were let go: the last observation is the final word on them
-        current = [w for w in workers if w.attempt == new.attempt]
-    waiting = [w for w in current if w.pending]
-    gang_waits = new.phase == Phase.RUNNING and bool(current) and len(waiting) == len(current)
-    status.update(
-        {
-            "phase": Phase.PENDING.value if gang_waits else new.phase.value,
-            "policyPhase": new.phase.value,
-            "attempt": new.attempt,
-            "restarts": new.restarts,
-            "nextStartAt": new.next_start_at,
-            "message": new.message,
-            "disruptions": new.disruptions,
-            "outputDir": str(ctx.runtime.output_dir(name, new.attempt, obj["metadata"]["uid"])),
-            "observedGeneration": obj["metadata"]["generation"],
-        }
+    if decision.action != Action.NONE or new.phase != state.phase:
+        # what the action changed (a gang submitted, one let go): describe what is now
+        gang = await ctx.workload.gang(name)
+        current = gang if gang is not None and gang.attempt == new.attempt else None
+    if current is not None and new.attempt != current.attempt:
+        current = None
+    _worker_status(ctx, name, spec, new, current, public, internal)
+    public.phase = new.phase.value
+    if new.phase == Phase.RUNNING and (current is None or not current.admitted):
+        public.phase = "Pending"  # the gang waits for room: not running yet
+        public.message = (current.waiting if current is not None else "") or new.message
+    else:
+        public.message = new.message
+    public.attempt = new.attempt
+    public.restarts = new.restarts
+    public.disruptions = new.disruptions
+    public.observed_generation = obj.generation
+    internal.policy_phase = new.phase.value
+    internal.next_start_at = new.next_start_at
+    public.conditions = _conditions(public.conditions, new, current, public.message, now)
+    status = public.model_dump(mode="json", by_alias=True, exclude_none=True)
+    status["internal"] = dump(internal)
+    ctx.state.set_status(KIND, name, status)
+    if new.phase in FINAL and state.phase != new.phase:
+        await ctx.workload.delete_gang(name)  # they ended: let go of their records
+    return Result(requeue_after=requeue)
+
+
+def _registered(
+    ctx: Context,
+    name: str,
+    spec: TrainingJobSpec,
+    state: TrainingState,
+    gang: GangState | None,
+    public: TrainingJobStatus,
+    now: float,
+) -> tuple[TrainingState, float | None]:
+    """Every worker succeeded: the attempt registers its own output (the workload backend
+    reports it); record the result, or wait for it."""
+    done = TrainingState(
+        phase=Phase.SUCCEEDED,
+        attempt=state.attempt,
+        restarts=state.restarts,
+        message="completed",
+        disruptions=state.disruptions,
     )
-    if current or new.phase not in (Phase.SUCCEEDED, Phase.FAILED):
-        status["workers"] = [
-            {
-                "rank": w.rank,
-                "attempt": w.attempt,
-                "node": w.node,
-                "pid": w.pid,
-                "running": w.running,
-                "pending": w.pending,
-                "exitCode": w.exit_code,
-                **({"message": w.message} if w.message else {}),
-            }
-            for w in current
-        ]
-    if waiting and new.phase == Phase.RUNNING:
-        status["message"] = waiting[0].message or new.message
-    if current and not waiting and status.get("scheduledAttempt") != new.attempt:
+    if spec.output is None:
+        public.completion_time = timestamp(now)
+        return done, None
+    if gang is not None and gang.output is not None:
+        out = gang.output
+        first = public.output_model is None
+        public.output_model = OutputModel(
+            name=out.name, version=out.version, ref=out.ref, metrics=dict(out.metrics)
+        )
+        message = f"registered {out.ref}"
+        if out.metrics:
+            shown = ", ".join(
+                f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
+                for k, v in list(out.metrics.items())[:4]
+            )
+            message += f" ({shown})"
+        if first:
+            ctx.event(KIND, name, "Normal", "ModelRegistered", message)
+        public.completion_time = timestamp(now)
+        return TrainingState(
+            phase=Phase.SUCCEEDED,
+            attempt=state.attempt,
+            restarts=state.restarts,
+            message=message,
+            disruptions=state.disruptions,
+        ), None
+    if gang is None or gang.output_error:
+        why = gang.output_error if gang is not None else "the attempt's workers are gone"
+        message = f"could not register the output as model '{spec.output.model}': {why}"
+        ctx.event(KIND, name, "Warning", "RegistrationFailed", message)
+        public.completion_time = timestamp(now)
+        return TrainingState(
+            phase=Phase.FAILED,
+            attempt=state.attempt,
+            restarts=state.restarts,
+            message=message,
+            disruptions=state.disruptions,
+        ), None
+    return TrainingState(
+        phase=Phase.REGISTERING,
+        attempt=state.attempt,
+        restarts=state.restarts,
+        message=f"registering the output as model '{spec.output.model}'",
+        disruptions=state.disruptions,
+    ), 0.5
+
+
+def _worker_status(
+    ctx: Context,
+    name: str,
+    spec: TrainingJobSpec,
+    new: TrainingState,
+    gang: GangState | None,
+    public: TrainingJobStatus,
+    internal: TrainingInternal,
+) -> None:
+    """The workers of the current attempt, and a Started event once they were placed."""
+    if gang is None:
+        if new.phase not in FINAL:
+            public.workers = []
+        return  # an ended job keeps the last word on its workers
+    public.workers = [
+        WorkerView(
+            rank=m.rank,
+            attempt=gang.attempt,
+            phase=m.phase,
+            node=m.node,
+            exit_code=m.exit_code,
+            message=m.message,
+        )
+        for m in gang.members
+    ]
+    if gang.admitted and internal.scheduled_attempt != gang.attempt:
         # placed and started (perhaps already ended: a fast gang is never seen running)
-        status["scheduledAttempt"] = new.attempt
-        status.setdefault("startTime", timestamp(min(w.started_at for w in current)))
-        nodes = sorted({w.node for w in current if w.node})
+        internal.scheduled_attempt = gang.attempt
+        if public.start_time is None and gang.started_at is not None:
+            public.start_time = timestamp(gang.started_at)
+        nodes = sorted({m.node for m in gang.members if m.node})
         ctx.event(
             KIND,
             name,
             "Normal",
             "Started",
-            f"attempt {new.attempt}: started {spec.workers} worker(s) on {', '.join(nodes)}",
+            f"attempt {gang.attempt}: started {spec.workers} worker(s) on {', '.join(nodes)}",
         )
-    conditions: list[dict[str, Any]] = list(status.get("conditions") or [])
-    if new.phase == Phase.RUNNING and current:
-        conditions = set_condition(
-            conditions,
-            "Scheduled",
-            not waiting,
-            "Unschedulable" if waiting else "Scheduled",
-            status["message"] if waiting else "every worker is placed",
-            now,
-        )
-    running = new.phase in (Phase.RUNNING, Phase.RESTARTING, Phase.REGISTERING)
-    if gang_waits:
-        conditions = set_condition(
-            conditions, "Running", False, "Unschedulable", status["message"], now
-        )
-    else:
-        conditions = set_condition(
-            conditions, "Running", running, new.phase.value, new.message, now
-        )
-    conditions = set_condition(
-        conditions, "Complete", new.phase == Phase.SUCCEEDED, new.phase.value, new.message, now
-    )
-    conditions = set_condition(
-        conditions, "Failed", new.phase == Phase.FAILED, new.phase.value, new.message, now
-    )
-    status["conditions"] = conditions
-    ctx.store.set_status(KIND, name, status)
-    if new.phase in (Phase.SUCCEEDED, Phase.FAILED) and state.phase != new.phase:
-        await ctx.runtime.stop_workers(name)  # they ended: let go of their records
-    return Result(requeue_after=decision.requeue_after)
 
 
-def _register(
-    ctx: Context,
-    name: str,
-    obj: dict[str, Any],
-    spec: TrainingJobSpec,
-    state: TrainingState,
-    status: dict[str, Any],
+def _conditions(
+    conditions: list[Condition],
+    new: TrainingState,
+    gang: GangState | None,
+    message: str,
     now: float,
-) -> TrainingState:
-    """Register the output once (idempotent by job uid + attempt), then succeed."""
-    status["completionTime"] = timestamp(now)
-    if spec.output is None:
-        return replace(state, phase=Phase.SUCCEEDED, next_start_at=0.0, message="completed")
-    uid = obj["metadata"]["uid"]
-    existing = [
-        v
-        for v in ctx.registry.versions(spec.output.model)
-        if v.lineage.get("trainingJobUid") == uid and v.lineage.get("attempt") == state.attempt
-    ]
-    try:
-        version = (
-            existing[0]
-            if existing
-            else ctx.registry.register(
-                spec.output.model,
-                ctx.runtime.output_dir(name, state.attempt, uid),
-                framework=spec.output.framework,
-                lineage={
-                    "trainingJob": name,
-                    "trainingJobUid": uid,
-                    "generation": obj["metadata"]["generation"],
-                    "attempt": state.attempt,
-                    "command": [*spec.command, *spec.args],
-                    "workingDir": spec.working_dir,
-                },
+) -> list[Condition]:
+    """As a Kubernetes Job's: Complete and Failed appear only once true, and nothing
+    contradicts the phase (an ended job says neither that it runs nor that it waits)."""
+    out = conditions
+    waits = new.phase == Phase.RUNNING and (gang is None or not gang.admitted)
+    if new.phase in FINAL:
+        out = drop_condition(out, "Scheduled")
+        out = set_condition(out, "Running", False, new.phase.value, new.message, now)
+    else:
+        if new.phase == Phase.RUNNING and gang is not None:
+            out = set_condition(
+                out,
+                "Scheduled",
+                not waits,
+                "Unschedulable" if waits else "Scheduled",
+                message if waits else "every worker is placed",
+                now,
             )
-        )
-    except (RegistryError, OSError, ValueError) as exc:
-        message = f"could not register the output as model '{spec.output.model}': {exc}"
-        ctx.event(KIND, name, "Warning", "RegistrationFailed", message)
-        return replace(state, phase=Phase.FAILED, next_start_at=0.0, message=message)
-    status["outputModel"] = {
-        "name": version.name,
-        "version": version.version,
-        "ref": version.ref,
-        "metrics": version.metrics,
-    }
-    message = f"registered {version.ref}"
-    if version.metrics:
-        shown = ", ".join(
-            f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
-            for k, v in list(version.metrics.items())[:4]
-        )
-        message += f" ({shown})"
-    if not existing:
-        ctx.event(KIND, name, "Normal", "ModelRegistered", message)
-    return replace(state, phase=Phase.SUCCEEDED, next_start_at=0.0, message=message)
+        if waits:
+            out = set_condition(out, "Running", False, "Unschedulable", message, now)
+        elif new.phase == Phase.RESTARTING:
+            # between attempts nothing runs: the back-off (or a disruption) says why
+            out = set_condition(out, "Running", False, "BackOff", new.message, now)
+        else:
+            out = set_condition(out, "Running", True, new.phase.value, new.message, now)
+    if new.phase == Phase.SUCCEEDED:
+        out = set_condition(out, "Complete", True, "Succeeded", new.message, now)
+    else:
+        out = drop_condition(out, "Complete")
+    if new.phase == Phase.FAILED:
+        out = set_condition(out, "Failed", True, "Failed", new.message, now)
+    else:
+        out = drop_condition(out, "Failed")
+    return out

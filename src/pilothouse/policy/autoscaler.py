@@ -64,8 +64,12 @@ class AutoscalerSpec:
 
     ``target`` is the metric's value one replica should carry. The panic window
     is given in seconds (Knative expresses it as a percentage of the stable
-    window; its 10 % default is the 6 s here) and must be shorter than the
-    stable window. Rates are factors per decision and must exceed 1.
+    window, 1 % to 100 %; its 10 % default is the 6 s here) and must not be
+    longer than the stable window. Equal to it, both windows average the same
+    samples, so panicking follows no faster signal; what remains of panic mode
+    is its hold: once the load needs ``panic_threshold`` times the ready
+    replicas, no scale-down until a whole stable window has passed without
+    that. Rates are factors per decision and must exceed 1.
     """
 
     target: float
@@ -107,9 +111,9 @@ class AutoscalerSpec:
             self.stable_window,
         )
         _check(
-            _finite(self.panic_window) and 0 < self.panic_window < self.stable_window,
+            _finite(self.panic_window) and 0 < self.panic_window <= self.stable_window,
             "panic_window",
-            f"> 0 and < stable_window ({self.stable_window:g})",
+            f"> 0 and <= stable_window ({self.stable_window:g})",
             self.panic_window,
         )
         _check(

@@ -1,8 +1,29 @@
 """The replica process: load one verified model version and serve it over HTTP.
 
-Readiness is false until the model is loaded and stays false if verification
-fails (the replica then reports why on ``/v2/health/ready`` and in its log),
-so the router never sends traffic to a replica that cannot answer.
+A replica gets its model one of two ways:
+
+* ``--model NAME:VERSION --registry URI`` (how the runtime starts replicas, as a pod
+  would be): the replica opens the registry (a folder, ``file://`` or
+  ``s3://bucket/prefix``), resolves that exact version, fetches it into the local cache
+  (``$PILOTHOUSE_HOME/cache/models`` unless ``--cache``: the daemon's cache, shared by
+  every replica on the machine), verifies every checksum, then loads it. A registry
+  folder is read in place (nothing to copy). Concurrent replicas of one version fetch it
+  once: a lock file per version in the cache (``NAME/.VERSION.lock``, ``flock``) lets
+  one download (into a private folder renamed into place, as the registry does) while
+  the others wait, then find the verified copy. A cached copy that fails its checksums
+  (a damaged disk, a hand edit) is moved aside and fetched again. Anything that stops
+  the replica from serving its model (unknown model or version, unreachable registry,
+  checksum mismatch, a model that does not load) is fatal: the log names the model, the
+  registry and the cause, and the process exits with ``EXIT_MODEL_UNAVAILABLE`` (3).
+* ``--model-dir DIR`` (by hand): the version folder is verified and loaded as it is; a
+  failure leaves the replica running but never ready, the reason on
+  ``/v2/health/ready`` and in its log.
+
+Either way the HTTP listener starts first and the model is fetched and loaded in the
+background: ``/v2/health/live`` answers during a slow download, while readiness stays
+false (503, its reason "fetching NAME:VERSION from URI", then "loading NAME:VERSION")
+until the model is loaded, so the router never sends traffic to a replica that cannot
+answer.
 
 Every answer is JSON. Input the replica can check is a 4xx that names the field
 (``serving/protocol.py``); a model that refuses an input (``ValueError``) is a
@@ -18,14 +39,17 @@ keep-alive one is closed after ``keep_alive_timeout``, and past
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import logging
 import os
+import shutil
 import socket
 import threading
 import time
-from collections.abc import AsyncIterator
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
@@ -40,7 +64,19 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from pilothouse.registry.local import ModelVersion, RegistryError, read_version
+from pilothouse.registry.local import (
+    MANIFEST,
+    BaseRegistry,
+    ChecksumMismatch,
+    LocalRegistry,
+    ModelNotFound,
+    ModelVersion,
+    RegistryError,
+    check_model_name,
+    parse_version_entry,
+    read_version,
+    verify,
+)
 from pilothouse.serving.batching import Batcher
 from pilothouse.serving.connections import ConnectionLimits, timed_protocol
 from pilothouse.serving.openapi import openapi_document
@@ -52,6 +88,7 @@ from pilothouse.serving.protocol import (
     encode_v2_output,
 )
 from pilothouse.serving.runtimes import Predictor, UnsupportedFramework, load_predictor
+from pilothouse.spec.types import split_model_ref
 
 log = logging.getLogger("pilothouse.serving")
 MAX_BODY_BYTES = 16 * 2**20
@@ -59,6 +96,9 @@ MAX_BODY_BYTES = 16 * 2**20
 MAX_HEAD_BYTES = 64 * 2**10
 #: the status a replica counts when the client went away before the answer (nginx's)
 CLIENT_CLOSED = 499
+#: the exit code of a replica that cannot get its model (``--model``): not found, registry
+#: unreachable, checksum mismatch, not loadable; its log says which
+EXIT_MODEL_UNAVAILABLE = 3
 
 
 @dataclass(frozen=True)
@@ -83,16 +123,59 @@ class ServerOptions:
     http: Literal["httptools", "h11"] = "httptools"
 
 
-@dataclass
-class ModelSlot:
-    """The one model this replica serves, and how loading it went."""
+@dataclass(frozen=True)
+class ModelSource:
+    """A model version the replica fetches and verifies itself: an exact reference, the
+    registry it is in (a folder, ``file://`` or ``s3://bucket/prefix``), and the local
+    cache remote versions are fetched into."""
 
     name: str
-    version_dir: Path
+    version: int
+    registry: str
+    cache: Path
+
+    @classmethod
+    def parse(cls, ref: str, registry: str, cache: Path) -> ModelSource:
+        """ValueError unless ``ref`` is ``NAME:VERSION`` (an exact version number) and
+        ``registry`` is not empty."""
+        name, version, stage = split_model_ref(ref)
+        number = parse_version_entry(version) if version is not None else None
+        if stage is not None or number is None:
+            raise ValueError(
+                f"model reference {ref!r} must name an exact version ('{name}:N'): a replica "
+                "serves the one version the control plane resolved"
+            )
+        if not registry.strip():
+            raise ValueError("the registry URI is empty")
+        return cls(check_model_name(name), number, registry, cache)
+
+    @property
+    def ref(self) -> str:
+        return f"{self.name}:{self.version}"
+
+    @property
+    def cached_dir(self) -> Path:
+        """Where a remote registry's copy of this version is cached (the registry's layout)."""
+        return self.cache / self.name / str(self.version)
+
+
+@dataclass
+class ModelSlot:
+    """The one model this replica serves, where it comes from, and how loading it went."""
+
+    name: str
+    #: the version folder to load (given, or where ``source`` was fetched to)
+    version_dir: Path | None = None
+    #: the registry version to fetch first (``--model``); failing to serve it is fatal
+    source: ModelSource | None = None
     version: ModelVersion | None = None
     predictor: Predictor | None = None
     batcher: Batcher | None = None
     error: str | None = None
+    #: what the replica is doing while not ready (readiness reports it)
+    status: str = "loading"
+    #: the model could not be had and the replica is exiting (``EXIT_MODEL_UNAVAILABLE``)
+    failed: bool = False
     draining: bool = False
 
     @property
@@ -124,6 +207,11 @@ class Metrics:
             "Time to verify and load the model",
             registry=self.registry,
         )
+        self.fetch_seconds = Gauge(
+            "pilothouse_model_fetch_seconds",
+            "Time to resolve and fetch the model from the registry (0 when given a folder)",
+            registry=self.registry,
+        )
         self.rows = Histogram(
             "pilothouse_model_batch_rows",
             "Rows per model call",
@@ -145,7 +233,16 @@ def _error(status: int, message: str) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status)
 
 
-def create_app(slot: ModelSlot, options: ServerOptions | None = None) -> Starlette:
+def create_app(
+    slot: ModelSlot,
+    options: ServerOptions | None = None,
+    on_fatal: Callable[[], None] | None = None,
+) -> Starlette:
+    """The replica's app; it loads ``slot``'s model in the background once started.
+
+    ``on_fatal`` is called (from the loading thread) when a model from a registry
+    (``slot.source``) cannot be fetched, verified or loaded: the server should exit.
+    """
     opts = options or ServerOptions()
     metrics = Metrics()
     # Batched model calls run one at a time on one thread: no oversubscribed OpenMP
@@ -159,14 +256,33 @@ def create_app(slot: ModelSlot, options: ServerOptions | None = None) -> Starlet
     )
 
     def load() -> None:
-        started = time.perf_counter()
-        try:
-            version = read_version(slot.version_dir)
-            predictor = load_predictor(version)
-        except (RegistryError, UnsupportedFramework, OSError, ValueError) as exc:
-            slot.error = str(exc)
-            log.error("model not loaded, replica stays not ready: %s", exc)
-            return
+        if slot.source is not None:
+            source = slot.source
+            try:
+                version, predictor, fetch_seconds, load_seconds = obtain(source, slot)
+            except Exception as exc:  # whatever it is, this replica cannot serve its model
+                slot.error = (
+                    f"cannot serve {source.ref} from registry {source.registry}: "
+                    f"{explain_failure(exc, source)}"
+                )
+                slot.failed = True
+                log.error("%s; exiting", slot.error)
+                if on_fatal is not None:
+                    on_fatal()
+                return
+        else:
+            assert slot.version_dir is not None
+            started = time.perf_counter()
+            try:
+                version = read_version(slot.version_dir)
+                predictor = load_predictor(version)
+            except (RegistryError, UnsupportedFramework, OSError, ValueError) as exc:
+                slot.error = str(exc)
+                log.error("model not loaded, replica stays not ready: %s", exc)
+                return
+            fetch_seconds, load_seconds = 0.0, time.perf_counter() - started
+        metrics.fetch_seconds.set(fetch_seconds)
+        metrics.load_seconds.set(load_seconds)
         slot.version = version
         if opts.max_batch_size > 1:
             slot.batcher = Batcher(
@@ -177,9 +293,12 @@ def create_app(slot: ModelSlot, options: ServerOptions | None = None) -> Starlet
                 executor=model_thread,
             )
         slot.predictor = predictor
-        metrics.load_seconds.set(time.perf_counter() - started)
         log.info(
-            "loaded %s (%s) in %.2fs", version.ref, version.framework, time.perf_counter() - started
+            "loaded %s (%s) from %s in %.2fs",
+            version.ref,
+            version.framework,
+            version.path,
+            load_seconds,
         )
 
     @asynccontextmanager
@@ -305,7 +424,7 @@ def create_app(slot: ModelSlot, options: ServerOptions | None = None) -> Starlet
     async def ready(_: Request) -> Response:
         if slot.ready:
             return JSONResponse({"ready": True})
-        return JSONResponse({"ready": False, "reason": slot.error or "loading"}, status_code=503)
+        return JSONResponse({"ready": False, "reason": slot.error or slot.status}, status_code=503)
 
     async def server_metadata(_: Request) -> Response:
         return JSONResponse({"name": "pilothouse", "version": "0.1.0", "extensions": []})
@@ -379,6 +498,174 @@ class _TooLarge(Exception):
     pass
 
 
+# -- a model from the registry: resolve, fetch into the cache, verify, load -------------
+
+
+def obtain(
+    source: ModelSource, slot: ModelSlot | None = None
+) -> tuple[ModelVersion, Predictor, float, float]:
+    """``source``'s version fetched (or found in the cache), verified and loaded: the
+    version, its predictor, and the seconds fetching and loading took. ``slot.status``
+    (when given) follows along. Raises whatever stopped it (see ``explain_failure``).
+
+    A copy already in the cache that fails its checksums is moved aside and fetched
+    again, once; a registry folder that fails them is the registry's own problem.
+    """
+    started = time.perf_counter()
+    if slot is not None:
+        slot.status = f"fetching {source.ref} from {source.registry}"
+    registry = open_registry_for(source)
+    version, cached = fetch_version(registry, source)
+    fetched = time.perf_counter()
+    if slot is not None:
+        slot.status = f"loading {source.ref}"
+    if isinstance(registry, LocalRegistry):
+        how = "found in the registry folder"
+    else:
+        how = "found in the cache" if cached else "fetched into the cache"
+    log.info(
+        "%s from %s: %s (%s) in %.2fs",
+        source.ref,
+        source.registry,
+        how,
+        version.path,
+        fetched - started,
+    )
+    try:
+        predictor = load_predictor(version)  # verifies every checksum first
+    except ChecksumMismatch as exc:
+        if not cached:
+            raise
+        log.warning(
+            "the cached copy of %s at %s is damaged (%s); fetching it again",
+            source.ref,
+            version.path,
+            exc,
+        )
+        version = refetch(registry, version, source)
+        predictor = load_predictor(version)
+    return version, predictor, fetched - started, time.perf_counter() - fetched
+
+
+def open_registry_for(source: ModelSource) -> BaseRegistry:
+    """The registry ``source`` names (storage options from the environment, as the
+    daemon's: AWS_*, $PILOTHOUSE_REGISTRY_OPTIONS)."""
+    from pilothouse.registry.objectstore import open_registry
+
+    registry = open_registry(source.registry, source.cache)
+    if isinstance(registry, LocalRegistry) and not registry.root.is_dir():
+        raise RegistryError(f"the registry folder {registry.root} does not exist")
+    return registry
+
+
+def fetch_version(registry: BaseRegistry, source: ModelSource) -> tuple[ModelVersion, bool]:
+    """The version on this machine: a registry folder's own (checked when loaded), or a
+    remote one fetched into the cache under the version's lock, its download verified.
+    Second: whether it was a copy already in the cache (not verified here)."""
+    try:
+        version = registry.get(source.name, source.version)
+    except ModelNotFound as exc:
+        raise ModelNotFound(f"{exc}{_known_versions(registry, source.name)}") from exc
+    if isinstance(registry, LocalRegistry):
+        return registry.fetch(version), False
+    with _version_lock(source):
+        cached = (source.cached_dir / MANIFEST).is_file()
+        return _fetch_into_cache(registry, version, source), cached
+
+
+def refetch(registry: BaseRegistry, version: ModelVersion, source: ModelSource) -> ModelVersion:
+    """Fetch ``version`` again after its cached copy failed its checksums: under the lock,
+    the copy is moved aside (then removed) if it still fails them (another replica may
+    have replaced it already), and fetched again."""
+    with _version_lock(source):
+        cached = registry.fetch(version)  # what is there now (fetched if it is gone)
+        try:
+            verify(cached)
+        except ChecksumMismatch:
+            aside = cached.path.parent / f".damaged-{uuid.uuid4().hex}"
+            os.rename(cached.path, aside)
+            shutil.rmtree(aside, ignore_errors=True)
+            cached = _fetch_into_cache(registry, version, source)
+        return cached
+
+
+def _fetch_into_cache(
+    registry: BaseRegistry, version: ModelVersion, source: ModelSource
+) -> ModelVersion:
+    try:
+        return registry.fetch(version)
+    except OSError:
+        # another process that takes no lock (the daemon) renamed its copy into place
+        # first: ours was in the way and is gone; theirs is verified as ours would be
+        if (source.cached_dir / MANIFEST).is_file():
+            return registry.fetch(version)
+        raise
+
+
+@contextmanager
+def _version_lock(source: ModelSource) -> Iterator[None]:
+    """Held while a version is fetched into (or repaired in) the cache: one process at a
+    time per version, on this machine; the others wait, then find the copy it made.
+    ``flock`` on ``CACHE/NAME/.VERSION.lock``, released by the kernel if the holder dies."""
+    folder = source.cache / source.name
+    for step in (source.cache, folder):
+        if step.is_symlink():
+            raise RegistryError(
+                f"refusing to cache {source.ref}: {step} is a symlink (the cache must hold "
+                "real folders only)"
+            )
+    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd = os.open(
+        folder / f".{source.version}.lock",
+        os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC,
+        0o600,
+    )
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log.info("another process is fetching %s into %s; waiting for it", source.ref, folder)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _known_versions(registry: BaseRegistry, name: str) -> str:
+    """What the registry has of ``name``, to say beside "no such version"."""
+    try:
+        numbers = [str(v.version) for v in registry.versions(name)]
+    except Exception:  # the message is only a hint: never fail on it
+        return ""
+    if not numbers:
+        return f" (no version of '{name}' is registered there)"
+    return f" (registered versions of '{name}': {', '.join(numbers)})"
+
+
+def explain_failure(exc: BaseException, source: ModelSource) -> str:
+    """What went wrong fetching or loading ``source``, for the log and readiness."""
+    if isinstance(exc, ChecksumMismatch):
+        rel, where = exc.path.name, str(exc.path)
+        for parent in exc.path.parents:
+            if parent.name.startswith(".incoming-"):  # a download being checked
+                rel = exc.path.relative_to(parent).as_posix()
+                where = f"{source.registry.rstrip('/')}/{source.name}/{source.version}/{rel}"
+                break
+            if parent.name == str(source.version) and parent.parent.name == source.name:
+                rel = exc.path.relative_to(parent).as_posix()
+                break
+        return (
+            f"checksum mismatch for file '{rel}' ({where}): expected sha256 {exc.expected}, "
+            f"got {exc.actual}; the artifact differs from what was registered, refusing to "
+            "load it"
+        )
+    if isinstance(exc, ModelNotFound):
+        return f"not found: {exc}"
+    if isinstance(exc, RegistryError | UnsupportedFramework):
+        return str(exc)
+    return f"{type(exc).__name__}: {exc}"
+
+
 def _limit_threads(threads: int) -> None:
     from threadpoolctl import threadpool_limits
 
@@ -420,14 +707,18 @@ class _DrainingServer(uvicorn.Server):
 
 
 def serve(
-    model_dir: Path,
+    model: Path | ModelSource,
     name: str,
     host: str,
     port: int,
     fd: int | None = None,
     options: ServerOptions | None = None,
 ) -> None:
-    """Run the replica until SIGTERM: drain, then finish in-flight requests and exit."""
+    """Run the replica until SIGTERM: drain, then finish in-flight requests and exit.
+
+    ``model``: a version folder, or a registry version to fetch and verify first; if
+    that fails the replica exits with ``EXIT_MODEL_UNAVAILABLE`` (``SystemExit``).
+    """
     opts = options or ServerOptions()
     # OpenMP/BLAS read these when they load, which happens when the model is
     # unpickled, after this line: one replica, ``model_threads`` cores (default 1).
@@ -437,8 +728,17 @@ def serve(
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    slot = ModelSlot(name=name, version_dir=model_dir)
-    app = create_app(slot, opts)
+    if isinstance(model, ModelSource):
+        slot = ModelSlot(name=name, source=model)
+    else:
+        slot = ModelSlot(name=name, version_dir=model)
+    server: _DrainingServer | None = None
+
+    def stop() -> None:
+        if server is not None:
+            server.should_exit = True
+
+    app = create_app(slot, opts, on_fatal=stop)
     config = uvicorn.Config(
         app,
         host=host,
@@ -457,3 +757,5 @@ def serve(
         server.run(sockets=[sock])
     else:
         server.run()
+    if slot.failed:
+        raise SystemExit(EXIT_MODEL_UNAVAILABLE)

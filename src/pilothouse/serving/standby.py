@@ -1,13 +1,19 @@
 """A model server started ahead of need, so that a replica replacing a dead one starts in
 milliseconds instead of seconds.
 
+    python -m pilothouse.serving.standby --control FD --model NAME:VERSION --registry URI
+        [--cache DIR] [--threads N]
     python -m pilothouse.serving.standby --control FD --model-dir DIR [--threads N]
 
 Most of a replica's start is importing (the server, numpy, scikit-learn or another
 framework: about 1.5 s of CPU) and unpickling its model. A standby does that work while
 nothing waits for it: it imports the server and the command line, loads the model once
 in a background thread (checksums verified, as a replica does) and drops it, then waits
-on ``--control``, a Unix socket shared with the control plane (SOCK_SEQPACKET).
+on ``--control``, a Unix socket shared with the control plane (SOCK_SEQPACKET). Given the
+model as a replica is (``--model NAME:VERSION --registry URI [--cache DIR]``), the
+warm-up fetches it as a replica would (same cache, same per-version lock), so the replica
+it becomes finds its version in the cache; it needs the replica's registry environment
+(AWS_*, $PILOTHOUSE_REGISTRY_OPTIONS, $PILOTHOUSE_HOME for the default cache) for that.
 
 The control plane hands it a replica to become with one message: JSON
 ``{"args": [...]}`` (the arguments of ``pilothouse serve``, as a replica started cold
@@ -41,28 +47,46 @@ import socket
 import sys
 import threading
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pilothouse.registry.local import read_version
+
+if TYPE_CHECKING:
+    from pilothouse.serving.server import ModelSource
 
 #: modules a replica imports before it can answer (the warm-up imports them first)
 _SERVER_MODULES = ("pilothouse.serving.server", "pilothouse.cli.main")
 MAX_MESSAGE = 1 << 20
 
 
-def warm_up(model_dir: Path) -> None:
-    """Import what serving this model needs, by loading it once; keep nothing of it."""
+def warm_up(model: Path | ModelSource) -> None:
+    """Import what serving this model needs, by loading it once; keep nothing of it. A
+    registry version is fetched into the cache first, as a replica fetches it."""
     for module in _SERVER_MODULES:
         importlib.import_module(module)
     from pilothouse.serving.runtimes import load_predictor
+    from pilothouse.serving.server import obtain
 
-    predictor = load_predictor(read_version(model_dir))
+    if isinstance(model, Path):
+        predictor = load_predictor(read_version(model))
+    else:
+        _version, predictor, _fetch, _load = obtain(model)
     del predictor
     gc.collect()
 
 
-def _warm_up_quietly(model_dir: Path) -> None:
+def _source(ref: str, registry: str, cache: Path) -> ModelSource:
+    from pilothouse.serving.server import ModelSource
+
+    return ModelSource.parse(ref, registry, cache)
+
+
+def _warm_up_quietly(opts: argparse.Namespace) -> None:
     try:
-        warm_up(model_dir)
+        if opts.model_dir is not None:
+            warm_up(opts.model_dir)
+        else:
+            warm_up(_source(opts.model, opts.registry, opts.cache))
     except Exception as exc:  # the replica will report it when it loads for real
         print(f"standby: warm-up failed: {type(exc).__name__}: {exc}", flush=True)
 
@@ -105,16 +129,22 @@ def _receive(control: socket.socket) -> tuple[dict[str, object], list[int]] | No
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="pilothouse.serving.standby")
     parser.add_argument("--control", type=int, required=True)
-    parser.add_argument("--model-dir", type=Path, required=True)
+    model = parser.add_mutually_exclusive_group(required=True)
+    model.add_argument("--model-dir", type=Path, default=None)
+    model.add_argument("--model", metavar="NAME:VERSION", default=None)
+    parser.add_argument("--registry", metavar="URI", default=None)
+    parser.add_argument("--cache", type=Path, default=None)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--room", default="", help="room for the replica's command line")
     opts = parser.parse_args(argv)
+    if opts.model is not None and (not opts.registry or opts.cache is None):
+        parser.error("--model needs --registry and --cache")
     # as `pilothouse serve` does before loading: OpenMP/BLAS read these when they load
     for variable in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ.setdefault(variable, str(opts.threads))
     control = socket.socket(fileno=opts.control)
     threading.Thread(
-        target=_warm_up_quietly, args=(opts.model_dir,), name="standby-warm-up", daemon=True
+        target=_warm_up_quietly, args=(opts,), name="standby-warm-up", daemon=True
     ).start()
 
     received = _receive(control)

@@ -245,7 +245,12 @@ class Autoscaling(SpecModel):
         if not 6.0 <= self.stable_window <= 3600.0:
             raise ValueError("stableWindow must be between 6s and 1h")
         if not 1.0 <= self.panic_window <= self.stable_window:
-            raise ValueError("panicWindow must be at least 1s and at most stableWindow")
+            # The policy (policy/autoscaler.py) takes exactly this range: equal
+            # windows are Knative's 100 %, a panic mode that only holds replicas.
+            raise ValueError(
+                f"panicWindow must be at least 1s and at most stableWindow "
+                f"({self.stable_window:g}s), got {self.panic_window:g}s"
+            )
         if self.scale_to_zero_grace > 3600.0:
             raise ValueError("scaleToZeroGrace must be at most 1h")
         return self
@@ -487,7 +492,14 @@ class BlueGreenStrategy(SpecModel):
 #: ``1`` replica or ``25%`` of the desired count
 SurgeValue = Annotated[
     int | str,
-    WithJsonSchema({"anyOf": [{"type": "integer", "minimum": 0}, {"type": "string"}]}),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "integer", "minimum": 0, "maximum": 1000},
+                {"type": "string", "pattern": r"^\s*0*(100|[1-9]?[0-9])%\s*$"},
+            ]
+        }
+    ),
 ]
 
 

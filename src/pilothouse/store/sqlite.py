@@ -5,6 +5,19 @@ This plays the role etcd plays for Kubernetes: desired state (spec, bumped
 controllers), events, and the process records the local runtime needs to find
 its children again after a crash. Every apply is one transaction, so a batch
 of documents is stored whole or not at all.
+
+The file's schema version is ``PRAGMA user_version``. ``MIGRATIONS`` is the
+ordered list of steps from version N to N+1; opening a store applies the
+missing ones in order, each in its own ``BEGIN IMMEDIATE`` transaction that
+re-reads the version first, so several processes may open one file at once
+and every step still runs exactly once. A step that fails rolls back whole:
+the file keeps its old version and data. A file written by a newer release
+(a version above ``SCHEMA_VERSION``) is refused with ``SchemaTooNew`` before
+anything is written to it.
+
+Version 1 is the schema of release 0.1.0, which had no version (0): its
+``CREATE TABLE IF NOT EXISTS`` statements make the first migration a no-op on
+such a file, so a database that release wrote is taken as version 1 as it is.
 """
 
 from __future__ import annotations
@@ -13,7 +26,7 @@ import json
 import sqlite3
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -21,7 +34,11 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-_SCHEMA = """
+from pilothouse import __version__
+
+# Version 1: the schema of release 0.1.0, verbatim (it was run on every open and
+# had no version). Never edit it: change the schema with a new migration.
+_SCHEMA_V1 = """
 CREATE TABLE IF NOT EXISTS resources (
     kind TEXT NOT NULL,
     name TEXT NOT NULL,
@@ -69,6 +86,129 @@ CREATE TABLE IF NOT EXISTS requests (
 );
 """
 
+# Version 2: a record of the schema's history in the file itself: which migration
+# ran, when, and under which pilothouse release. Version 1 predates the record
+# (a file may have been made by 0.1.0 long ago), so its row has no time or release.
+_SCHEMA_V2 = """
+CREATE TABLE schema_migrations (
+    version INTEGER PRIMARY KEY,
+    description TEXT NOT NULL,
+    applied_at TEXT,
+    release TEXT
+);
+INSERT INTO schema_migrations(version, description, applied_at, release)
+    VALUES (1, 'the schema of release 0.1.0', NULL, NULL);
+"""
+
+
+class SchemaError(Exception):
+    """The state database's schema cannot be used or brought up to date."""
+
+
+class SchemaTooNew(SchemaError):
+    """The file was written by a newer pilothouse: its schema version is above ours."""
+
+    def __init__(self, path: Path, found: int, supported: int) -> None:
+        self.path, self.found, self.supported = path, found, supported
+        super().__init__(
+            f"{path}: the state database is at schema version {found}, written by a newer "
+            f"pilothouse; this pilothouse ({__version__}) supports schema versions up to "
+            f"{supported}. Upgrade pilothouse to use it (nothing was written to the file)."
+        )
+
+
+class MigrationFailed(SchemaError):
+    """A migration raised; its transaction was rolled back (``__cause__`` is the error)."""
+
+    def __init__(self, path: Path, version: int, description: str, error: BaseException) -> None:
+        self.path, self.version = path, version
+        super().__init__(
+            f"{path}: migrating the state database from schema version {version - 1} to "
+            f"{version} ({description}) failed: {error}; rolled back, the database is "
+            f"still at version {version - 1}"
+        )
+
+
+def sql_statements(script: str) -> list[str]:
+    """``script``'s statements, one by one, for ``execute`` inside a transaction
+    (``executescript`` would commit the open transaction first). Every statement,
+    the last one too, ends with ``;``."""
+    statements: list[str] = []
+    parts = script.split(";")
+    pending = ""
+    for index, part in enumerate(parts):
+        pending += part if index == len(parts) - 1 else part + ";"
+        if sqlite3.complete_statement(pending):
+            if pending.strip() != ";":
+                statements.append(pending.strip())
+            pending = ""
+    if pending.strip():
+        raise ValueError(f"incomplete SQL statement at the end of the script: {pending!r}")
+    return statements
+
+
+@dataclass(frozen=True)
+class Migration:
+    """One step of the schema: from ``version - 1`` to ``version``.
+
+    ``apply`` runs inside the transaction that also sets the new version; it must
+    not commit or roll back. ``script`` makes one from SQL.
+    """
+
+    version: int
+    description: str
+    apply: Callable[[sqlite3.Connection], None]
+
+    @classmethod
+    def script(cls, version: int, description: str, sql: str) -> Migration:
+        statements = sql_statements(sql)
+
+        def run(db: sqlite3.Connection) -> None:
+            for statement in statements:
+                db.execute(statement)
+
+        return cls(version, description, run)
+
+
+def _columns(db: sqlite3.Connection, table: str) -> list[tuple[str, str, int, int]]:
+    """A table's (name, type, notnull, pk) columns, in order."""
+    return [
+        (r[1], str(r[2]).upper(), int(r[3]), int(r[5]))
+        for r in db.execute(f"PRAGMA table_info({table})").fetchall()
+    ]
+
+
+def _baseline(db: sqlite3.Connection) -> None:
+    """Version 1: today's tables on a new file; on a file from 0.1.0 (no version, the same
+    tables) nothing changes. Tables of the same names but another shape are refused."""
+    for statement in sql_statements(_SCHEMA_V1):
+        db.execute(statement)
+    reference = sqlite3.connect(":memory:")
+    try:
+        reference.executescript(_SCHEMA_V1)
+        tables = [
+            r[0]
+            for r in reference.execute(
+                "SELECT name FROM sqlite_master WHERE type='table' AND name NOT LIKE 'sqlite_%'"
+            )
+        ]
+        for table in tables:
+            if _columns(db, table) != _columns(reference, table):
+                raise SchemaError(
+                    f"table {table!r} has columns {_columns(db, table)}, not those of a "
+                    "pilothouse state database; is this file one?"
+                )
+    finally:
+        reference.close()
+
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(1, "the schema of release 0.1.0", _baseline),
+    Migration.script(2, "schema_migrations: a record of each migration", _SCHEMA_V2),
+)
+SCHEMA_VERSION = len(MIGRATIONS)
+"""The schema version this pilothouse writes (and the newest it can open)."""
+
 
 class NotFound(KeyError):
     """The object does not exist."""
@@ -113,18 +253,104 @@ class Store:
 
     MAX_EVENTS_PER_OBJECT = 50
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, migrations: Sequence[Migration] = MIGRATIONS) -> None:
+        """Open (or create) the store at ``path`` and bring its schema up to date.
+
+        Raises ``SchemaTooNew`` for a file from a newer release and ``MigrationFailed``
+        if a migration fails (the file keeps its version and data), a file whose
+        tables are not a pilothouse state database's included; both are
+        ``SchemaError``. ``migrations`` replaces ``MIGRATIONS`` (for tests).
+        """
+        for index, migration in enumerate(migrations):
+            if migration.version != index + 1:
+                raise ValueError(
+                    f"migration {index} is to version {migration.version}, not {index + 1}"
+                )
         self.path = path
         # One connection, shared by the event loop and the runtime's worker
         # threads: every use holds this lock so transactions never interleave.
         self._lock = threading.RLock()
         path.parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        self._db.row_factory = sqlite3.Row
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.execute("PRAGMA busy_timeout=5000")
-        self._db.executescript(_SCHEMA)
+        try:
+            self._db.row_factory = sqlite3.Row
+            self._db.execute("PRAGMA busy_timeout=5000")
+            # Refuse a newer file before anything (journal mode included) is written to it.
+            self._check_not_newer(self.schema_version(), len(migrations))
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._migrate(migrations)
+        except BaseException:
+            self._db.close()
+            raise
+
+    def _check_not_newer(self, version: int, supported: int) -> None:
+        if version > supported:
+            raise SchemaTooNew(self.path, version, supported)
+
+    def _migrate(self, migrations: Sequence[Migration]) -> None:
+        """Apply the missing migrations in order, each in its own transaction."""
+        latest = len(migrations)
+        while True:
+            version = self.schema_version()
+            self._check_not_newer(version, latest)
+            if version == latest:
+                return
+            with self._lock:
+                # The write lock first, then the version again: another process may
+                # have migrated (or a newer release written) since the read above.
+                self._db.execute("BEGIN IMMEDIATE")
+                try:
+                    version = self.schema_version()
+                    self._check_not_newer(version, latest)
+                    if version < latest:
+                        self._apply(migrations[version])
+                except BaseException:
+                    self._db.execute("ROLLBACK")
+                    raise
+                self._db.execute("COMMIT")
+
+    def _apply(self, migration: Migration) -> None:
+        """Run one migration and set its version, inside the caller's transaction."""
+        try:
+            migration.apply(self._db)
+            self._record(migration)
+        except Exception as exc:
+            raise MigrationFailed(self.path, migration.version, migration.description, exc) from exc
+        self._db.execute(f"PRAGMA user_version = {int(migration.version)}")
+
+    def _record(self, migration: Migration) -> None:
+        """Note the migration in ``schema_migrations`` once that table exists (version 2)."""
+        if self._db.execute(
+            "SELECT 1 FROM sqlite_master WHERE type='table' AND name='schema_migrations'"
+        ).fetchone():
+            self._db.execute(
+                "INSERT INTO schema_migrations(version, description, applied_at, release)"
+                " VALUES (?,?,?,?)",
+                (migration.version, migration.description, utcnow(), __version__),
+            )
+
+    def schema_version(self) -> int:
+        """The file's schema version (``PRAGMA user_version``)."""
+        with self._lock:
+            return int(self._db.execute("PRAGMA user_version").fetchone()[0])
+
+    def schema_history(self) -> list[dict[str, Any]]:
+        """The migrations recorded in the file, oldest first (``appliedAt``/``release`` are
+        None for version 1, which predates the record)."""
+        rows = self._query(
+            "SELECT version, description, applied_at, release FROM schema_migrations"
+            " ORDER BY version"
+        )
+        return [
+            {
+                "version": r["version"],
+                "description": r["description"],
+                "appliedAt": r["applied_at"],
+                "release": r["release"],
+            }
+            for r in rows
+        ]
 
     def close(self) -> None:
         with self._lock:

@@ -1,0 +1,75 @@
+"""Several processes open one state database written by the previous release at once
+(the daemon and CLI commands do): each ends at the latest schema version, and every
+migration ran exactly once."""
+
+from __future__ import annotations
+
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from pilothouse.store.sqlite import SCHEMA_VERSION, Store
+
+pytestmark = pytest.mark.integration
+
+FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "store_release_0_1_0.sql"
+
+# Opens the store once ``go`` exists; migration 2 holds the write lock a while, so the
+# other processes read version 1 first and then wait on the lock.
+OPENER = """
+import sqlite3, sys, time
+from pathlib import Path
+from pilothouse.store.sqlite import MIGRATIONS, Migration, Store
+
+path, go = Path(sys.argv[1]), Path(sys.argv[2])
+real = MIGRATIONS[1]
+
+def slow(db: sqlite3.Connection) -> None:
+    time.sleep(0.3)
+    real.apply(db)
+
+migrations = [MIGRATIONS[0], Migration(real.version, real.description, slow), *MIGRATIONS[2:]]
+deadline = time.monotonic() + 30
+while not go.exists():
+    if time.monotonic() > deadline:
+        sys.exit("no go")
+    time.sleep(0.005)
+store = Store(path, migrations=migrations)
+print(store.schema_version())
+store.close()
+"""
+
+
+def test_processes_opening_a_previous_release_database_migrate_once(tmp_path: Path) -> None:
+    path = tmp_path / "state.db"
+    db = sqlite3.connect(path)
+    db.executescript(FIXTURE.read_text())
+    db.execute("PRAGMA journal_mode=WAL")
+    db.close()
+    go = tmp_path / "go"
+    openers = [
+        subprocess.Popen(
+            [sys.executable, "-c", OPENER, str(path), str(go)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(4)
+    ]
+    time.sleep(0.5)  # let them start and wait for the signal
+    go.touch()
+    results = [p.communicate(timeout=60) for p in openers]
+    for process, (out, err) in zip(openers, results, strict=True):
+        assert process.returncode == 0, err
+        assert out.strip() == str(SCHEMA_VERSION)
+
+    store = Store(path)
+    history = store.schema_history()
+    assert [m["version"] for m in history] == list(range(1, SCHEMA_VERSION + 1))
+    assert store.get("TrainingJob", "fraud-train")["status"]["phase"] == "Running"
+    assert store.requests("TrainingJob", "fraud-train") == {"abort": "requested"}
+    store.close()
