@@ -17,7 +17,8 @@ How each harness operation maps onto it:
   of the rows (the server answers 500); ``broken``: its artifact is changed after it was
   registered, so a replica fails the checksum and exits before it is ever ready;
 * ``advance``/``until``: real time (``until`` polls every ``POLL`` seconds up to its
-  deadline);
+  deadline); a test's watch of something that merely holds (``seconds``) lasts at most
+  ``HOLD_SECONDS``;
 * ``crash_replicas``: SIGKILL to ready replicas' processes; ``finish_worker``: workers run
   ``train.py`` (written here), which waits for a file of its rank and attempt and exits
   with the code written in it (rank 0 writes a model to its output folder first);
@@ -44,6 +45,7 @@ import signal
 import tempfile
 import time
 from collections import Counter
+from functools import partial
 from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
@@ -51,7 +53,7 @@ from typing import TYPE_CHECKING, Any
 from pilothouse.api.apply import Applier, validate_documents
 from pilothouse.controllers.base import Context
 from pilothouse.controllers.manager import RECONCILERS, Manager
-from pilothouse.ports.workload import GangState, RevisionState
+from pilothouse.ports.workload import GangState, MemberPhase, RevisionState
 from pilothouse.registry.local import LocalRegistry
 from pilothouse.router.proxy import Router
 from pilothouse.runtime.local.backend import LocalBackend
@@ -82,6 +84,10 @@ WORKER_LIMIT = 900
 #: how long a worker takes to stop on SIGTERM (a checkpoint; less than the suite's grace
 #: periods): what the memory world's workers do with their whole grace period
 WORKER_STOP_SECONDS = 2
+
+#: the longest a test watches something merely hold (``seconds``): longer than every
+#: timer the suite's specs set (autoscaling windows and grace 10 s, pauses 4 s)
+HOLD_SECONDS = 15.0
 
 #: tests that do not run in the embedded world, and why (reported as skipped)
 EMBEDDED_SKIP: dict[str, str] = {}
@@ -116,6 +122,7 @@ job = os.environ["PILOTHOUSE_JOB"]
 attempt = os.environ["PILOTHOUSE_ATTEMPT"]
 rank = os.environ["RANK"]
 flag = control / f"{job}-a{attempt}-r{rank}"
+(control / f"{flag.name}.started").write_text(str(os.getpid()))
 print(f"rank {rank} of {job}, attempt {attempt}: pid {os.getpid()}, waiting", flush=True)
 deadline = time.monotonic() + LIMIT
 while not flag.exists():
@@ -275,6 +282,11 @@ class EmbeddedWorld:
         self.applier.apply(resources, "contract-test")
 
     async def delete(self, kind: str, name: str) -> None:
+        if kind == "TrainingJob":
+            # a worker process the status says runs may still be starting (its command
+            # not yet run): a SIGTERM then ends it at once, where the suite means a
+            # worker that runs and takes its time to stop
+            await self._wait(partial(self._workers_started, name), f"{name}'s workers started")
         self.store.mark_deleted(kind, name)
         self.manager.trigger(kind, name)
 
@@ -326,6 +338,9 @@ class EmbeddedWorld:
         return version.ref
 
     # --- time -------------------------------------------------------------------------
+
+    def seconds(self, hold: float) -> float:
+        return min(hold, HOLD_SECONDS)
 
     async def advance(self, seconds: float) -> None:
         self._check_controllers()
@@ -389,6 +404,18 @@ class EmbeddedWorld:
             )
 
         await self._wait(ended, f"worker {rank} of {job} attempt {attempt} exited")
+
+    async def _workers_started(self, job: str) -> bool:
+        """Every running worker of the job's current attempt runs ``train.py`` (which then
+        stops as a worker does on SIGTERM)."""
+        gang = await self.backend.workload.gang(job)
+        if gang is None:
+            return True
+        return all(
+            (self.control / f"{job}-a{gang.attempt}-r{m.rank}.started").exists()
+            for m in gang.members
+            if m.phase == MemberPhase.RUNNING
+        )
 
     async def break_output(self, job: str) -> None:
         (self.control / f"{job}.broken").write_text("")

@@ -78,6 +78,13 @@ class World(Protocol):
         like) if it does not within ``within`` seconds."""
         ...
 
+    def seconds(self, hold: float) -> float:
+        """How long to watch something that should merely stay as it is (a pause that waits
+        for a user, a status that must not move): ``hold`` where time is cheap, less where
+        it passes for real (still longer than the timers the suite's specs set). Never for
+        a duration a spec or the platform defines (a back-off, a grace period)."""
+        ...
+
     # --- what the world does (faults, load) -------------------------------------------
 
     async def crash_replicas(self, deployment: str, revision: str, n: int = 1) -> None:

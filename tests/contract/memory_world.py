@@ -146,6 +146,9 @@ class MemoryWorld:
         while self.clock() < end:
             await self._tick(end)
 
+    def seconds(self, hold: float) -> float:
+        return hold
+
     async def until(self, condition: Condition, within: float, what: str) -> None:
         end = self.clock() + within
         await self._settle()

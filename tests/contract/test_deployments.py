@@ -168,7 +168,7 @@ async def test_autoscaling_follows_rps(world: World) -> None:
 
     await world.offer_load("rec", 38)  # 38 rps / 10 per replica -> 4
     await world.until(lambda: deployment(world, "rec")["readyReplicas"] == 4, 60, "up to 4")
-    await world.advance(20)
+    await world.advance(world.seconds(20))
     assert deployment(world, "rec")["readyReplicas"] == 4  # steady load: it stays
     assert deployment(world, "rec")["autoscaler"]["metric"] == "rps"
 
@@ -181,7 +181,7 @@ async def test_autoscaling_follows_rps(world: World) -> None:
     assert deployment(world, "rec")["desiredReplicas"] == 1
 
     await world.offer_load("rec", 0)
-    await world.advance(60)
+    await world.advance(world.seconds(60))
     assert await alive_replicas(world, "rec") == 1  # min: 1 holds without load
     assert is_true(deployment(world, "rec"), "Ready")
 
@@ -248,7 +248,7 @@ async def test_status_is_steady_once_converged(world: World) -> None:
             "generation"
         ]
     )
-    await world.advance(30)
+    await world.advance(world.seconds(30))
     # level-based and idempotent: nothing changed, so nothing in the status moved
     # (conditions keep their lastTransitionTime, no revision appears or goes)
     assert public(deployment(world, "calm")) == public(before)

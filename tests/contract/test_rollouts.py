@@ -151,7 +151,7 @@ async def test_failing_analysis_rolls_back_to_stable(world: World) -> None:
 
     await world.until(only_stable_runs, 30, "the failed revision's replicas stopped")
     assert world.weights("fraud") == {stable: 100.0}
-    await world.advance(20)
+    await world.advance(world.seconds(20))
     # it stays rolled back: the same spec is not retried by itself
     assert rollout(deployment(world, "fraud"))["phase"] == "Degraded"
     assert world.weights("fraud") == {stable: 100.0}
@@ -169,14 +169,14 @@ async def test_promote_request_skips_a_pause(world: World) -> None:
 
     await world.until(lambda: share() == pytest.approx(20), 30, "20 % to the canary")
     canary = rollout(deployment(world, "rec"))["canaryRevision"]
-    await world.advance(60)
+    await world.advance(world.seconds(60))
     # an indefinite pause holds until a user promotes
     assert share() == pytest.approx(20)
     assert rollout(deployment(world, "rec"))["canaryRevision"] == canary
 
     await world.request("ModelDeployment", "rec", "promote")
     await world.until(lambda: share() == pytest.approx(60), 30, "promoted to the next step")
-    await world.advance(30)
+    await world.advance(world.seconds(30))
     assert share() == pytest.approx(60)  # the next pause holds again
 
     await world.request("ModelDeployment", "rec", "promote", full=True)

@@ -132,7 +132,7 @@ spec: {model: "trained:latest", replicas: 1}
         30,
         "serving the trained model",
     )
-    await world.advance(10)
+    await world.advance(world.seconds(10))
     assert job(world, "train")["phase"] == "Succeeded"  # an ended job stays ended
     assert_consistent(job(world, "train"))
 
@@ -188,7 +188,7 @@ async def test_failed_worker_restarts_with_back_off_then_fails(world: World) -> 
     failed = condition(current, "Failed")
     assert failed is not None
     assert "code 3" in failed["message"]
-    await world.advance(20)
+    await world.advance(world.seconds(20))
     current = job(world, "flaky")
     assert current["phase"] == "Failed"
     assert current["attempt"] == 3

@@ -118,3 +118,46 @@ def test_stopping_a_worker_whose_launcher_was_killed_stops_its_command(tmp_path:
     supervisor.stop("job-a1-r0", grace=0.0)
     wait_for("the orphaned command to be gone", lambda: not pid_alive(command), 30)
     store.close()
+
+
+def test_a_stop_while_the_launcher_starts_reaches_the_command(tmp_path: Path) -> None:
+    """SIGTERM sent to the group at once (before the launcher could install its handlers)
+    neither kills the launcher nor is lost: the command is started, gets it, and the
+    launcher records how it ended (without the held signals the launcher died at once,
+    recording nothing, and the command ran on unwatched)."""
+    store = Store(tmp_path / "state.db")
+    supervisor = Supervisor(store, tmp_path / "logs")
+    state = tmp_path / "state.json"
+    script = "import time; time.sleep(60)"
+    try:
+        child = supervisor.spawn(
+            "w",
+            owner_kind="TrainingJob",
+            owner_name="t",
+            role="worker",
+            argv=[
+                sys.executable,
+                "-I",
+                str(LAUNCHER),
+                str(state),
+                "--",
+                sys.executable,
+                "-c",
+                script,
+            ],
+            env=dict(os.environ),
+            cwd=None,
+            log_name="w.log",
+            state_file=str(state),
+            hold_signals=True,
+        )
+        os.killpg(child.pid, signal.SIGTERM)  # at once: the launcher is still starting
+        assert child.popen is not None
+        assert child.popen.wait(timeout=30) == 143
+        recorded = json.loads(state.read_text())
+        assert recorded["exitCode"] == 143
+        assert recorded["pid"] > 0
+        assert not pid_alive(recorded["pid"])
+    finally:
+        supervisor.stop_all(grace=1.0)
+        store.close()

@@ -10,6 +10,10 @@ real exit code from that file.
 Signals: the supervisor signals the whole process group, so the command receives SIGTERM
 itself; this launcher only keeps waiting (and records the code) instead of dying first.
 The handler is a function, not SIG_IGN, so the command starts with default dispositions.
+The supervisor starts this launcher with those signals blocked: one that comes while it is
+still starting waits until its handlers are in place (instead of killing it and leaving
+the command unwatched), and one that came before the command existed is passed on to the
+command once it runs.
 """
 
 from __future__ import annotations
@@ -36,18 +40,30 @@ def main(argv: list[str]) -> int:
     state = Path(argv[0])
     command = argv[2:]
 
-    def keep_waiting(_signum: int, _frame: FrameType | None) -> None:
-        """The group's signal reached the command as well: wait for how it ends."""
+    #: signals that came before the command ran (it missed them: passed on once it runs)
+    early: list[int] = []
+    started = False
 
-    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+    def keep_waiting(signum: int, _frame: FrameType | None) -> None:
+        """The group's signal reached the command as well: wait for how it ends."""
+        if not started:
+            early.append(signum)
+
+    signals = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+    for sig in signals:
         signal.signal(sig, keep_waiting)
+    # held (blocked) by the supervisor until now: any that came are delivered here
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, signals)
     try:
         child = subprocess.Popen(command)
     except OSError as exc:
         print(f"--- pilothouse: cannot start {command[0]!r}: {exc.strerror or exc}", flush=True)
         _write(state, {"pid": 0, "exitCode": 127})
         return 127
+    started = True
     _write(state, {"pid": child.pid})
+    for signum in dict.fromkeys(early):
+        child.send_signal(signum)
 
     while True:
         try:

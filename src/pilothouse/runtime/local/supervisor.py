@@ -234,6 +234,8 @@ class Child:
 
 #: the exit code of an adopted process that ended with nothing recording how
 UNKNOWN_EXIT = 255
+#: what a stop sends (held for the launcher until it can handle them: ``hold_signals``)
+HELD_SIGNALS = frozenset({signal.SIGTERM, signal.SIGINT, signal.SIGHUP})
 
 
 class Supervisor:
@@ -281,21 +283,33 @@ class Supervisor:
         pass_fds: tuple[int, ...] = (),
         extra: dict[str, Any] | None = None,
         state_file: str | None = None,
+        hold_signals: bool = False,
     ) -> Child:
-        """Start one process; raises OSError (e.g. FileNotFoundError) if it cannot start."""
+        """Start one process; raises OSError (e.g. FileNotFoundError) if it cannot start.
+
+        ``hold_signals``: it starts with SIGTERM, SIGINT and SIGHUP blocked (held pending,
+        not lost), for a program that installs its handlers and then unblocks them (the
+        worker launcher): a stop that comes while it is still starting cannot kill it
+        before it can record how its command ends."""
         log_path = self.log_dir / log_name
         log_path.parent.mkdir(parents=True, exist_ok=True)
-        with log_path.open("ab") as log_file:
-            popen = subprocess.Popen(
-                argv,
-                cwd=cwd,
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=log_file,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-                pass_fds=pass_fds,
-            )
+        # the mask is the calling thread's, inherited by the child across fork and exec
+        held = signal.pthread_sigmask(signal.SIG_BLOCK, HELD_SIGNALS) if hold_signals else None
+        try:
+            with log_path.open("ab") as log_file:
+                popen = subprocess.Popen(
+                    argv,
+                    cwd=cwd,
+                    env=env,
+                    stdin=subprocess.DEVNULL,
+                    stdout=log_file,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                    pass_fds=pass_fds,
+                )
+        finally:
+            if held is not None:
+                signal.pthread_sigmask(signal.SIG_SETMASK, held)
         record = {
             "id": process_id,
             "ownerKind": owner_kind,

@@ -115,6 +115,12 @@ def pod(item: Item) -> dict[str, Any]:
         "phase": "Terminating" if item.doomed else item.phase,
         "message": item.message,
     }
+    ended = item.exit_code() if item.node is not None else None
+    if item.doomed and item.alive():
+        shown["phase"] = "Terminating"
+    elif ended is not None:
+        # ended, not yet replaced or let go: as a pod that ended says
+        shown["phase"] = "Succeeded" if ended == 0 else "Failed"
     if item.replica is not None:
         status = replica_status(item)
         shown |= {

@@ -119,6 +119,7 @@ async def launch_worker(
                 log_name=log_name,
                 extra={"attempt": spec.attempt, "rank": spec.rank},
                 state_file=str(state_file),
+                hold_signals=True,
             )
         except OSError as exc:
             problem = _start_failure(exc, spec.command[0], cwd)

@@ -99,6 +99,7 @@ class LocalWorkload:
         self._deployments: dict[str, _Deployment] = {}
         self._locks: dict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
         self._converging: set[str] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
         #: (job uid, attempt) -> the registered output, or why it could not be
         self._outputs: dict[tuple[str, int], RegisteredModel | str] = {}
         self._registering: dict[tuple[str, int], asyncio.Task[None]] = {}
@@ -126,7 +127,9 @@ class LocalWorkload:
                 self._converging.discard(deployment)
             self.on_change(DEPLOYMENT, deployment)
 
-        asyncio.get_running_loop().create_task(run(), name=f"converge-{deployment}")
+        task = asyncio.get_running_loop().create_task(run(), name=f"converge-{deployment}")
+        self._tasks.add(task)  # held until done (the loop keeps only weak references)
+        task.add_done_callback(self._tasks.discard)
 
     # -- revisions -------------------------------------------------------------------------
 
@@ -466,7 +469,7 @@ class LocalWorkload:
         for state in self._deployments.values():
             if state.timer is not None:
                 state.timer.cancel()
-        for task in list(self._registering.values()):
+        for task in [*self._registering.values(), *self._tasks]:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
