@@ -159,9 +159,10 @@ def test_apply_is_idempotent_and_updates_in_place(platform: Platform, tmp_path) 
     # compare from there on
     before = wait_for(
         "the queue's status",
-        lambda: (q := platform.get_json("queues", "research"))["status"].get("observedGeneration")
-        == 1
-        and q,
+        lambda: (
+            (q := platform.get_json("queues", "research"))["status"].get("observedGeneration") == 1
+            and q
+        ),
         timeout=30,
     )
     second = platform.cli("apply", "-f", str(spec))
