@@ -12,11 +12,11 @@ T0 = 1_700_000_000.0
 T1 = T0 + 3600.0
 
 
-
 def sc(conditions: list[dict[str, Any]], *args: Any) -> list[dict[str, Any]]:
     """set_condition on the status' JSON form (as stored), back to JSON."""
     out = set_condition([Condition.model_validate(c) for c in conditions], *args)
     return [c.model_dump(by_alias=True) for c in out]
+
 
 def test_adds_a_condition_to_an_empty_list() -> None:
     out = sc([], "Ready", True, "AllReady", "2/2 ready", T0)
