@@ -10,6 +10,7 @@ import json
 import os
 import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import boto3
@@ -145,6 +146,36 @@ def test_fetch_verifies_checksums(bucket_registry: ObjectStoreRegistry, artifact
     assert not (reg.cache / "tampered" / str(other.version)).exists(), (
         "nothing unverified is cached"
     )
+
+
+def test_a_fetch_that_loses_the_race_uses_the_winners_copy(
+    bucket_registry: ObjectStoreRegistry, artifact: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two fetchers of one version with no lock between them: the first to download is
+    held just before it moves its copy into place until the second has finished; both
+    get the verified copy, and no half-built folder is left."""
+    reg = bucket_registry
+    version = reg.register("raced", artifact, framework="sklearn")
+    real_replace = os.replace
+    first_waits, second_done = threading.Event(), threading.Event()
+
+    def replace(src: str | Path, dst: str | Path) -> None:
+        if not first_waits.is_set():
+            first_waits.set()
+            assert second_done.wait(timeout=30), "the second fetch did not finish"
+        real_replace(src, dst)
+
+    monkeypatch.setattr("pilothouse.registry.objectstore.os.replace", replace)
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        first = pool.submit(lambda: reg.fetch(version).path)
+        assert first_waits.wait(timeout=30)
+        second = reg.fetch(version).path
+        second_done.set()
+        assert first.result(timeout=30) == second
+    final = reg.cache / "raced" / str(version.version)
+    assert second == final
+    assert (final / "model.joblib").read_bytes() == (artifact / "model.joblib").read_bytes()
+    assert [p.name for p in final.parent.iterdir()] == [str(version.version)]
 
 
 def test_reserved_manifest_name_is_refused(

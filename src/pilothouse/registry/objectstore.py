@@ -227,7 +227,13 @@ class ObjectStoreRegistry(BaseRegistry):
             )
             local = version_from_manifest(version.as_dict(), staging, version.uri)
             verify(local)
-            os.replace(staging, final) if not final.exists() else shutil.rmtree(staging)
+            try:
+                os.replace(staging, final)
+            except OSError:
+                # another fetcher of the same version got there first: its copy is as good
+                # (verified the same way before its rename); ours goes
+                if not (final / MANIFEST).is_file():
+                    raise
         finally:
             if staging.exists():
                 shutil.rmtree(staging, ignore_errors=True)
