@@ -87,6 +87,14 @@ def assert_consistent(current: dict[str, Any]) -> None:
     if phase == "Failed":
         assert is_true(current, "Failed"), conditions
         assert not is_true(current, "Complete"), conditions
+    if phase in ("Succeeded", "Failed"):
+        # and neither do its workers: each ended (or never started)
+        workers = current.get("workers") or []
+        assert all(w.get("phase") in ("Succeeded", "Failed") for w in workers), workers
+    if phase in ("Restarting", "Registering"):
+        # between attempts, or once every worker ended: nothing runs or is placed
+        assert not is_true(current, "Running"), conditions
+        assert "Scheduled" not in conditions, conditions
     if phase == "Running":
         assert is_true(current, "Running"), conditions
         assert not is_true(current, "Failed"), conditions

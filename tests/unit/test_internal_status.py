@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict, replace
+
 import pytest
 
 from pilothouse.controllers.internal import (
@@ -12,8 +14,11 @@ from pilothouse.controllers.internal import (
     read_deployment,
     read_training,
 )
+from pilothouse.controllers.templates import revision_of, template_of
 from pilothouse.policy.autoscaler import AutoscalerState
+from pilothouse.ports.state import ModelRef
 from pilothouse.ports.workload import Probe, ReplicaTemplate, Resources
+from pilothouse.spec.resources import ModelDeploymentSpec
 
 #: a ModelDeployment status as release 0.1 wrote it (bookkeeping in top-level fields)
 RELEASE_0_1 = {
@@ -108,3 +113,58 @@ def test_training_bookkeeping_of_release_0_1() -> None:
     assert internal.policy_phase == "Restarting"
     assert internal.next_start_at == 12.5
     assert read_training({}).policy_phase == "Pending"
+
+
+def test_an_upgrade_keeps_the_revision_of_an_unchanged_spec() -> None:
+    """A deployment written by 0.1 (another revision hash) does not roll on upgrade: the
+    migrated template of its stable revision equals today's, so its id is kept."""
+    spec = ModelDeploymentSpec.model_validate(
+        {"model": "fraud:3", "batching": {"maxBatchSize": 32}, "resources": {"cpu": "500m"}}
+    )
+    model = ModelRef("fraud", 3, "sklearn")
+    today = template_of("fraud", spec, model)
+    assert today.liveness is not None
+    written_by_0_1 = {
+        "deployment": "fraud",
+        "revision": "3-abcdef",
+        "model_name": "fraud",
+        "model_dir": "/home/u/.pilothouse/models/fraud/3",
+        "readiness_path": today.readiness.path,
+        "probe_period": today.readiness.period,
+        "probe_timeout": today.readiness.timeout,
+        "failure_threshold": today.readiness.failure_threshold,
+        "max_batch_size": 32,
+        "max_batch_delay": 0.0,
+        "readiness_command": [],
+        "liveness": {**asdict(today.liveness), "command": []},
+        "requests": asdict(today.resources),
+        "priority": today.priority,
+        "grace": today.grace,
+    }
+    status = {
+        "rolloutState": {"stable": "3-abcdef", "phase": "Healthy"},
+        "history": [
+            {"number": 1, "revision": "3-abcdef", "model": "fraud:3", "replicaSpec": written_by_0_1}
+        ],
+    }
+    known = read_deployment(status).templates
+    assert revision_of(model, today, spec, known) == "3-abcdef"
+    changed = ModelDeploymentSpec.model_validate(
+        {"model": "fraud:3", "batching": {"maxBatchSize": 16}, "resources": {"cpu": "500m"}}
+    )
+    other = template_of("fraud", changed, model)
+    assert revision_of(model, other, changed, known) != "3-abcdef"
+
+
+def test_a_field_left_at_its_default_does_not_change_the_revision() -> None:
+    spec = ModelDeploymentSpec.model_validate({"model": "fraud:3"})
+    model = ModelRef("fraud", 3, "sklearn")
+    template = template_of("fraud", spec, model)
+    assert template.pass_env == ()
+    # the id is made of the fields set: a new field with a default changes nothing
+    assert revision_of(model, template, spec) == revision_of(
+        model, replace(template, pass_env=()), spec
+    )
+    assert revision_of(model, template, spec) != revision_of(
+        model, replace(template, pass_env=("AWS_*",)), spec
+    )

@@ -57,7 +57,9 @@ class DeploymentInternal(_Internal):
     canary_autoscaler: AutoscalerState | None = None
     #: the stable revision's replicas when the rollout began (its floor until it ends)
     stable_floor: int | None = None
-    #: revision -> the template its replicas start from (any revision can run again)
+    #: revision -> the template its replicas start from (any revision can run again).
+    #: The port's ReplicaTemplate is stored as it is: a field renamed or reshaped there is
+    #: a new INTERNAL_VERSION with a migration (a field added with a default is not)
     templates: dict[str, ReplicaTemplate] = Field(default_factory=dict)
 
     @field_validator("analysis", mode="before")

@@ -31,6 +31,8 @@ RETRY_AFTER_ERROR = 5.0
 RESYNC_EVERY = 10.0
 #: reconciles running at once (each holds one key)
 WORKERS = 16
+#: a reconcile slower than this is logged (nothing in one should wait on the world)
+SLOW_PASS = 2.0
 
 Key = tuple[str, str]
 
@@ -46,7 +48,6 @@ class Manager:
         self._slots = asyncio.Semaphore(workers)
         self._wake = asyncio.Event()
         self._stopping = False
-        self.last_pass_seconds: dict[str, float] = {}
 
     def trigger(self, kind: str, name: str) -> None:
         key = (kind, name)
@@ -73,7 +74,9 @@ class Manager:
             self._schedule((kind, name), self.ctx.clock() + RETRY_AFTER_ERROR)
             return
         finally:
-            self.last_pass_seconds[f"{kind}/{name}"] = time.perf_counter() - started
+            took = time.perf_counter() - started
+            if took > SLOW_PASS:
+                log.warning("%s/%s: a reconcile took %.2fs", kind, name, took)
         if result.requeue_after is not None:
             self._schedule((kind, name), self.ctx.clock() + result.requeue_after)
 

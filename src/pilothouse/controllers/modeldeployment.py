@@ -18,7 +18,7 @@ from dataclasses import dataclass, replace
 from pydantic import ValidationError
 
 from pilothouse.controllers.analysis import baseline_server_metrics, run_analysis
-from pilothouse.controllers.base import Context, Result, set_condition, timestamp
+from pilothouse.controllers.base import Context, Result, TerminalError, set_condition, timestamp
 from pilothouse.controllers.deployment_status import (
     conditions_of,
     public_rollout,
@@ -109,9 +109,20 @@ async def reconcile(ctx: Context, name: str) -> Result:
         return Result(requeue_after=0.5)
 
     public, internal = _read(ctx, obj)
-    p = _Pass(
-        ctx, name, obj, ModelDeploymentSpec.model_validate(obj.spec), public, internal, ctx.clock()
-    )
+    try:
+        spec = ModelDeploymentSpec.model_validate(obj.spec)
+    except ValidationError as exc:
+        # a stored spec this release no longer accepts: say so; it runs as it was until
+        # the spec is fixed (a change wakes this again)
+        message = f"the spec is not valid: {exc.error_count()} problem(s), first: " + str(
+            exc.errors()[0].get("msg", "")
+        )
+        public.conditions = set_condition(
+            public.conditions, "Ready", False, "InvalidSpec", message, ctx.clock()
+        )
+        _write(ctx, name, public, internal)
+        raise TerminalError(message) from None
+    p = _Pass(ctx, name, obj, spec, public, internal, ctx.clock())
     public.observed_generation = obj.generation
     try:
         model = await ctx.state.resolve_model(p.spec.model)
@@ -145,7 +156,7 @@ def _model_unavailable(p: _Pass, message: str) -> None:
 def _record_revision(p: _Pass, model: ModelRef) -> tuple[str, History]:
     """The revision the spec asks for: its template kept, its history entry made."""
     template = template_of(p.name, p.spec, model)
-    revision = revision_of(model, template, p.spec)
+    revision = revision_of(model, template, p.spec, p.internal.templates)
     p.internal.templates[revision] = template
     history = History([e.model_dump(mode="json", by_alias=True) for e in p.public.history])
     history.record(

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict
+from dataclasses import MISSING, fields, is_dataclass
 from typing import Any
 
 from pilothouse.ports.state import ModelRef
@@ -47,11 +47,38 @@ def template_of(name: str, spec: ModelDeploymentSpec, model: ModelRef) -> Replic
     )
 
 
-def revision_of(model: ModelRef, template: ReplicaTemplate, spec: ModelDeploymentSpec) -> str:
-    fields: dict[str, Any] = asdict(template)
-    fields["extra"] = {
+def revision_of(
+    model: ModelRef,
+    template: ReplicaTemplate,
+    spec: ModelDeploymentSpec,
+    known: dict[str, ReplicaTemplate] | None = None,
+) -> str:
+    """The revision of ``template``: a revision already ``known`` with the same template
+    keeps its id (ids made by an older release, or before a field was added, stay the
+    same: no rollout on upgrade); otherwise a new id from the fields that differ from
+    their defaults (adding a field with a default changes no id)."""
+    for revision, other in (known or {}).items():
+        if other == template and revision.split("-", 1)[0] == str(model.version):
+            return revision
+    shown: dict[str, Any] = _set_fields(template)
+    shown["extra"] = {
         "runtime": spec.runtime,
         "resources": spec.resources.model_dump(mode="json", by_alias=True),
     }
-    digest = hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:6]
+    digest = hashlib.sha256(json.dumps(shown, sort_keys=True).encode()).hexdigest()[:6]
     return f"{model.version}-{digest}"
+
+
+def _set_fields(value: Any) -> Any:
+    """A dataclass as a dict of the fields that differ from their defaults (recursively)."""
+    if not is_dataclass(value) or isinstance(value, type):
+        return list(value) if isinstance(value, tuple) else value
+    out: dict[str, Any] = {}
+    for f in fields(value):
+        current = getattr(value, f.name)
+        if f.default is not MISSING and current == f.default:
+            continue
+        if f.default_factory is not MISSING and current == f.default_factory():
+            continue
+        out[f.name] = _set_fields(current)
+    return out

@@ -14,6 +14,7 @@ from pydantic import ValidationError
 from pilothouse.controllers.base import (
     Context,
     Result,
+    TerminalError,
     drop_condition,
     set_condition,
     timestamp,
@@ -45,6 +46,7 @@ from pilothouse.spec.status import Condition, OutputModel, TrainingJobStatus, Wo
 
 KIND = "TrainingJob"
 FINAL = (Phase.SUCCEEDED, Phase.FAILED)
+_ENDED = (MemberPhase.SUCCEEDED, MemberPhase.FAILED)
 
 
 def _observe(gang: GangState | None, size: int) -> GangObservation | None:
@@ -130,8 +132,13 @@ async def reconcile(ctx: Context, name: str) -> Result:
         return Result(requeue_after=0.5)
 
     now = ctx.clock()
-    spec = TrainingJobSpec.model_validate(obj.spec)
     public, internal = _read(ctx, obj)
+    try:
+        spec = TrainingJobSpec.model_validate(obj.spec)
+    except ValidationError as exc:
+        _invalid_spec(ctx, obj, public, internal, exc, now)
+        raise TerminalError(f"the spec no longer validates: {exc}") from None
+    public.conditions = drop_condition(public.conditions, "Valid")
     state = TrainingState(
         phase=Phase(internal.policy_phase),
         attempt=public.attempt,
@@ -142,6 +149,11 @@ async def reconcile(ctx: Context, name: str) -> Result:
     )
     gang = await ctx.workload.gang(name)
     current = gang if gang is not None and gang.attempt == state.attempt else None
+    if state.phase == Phase.RESTARTING:
+        # the failed attempt was let go already: what a backend still shows of it (pods
+        # terminating) must not be counted as failing again
+        current = None
+    observed = current
     backoff = BackoffParams(
         initial=spec.restart_policy.backoff.initial,
         maximum=spec.restart_policy.backoff.max,
@@ -186,6 +198,8 @@ async def reconcile(ctx: Context, name: str) -> Result:
         current = gang if gang is not None and gang.attempt == new.attempt else None
     if current is not None and new.attempt != current.attempt:
         current = None
+    if current is None and new.phase in FINAL and observed is not None:
+        current = observed  # let go of just now: the last observation is the final word
     _worker_status(ctx, name, spec, new, current, public, internal)
     public.phase = new.phase.value
     if new.phase == Phase.RUNNING and (current is None or not current.admitted):
@@ -206,6 +220,27 @@ async def reconcile(ctx: Context, name: str) -> Result:
     if new.phase in FINAL and state.phase != new.phase:
         await ctx.workload.delete_gang(name)  # they ended: let go of their records
     return Result(requeue_after=requeue)
+
+
+def _invalid_spec(
+    ctx: Context,
+    obj: Resource,
+    public: TrainingJobStatus,
+    internal: TrainingInternal,
+    error: ValidationError,
+    now: float,
+) -> None:
+    """A stored spec this release no longer accepts: say so in the status (the job is left
+    as it is until the spec is fixed)."""
+    message = f"the spec is not valid: {error.error_count()} problem(s), first: " + str(
+        error.errors()[0].get("msg", "")
+    )
+    public.conditions = set_condition(
+        public.conditions, "Valid", False, "InvalidSpec", message, now
+    )
+    status = public.model_dump(mode="json", by_alias=True, exclude_none=True)
+    status["internal"] = dump(internal)
+    ctx.state.set_status(KIND, obj.name, status)
 
 
 def _registered(
@@ -287,14 +322,18 @@ def _worker_status(
         if new.phase not in FINAL:
             public.workers = []
         return  # an ended job keeps the last word on its workers
+    ended = new.phase in FINAL
     public.workers = [
         WorkerView(
             rank=m.rank,
             attempt=gang.attempt,
-            phase=m.phase,
+            # the job ended: a worker still running was stopped with its gang
+            phase=m.phase if not ended or m.phase in _ENDED else MemberPhase.FAILED,
             node=m.node,
             exit_code=m.exit_code,
-            message=m.message,
+            message=m.message
+            if not ended or m.phase in _ENDED
+            else f"stopped: attempt {gang.attempt} ended",
         )
         for m in gang.members
     ]
@@ -324,9 +363,13 @@ def _conditions(
     contradicts the phase (an ended job says neither that it runs nor that it waits)."""
     out = conditions
     waits = new.phase == Phase.RUNNING and (gang is None or not gang.admitted)
+    if new.phase != Phase.RUNNING:
+        out = drop_condition(out, "Scheduled")  # nothing is placed, or waits to be
     if new.phase in FINAL:
-        out = drop_condition(out, "Scheduled")
         out = set_condition(out, "Running", False, new.phase.value, new.message, now)
+    elif new.phase == Phase.REGISTERING:
+        # every worker ended; the output is being registered
+        out = set_condition(out, "Running", False, "Registering", new.message, now)
     else:
         if new.phase == Phase.RUNNING and gang is not None:
             out = set_condition(

@@ -218,7 +218,9 @@ class Workload(Protocol):
         ...
 
     async def gang(self, job: str) -> GangState | None:
-        """The job's current attempt, or None when none exists."""
+        """The job's current attempt, or None when none exists. An attempt let go
+        (``delete_gang``) is not reported any more, even while its workers still stop:
+        the controller must not see a failure it already acted on a second time."""
         ...
 
     async def delete_gang(self, job: str) -> bool:

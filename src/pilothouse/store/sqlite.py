@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -277,12 +278,28 @@ class Store:
             self._db.execute("PRAGMA busy_timeout=5000")
             # Refuse a newer file before anything (journal mode included) is written to it.
             self._check_not_newer(self.schema_version(), len(migrations))
-            self._db.execute("PRAGMA journal_mode=WAL")
+            self._wal()
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._migrate(migrations)
         except BaseException:
             self._db.close()
             raise
+
+    def _wal(self, within: float = 5.0) -> None:
+        """Switch to WAL. Two processes doing that to a new file at once: SQLite answers
+        one "database is locked" at once, without waiting (the busy timeout does not apply
+        to this switch), so it is retried here for up to ``within`` seconds."""
+        deadline = time.monotonic() + within
+        pause = 0.005
+        while True:
+            try:
+                self._db.execute("PRAGMA journal_mode=WAL")
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() >= deadline:
+                    raise
+            time.sleep(pause)
+            pause = min(pause * 2, 0.1)
 
     def _check_not_newer(self, version: int, supported: int) -> None:
         if version > supported:

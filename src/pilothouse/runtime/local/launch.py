@@ -54,13 +54,15 @@ def main(argv: list[str]) -> int:
         signal.signal(sig, keep_waiting)
     # held (blocked) by the supervisor until now: any that came are delivered here
     signal.pthread_sigmask(signal.SIG_UNBLOCK, signals)
+    # from here on a group signal reaches the command itself (once it exists): passing it
+    # on as well would signal it twice (torchrun, for one, aborts on a second SIGTERM)
+    started = True
     try:
         child = subprocess.Popen(command)
     except OSError as exc:
         print(f"--- pilothouse: cannot start {command[0]!r}: {exc.strerror or exc}", flush=True)
         _write(state, {"pid": 0, "exitCode": 127})
         return 127
-    started = True
     _write(state, {"pid": child.pid})
     for signum in dict.fromkeys(early):
         child.send_signal(signum)

@@ -100,9 +100,9 @@ class LocalWorkload:
         self._locks: dict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
         self._converging: set[str] = set()
         self._tasks: set[asyncio.Task[None]] = set()
-        #: (job uid, attempt) -> the registered output, or why it could not be
-        self._outputs: dict[tuple[str, int], RegisteredModel | str] = {}
-        self._registering: dict[tuple[str, int], asyncio.Task[None]] = {}
+        #: (job, job uid, attempt) -> the registered output, or why it could not be
+        self._outputs: dict[tuple[str, str, int], RegisteredModel | str] = {}
+        self._registering: dict[tuple[str, str, int], asyncio.Task[None]] = {}
         #: wakes the owner's controller (set by the daemon)
         self.on_change: Callable[[str, str], None] = lambda kind, name: None
 
@@ -123,9 +123,12 @@ class LocalWorkload:
         async def run() -> None:
             try:
                 await self._converge(deployment)
+            except Exception:
+                # the controller is woken all the same: its next apply converges again
+                log.exception("%s: converging its replicas failed", deployment)
             finally:
                 self._converging.discard(deployment)
-            self.on_change(DEPLOYMENT, deployment)
+                self.on_change(DEPLOYMENT, deployment)
 
         task = asyncio.get_running_loop().create_task(run(), name=f"converge-{deployment}")
         self._tasks.add(task)  # held until done (the loop keeps only weak references)
@@ -270,12 +273,16 @@ class LocalWorkload:
         return out
 
     async def delete_deployment(self, deployment: str) -> bool:
-        state = self._deployments.pop(deployment, None)
-        if state is not None and state.timer is not None:
-            state.timer.cancel()
-        for replica in await self.runtime.list_replicas(deployment):
-            await self.runtime.stop_replica(replica.id)
-        self.runtime.set_backends(deployment, [])
+        # after any converge in progress (it could otherwise start a replica of a deployment
+        # that is gone); a converge that waits for the lock finds no state and does nothing
+        async with self._locks[deployment]:
+            state = self._deployments.pop(deployment, None)
+            if state is not None and state.timer is not None:
+                state.timer.cancel()
+            for replica in await self.runtime.list_replicas(deployment):
+                await self.runtime.stop_replica(replica.id)
+            self.runtime.set_backends(deployment, [])
+        self._locks.pop(deployment, None)
         return self.runtime.running_count(DEPLOYMENT, deployment) == 0
 
     # -- gangs -----------------------------------------------------------------------------
@@ -390,7 +397,7 @@ class LocalWorkload:
 
     def _output(self, spec: WorkerSpec) -> RegisteredModel | str | None:
         """The attempt's registered output; registration starts on the first ask."""
-        key = (spec.uid, spec.attempt)
+        key = (spec.job, spec.uid, spec.attempt)
         if key in self._outputs:
             return self._outputs[key]
         if key not in self._registering:
@@ -400,7 +407,7 @@ class LocalWorkload:
         return None
 
     async def _register(self, spec: WorkerSpec) -> None:
-        key = (spec.uid, spec.attempt)
+        key = (spec.job, spec.uid, spec.attempt)
         try:
             result: RegisteredModel | str = await asyncio.to_thread(self._register_output, spec)
         except Exception as exc:  # reported in the gang's state, never lost
@@ -444,6 +451,9 @@ class LocalWorkload:
 
     async def delete_gang(self, job: str) -> bool:
         await self.runtime.stop_workers(job)
+        # the controller has recorded the output of an attempt it lets go (or never will)
+        for key in [k for k in self._outputs if k[0] == job]:
+            del self._outputs[key]
         return self.runtime.running_count(JOB, job) == 0
 
     async def queue_usage(self) -> dict[str, QueueUsage]:
