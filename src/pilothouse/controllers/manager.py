@@ -5,7 +5,8 @@ wake a key at once; every reconcile returns when to look again; a periodic resyn
 revisits everything (level-based safety net). Reconciles of different objects run
 concurrently, one at a time per object (a key woken while it runs is run again right
 after), so one slow object never holds up the others. One failing reconcile is logged,
-recorded as an event and retried later; it never stops the loop. Every pass is timed.
+recorded as an event and retried later; it never stops the loop. Every pass is timed;
+a slow one (nothing in a reconcile should wait on the world) is logged.
 """
 
 from __future__ import annotations
