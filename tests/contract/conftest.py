@@ -2,8 +2,8 @@
 
 Every test runs in each world of ``WORLDS``: the in-memory ports (with and without change
 notifications) and the embedded backend with real processes (``embedded``, marked
-``integration``; the tests in ``EMBEDDED_SKIP`` are skipped there, with their reason), so
-each backend must make the controllers behave the same.
+``integration``; every test runs there too), so each backend must make the controllers
+behave the same.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.contract.embedded_world import EMBEDDED_SKIP, EmbeddedWorld
+from tests.contract.embedded_world import EmbeddedWorld
 from tests.contract.harness import World
 from tests.contract.memory_world import MemoryWorld
 
@@ -41,16 +41,6 @@ WORLDS: dict[str, Callable[[Path], Awaitable[World]]] = {
 }
 #: worlds with real processes
 INTEGRATION = {"embedded"}
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    for item in items:
-        callspec = getattr(item, "callspec", None)
-        if callspec is None or callspec.params.get("world") != "embedded":
-            continue
-        reason = EMBEDDED_SKIP.get(getattr(item, "originalname", item.name))
-        if reason is not None:
-            item.add_marker(pytest.mark.skip(reason=f"embedded world: {reason}"))
 
 
 @pytest.fixture

@@ -93,9 +93,6 @@ HOLD_SECONDS = 15.0
 SLACK = 3.0
 SLACK_SECONDS = 10.0
 
-#: tests that do not run in the embedded world, and why (reported as skipped)
-EMBEDDED_SKIP: dict[str, str] = {}
-
 TRAIN_PY = '''"""A training worker of the embedded contract world (tests/contract/embedded_world.py).
 
 It waits until the file ``control/JOB-aATTEMPT-rRANK`` appears beside it and exits with

@@ -25,6 +25,7 @@ from typing import Any, Protocol
 
 import yaml
 
+from pilothouse.policy.rollout import request_values
 from pilothouse.ports.workload import GangState, RevisionState
 
 Condition = Callable[[], bool | Awaitable[bool]]
@@ -155,17 +156,11 @@ async def holds(condition: Condition) -> bool:
 def rollout_requests(
     action: str, rollout: dict[str, Any], nonce: str, *, full: bool = False
 ) -> dict[str, str]:
-    """The requests the control API records for a rollout action (``api.rollouts``)."""
-    canary = rollout.get("canaryRevision")
-    if action in ("promote", "abort", "pause", "resume") and not canary:
-        raise ValueError(f"no rollout in progress to {action}")
-    if action == "promote":
-        step = "full" if full else "next"
-        return {"promote": f"{canary}|{step}|{nonce}", "pause": "false", "resume": nonce}
-    if action == "abort":
-        return {"abort": f"{canary}|{nonce}"}
-    if action == "pause":
-        return {"pause": str(canary)}
-    if action == "resume":
-        return {"pause": "false", "resume": nonce}
-    raise ValueError(f"unknown rollout action {action!r}")
+    """The requests the control API records for a rollout action (the same encoding)."""
+    return request_values(
+        action,
+        rollout.get("canaryRevision"),
+        rollout.get("abortedRevision"),
+        nonce,
+        full=full,
+    )

@@ -21,11 +21,13 @@ from pilothouse.policy.replicas import ObservedReplica, ReplicaPolicyState, plan
 from pilothouse.policy.rollout import (
     Gate,
     GateVerdict,
+    NothingToAct,
     Requests,
     RevisionCounts,
     RolloutDecision,
     RolloutState,
     plan_rollout,
+    request_values,
 )
 from pilothouse.spec.resources import (
     Analysis,
@@ -1172,3 +1174,16 @@ def test_a_pause_belongs_to_the_rollout_it_was_asked_for() -> None:
     assert all(d.state.phase == "Progressing" for d in sim.run(5))
     sim.requests = Requests(pause=R3)
     assert sim.tick().state.phase == "Paused"
+
+
+def test_a_users_request_reads_back_as_it_was_meant() -> None:
+    promoted = Requests.from_store(request_values("promote", "2-b", None, "n1", full=True))
+    assert promoted.promote == "2-b|full|n1"
+    assert promoted.pause is False
+    assert promoted.resume == "n1"
+    assert Requests.from_store(request_values("pause", "2-b", None, "n2")).pause == "2-b"
+    assert Requests.from_store(request_values("retry", None, "2-b", "n3")).retry == "2-b|n3"
+    with pytest.raises(NothingToAct, match="no rollout in progress to abort"):
+        request_values("abort", None, None, "n4")
+    with pytest.raises(NothingToAct, match="retry"):
+        request_values("retry", "2-b", None, "n5")

@@ -22,12 +22,11 @@ from pilothouse.api.auth import request_user
 from pilothouse.api.errors import ApiError
 from pilothouse.api.limits import read_json
 from pilothouse.api.objects import kind_for
+from pilothouse.policy.rollout import ON_CANARY, NothingToAct, request_values
 from pilothouse.spec.resources import API_VERSION, TEMPLATE_FIELDS, ModelDeployment
 from pilothouse.store.sqlite import Store
 
 ROLLOUT_ACTIONS = ("promote", "abort", "pause", "resume", "retry", "undo")
-#: the actions that need a canary in progress
-_ON_CANARY = ("promote", "abort", "pause", "resume")
 
 
 @dataclass(frozen=True)
@@ -99,33 +98,24 @@ def _requests_for(
     action: str, name: str, body: dict[str, Any], rollout: dict[str, Any]
 ) -> dict[str, str]:
     """The requests recorded for the controller for ``action`` (any but undo)."""
-    canary = rollout.get("canaryRevision")
-    nonce = str(time.time_ns())
-    if action in _ON_CANARY and not canary:
-        raise ApiError(
-            409, "Conflict", f"modeldeployment '{name}' has no rollout in progress to {action}"
+    full = body.get("full", False) if action == "promote" else False
+    if not isinstance(full, bool):
+        raise ApiError(400, "BadRequest", f"full: expected true or false, got {full!r}")
+    try:
+        return request_values(
+            action,
+            rollout.get("canaryRevision"),
+            rollout.get("abortedRevision"),
+            str(time.time_ns()),
+            full=full,
         )
-    if action == "promote":
-        full = body.get("full", False)
-        if not isinstance(full, bool):
-            raise ApiError(400, "BadRequest", f"full: expected true or false, got {full!r}")
-        step = "full" if full else "next"
-        # promoting also ends a pause (as `kubectl argo rollouts promote` does)
-        return {"promote": f"{canary}|{step}|{nonce}", "pause": "false", "resume": nonce}
-    if action == "abort":
-        return {"abort": f"{canary}|{nonce}"}
-    if action == "pause":
-        return {"pause": str(canary)}
-    if action == "resume":
-        return {"pause": "false", "resume": nonce}
-    aborted = rollout.get("abortedRevision")  # retry
-    if not aborted:
-        raise ApiError(
-            409,
-            "Conflict",
-            f"modeldeployment '{name}' has no aborted or rolled back rollout to retry",
+    except NothingToAct:
+        what = (
+            f"no rollout in progress to {action}"
+            if action in ON_CANARY
+            else "no aborted or rolled back rollout to retry"
         )
-    return {"retry": f"{aborted}|{nonce}"}
+        raise ApiError(409, "Conflict", f"modeldeployment '{name}' has {what}") from None
 
 
 def _undo_target(

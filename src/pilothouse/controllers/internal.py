@@ -12,7 +12,7 @@ afresh (the controller records a warning event), never a reconcile loop failing 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import (
     BaseModel,
@@ -191,3 +191,39 @@ def read_training(status: dict[str, Any]) -> TrainingInternal:
 
 def dump(internal: BaseModel) -> dict[str, Any]:
     return internal.model_dump(mode="json", by_alias=True)
+
+
+Public = TypeVar("Public", bound=BaseModel)
+Private = TypeVar("Private", DeploymentInternal, TrainingInternal)
+_READERS: dict[type[BaseModel], Callable[[dict[str, Any]], BaseModel]] = {
+    DeploymentInternal: read_deployment,
+    TrainingInternal: read_training,
+}
+
+
+def read_status(
+    status: dict[str, Any],
+    public_model: type[Public],
+    internal_model: type[Private],
+    report: Callable[[str], None],
+) -> tuple[Public, Private]:
+    """An object's status as last written: its public part and the controller's
+    bookkeeping; a part that cannot be read is reported and started afresh."""
+    try:
+        public = public_model.model_validate(status)
+    except ValidationError as exc:
+        report(f"status reset: {exc}")
+        public = public_model()
+    try:
+        internal = internal_model.model_validate(_READERS[internal_model](status))
+    except InternalUnreadable as exc:
+        report(f"bookkeeping reset: {exc}")
+        internal = internal_model()
+    return public, internal
+
+
+def status_of(public: BaseModel, internal: BaseModel) -> dict[str, Any]:
+    """What the controller writes: the public fields and its versioned bookkeeping."""
+    status = public.model_dump(mode="json", by_alias=True, exclude_none=True)
+    status["internal"] = dump(internal)
+    return status

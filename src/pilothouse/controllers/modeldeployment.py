@@ -28,9 +28,8 @@ from pilothouse.controllers.history import History
 from pilothouse.controllers.internal import (
     AnalysisRun,
     DeploymentInternal,
-    InternalUnreadable,
-    dump,
-    read_deployment,
+    read_status,
+    status_of,
 )
 from pilothouse.controllers.scaling import Scaled, desired_replicas
 from pilothouse.controllers.templates import revision_of, template_of
@@ -59,27 +58,10 @@ async def _teardown(ctx: Context, name: str) -> bool:
     return gone
 
 
-def _read(ctx: Context, obj: Resource) -> tuple[ModelDeploymentStatus, DeploymentInternal]:
-    """The status as last written; what cannot be read is reported and started afresh."""
-    try:
-        public = ModelDeploymentStatus.model_validate(obj.status)
-    except ValidationError as exc:
-        ctx.event(KIND, obj.name, "Warning", "StatusUnreadable", f"status reset: {exc}")
-        public = ModelDeploymentStatus()
-    try:
-        internal = read_deployment(obj.status)
-    except InternalUnreadable as exc:
-        ctx.event(KIND, obj.name, "Warning", "StatusUnreadable", f"bookkeeping reset: {exc}")
-        internal = DeploymentInternal()
-    return public, internal
-
-
 def _write(
     ctx: Context, name: str, public: ModelDeploymentStatus, internal: DeploymentInternal
 ) -> None:
-    status = public.model_dump(mode="json", by_alias=True, exclude_none=True)
-    status["internal"] = dump(internal)
-    ctx.state.set_status(KIND, name, status)
+    ctx.state.set_status(KIND, name, status_of(public, internal))
 
 
 @dataclass
@@ -108,7 +90,12 @@ async def reconcile(ctx: Context, name: str) -> Result:
             return Result()
         return Result(requeue_after=0.5)
 
-    public, internal = _read(ctx, obj)
+    public, internal = read_status(
+        obj.status,
+        ModelDeploymentStatus,
+        DeploymentInternal,
+        lambda why: ctx.event(KIND, name, "Warning", "StatusUnreadable", why),
+    )
     try:
         spec = ModelDeploymentSpec.model_validate(obj.spec)
     except ValidationError as exc:

@@ -9,6 +9,8 @@ backend's; the controller records what it reports.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from pydantic import ValidationError
 
 from pilothouse.controllers.base import (
@@ -19,12 +21,7 @@ from pilothouse.controllers.base import (
     set_condition,
     timestamp,
 )
-from pilothouse.controllers.internal import (
-    InternalUnreadable,
-    TrainingInternal,
-    dump,
-    read_training,
-)
+from pilothouse.controllers.internal import TrainingInternal, read_status, status_of
 from pilothouse.policy.backoff import BackoffParams
 from pilothouse.policy.training import (
     Action,
@@ -106,20 +103,6 @@ def _template(obj: Resource, spec: TrainingJobSpec, attempt: int) -> GangTemplat
     )
 
 
-def _read(ctx: Context, obj: Resource) -> tuple[TrainingJobStatus, TrainingInternal]:
-    try:
-        public = TrainingJobStatus.model_validate(obj.status)
-    except ValidationError as exc:
-        ctx.event(KIND, obj.name, "Warning", "StatusUnreadable", f"status reset: {exc}")
-        public = TrainingJobStatus()
-    try:
-        internal = read_training(obj.status)
-    except InternalUnreadable as exc:
-        ctx.event(KIND, obj.name, "Warning", "StatusUnreadable", f"bookkeeping reset: {exc}")
-        internal = TrainingInternal()
-    return public, internal
-
-
 async def reconcile(ctx: Context, name: str) -> Result:
     obj = ctx.state.get(KIND, name)
     if obj is None:
@@ -132,7 +115,12 @@ async def reconcile(ctx: Context, name: str) -> Result:
         return Result(requeue_after=0.5)
 
     now = ctx.clock()
-    public, internal = _read(ctx, obj)
+    public, internal = read_status(
+        obj.status,
+        TrainingJobStatus,
+        TrainingInternal,
+        lambda why: ctx.event(KIND, name, "Warning", "StatusUnreadable", why),
+    )
     try:
         spec = TrainingJobSpec.model_validate(obj.spec)
     except ValidationError as exc:
@@ -214,9 +202,7 @@ async def reconcile(ctx: Context, name: str) -> Result:
     internal.policy_phase = new.phase.value
     internal.next_start_at = new.next_start_at
     public.conditions = _conditions(public.conditions, new, current, public.message, now)
-    status = public.model_dump(mode="json", by_alias=True, exclude_none=True)
-    status["internal"] = dump(internal)
-    ctx.state.set_status(KIND, name, status)
+    ctx.state.set_status(KIND, name, status_of(public, internal))
     if new.phase in FINAL and state.phase != new.phase:
         await ctx.workload.delete_gang(name)  # they ended: let go of their records
     return Result(requeue_after=requeue)
@@ -238,9 +224,7 @@ def _invalid_spec(
     public.conditions = set_condition(
         public.conditions, "Valid", False, "InvalidSpec", message, now
     )
-    status = public.model_dump(mode="json", by_alias=True, exclude_none=True)
-    status["internal"] = dump(internal)
-    ctx.state.set_status(KIND, obj.name, status)
+    ctx.state.set_status(KIND, obj.name, status_of(public, internal))
 
 
 def _registered(
@@ -254,16 +238,13 @@ def _registered(
 ) -> tuple[TrainingState, float | None]:
     """Every worker succeeded: the attempt registers its own output (the workload backend
     reports it); record the result, or wait for it."""
-    done = TrainingState(
-        phase=Phase.SUCCEEDED,
-        attempt=state.attempt,
-        restarts=state.restarts,
-        message="completed",
-        disruptions=state.disruptions,
-    )
-    if spec.output is None:
+
+    def ended(phase: Phase, message: str) -> tuple[TrainingState, float | None]:
         public.completion_time = timestamp(now)
-        return done, None
+        return replace(state, phase=phase, next_start_at=0.0, message=message), None
+
+    if spec.output is None:
+        return ended(Phase.SUCCEEDED, "completed")
     if gang is not None and gang.output is not None:
         out = gang.output
         first = public.output_model is None
@@ -279,33 +260,14 @@ def _registered(
             message += f" ({shown})"
         if first:
             ctx.event(KIND, name, "Normal", "ModelRegistered", message)
-        public.completion_time = timestamp(now)
-        return TrainingState(
-            phase=Phase.SUCCEEDED,
-            attempt=state.attempt,
-            restarts=state.restarts,
-            message=message,
-            disruptions=state.disruptions,
-        ), None
+        return ended(Phase.SUCCEEDED, message)
     if gang is None or gang.output_error:
         why = gang.output_error if gang is not None else "the attempt's workers are gone"
         message = f"could not register the output as model '{spec.output.model}': {why}"
         ctx.event(KIND, name, "Warning", "RegistrationFailed", message)
-        public.completion_time = timestamp(now)
-        return TrainingState(
-            phase=Phase.FAILED,
-            attempt=state.attempt,
-            restarts=state.restarts,
-            message=message,
-            disruptions=state.disruptions,
-        ), None
-    return TrainingState(
-        phase=Phase.REGISTERING,
-        attempt=state.attempt,
-        restarts=state.restarts,
-        message=f"registering the output as model '{spec.output.model}'",
-        disruptions=state.disruptions,
-    ), 0.5
+        return ended(Phase.FAILED, message)
+    waiting = f"registering the output as model '{spec.output.model}'"
+    return replace(state, phase=Phase.REGISTERING, next_start_at=0.0, message=waiting), 0.5
 
 
 def _worker_status(

@@ -70,6 +70,44 @@ class Requests:
         )
 
 
+class NothingToAct(ValueError):
+    """The action needs a rollout in progress (or an aborted one, to retry), and there is none."""
+
+
+#: actions on the rollout in progress (they need a canary)
+ON_CANARY = ("promote", "abort", "pause", "resume")
+
+
+def request_values(
+    action: str,
+    canary: str | None,
+    aborted: str | None,
+    nonce: str,
+    *,
+    full: bool = False,
+) -> dict[str, str]:
+    """What a user's ``action`` records for the controller (read back by
+    ``Requests.from_store``); ``nonce`` makes each request new. NothingToAct when there is
+    no rollout for it."""
+    if action in ON_CANARY and not canary:
+        raise NothingToAct(f"no rollout in progress to {action}")
+    if action == "promote":
+        step = "full" if full else "next"
+        # promoting also ends a pause (as `kubectl argo rollouts promote` does)
+        return {"promote": f"{canary}|{step}|{nonce}", "pause": "false", "resume": nonce}
+    if action == "abort":
+        return {"abort": f"{canary}|{nonce}"}
+    if action == "pause":
+        return {"pause": str(canary)}
+    if action == "resume":
+        return {"pause": "false", "resume": nonce}
+    if action != "retry":
+        raise ValueError(f"unknown rollout action {action!r}")
+    if not aborted:
+        raise NothingToAct("no aborted or rolled back rollout to retry")
+    return {"retry": f"{aborted}|{nonce}"}
+
+
 def _pause(value: str) -> bool | str:
     if value in ("", "false"):
         return False

@@ -15,16 +15,20 @@ from typing import Protocol
 class Traffic:
     """How a deployment's endpoint spreads and limits traffic."""
 
-    #: revision -> share of live traffic (percent); one revision: all of it
+    #: revision -> share (any positive numbers); empty: every ready replica equally
     weights: dict[str, float] = field(default_factory=dict)
+    #: copy this share (0..100 %) of requests to ``mirror_revision``; responses are recorded
     mirror_revision: str | None = None
     mirror_percent: float = 0.0
+    #: requests one replica may have in flight (0: unlimited)
     max_concurrency: int = 0
+    #: requests that may wait for a replica; more are shed with 503
     queue_limit: int = 256
+    #: how long a request may wait (for capacity, or for a replica to become ready)
     queue_timeout: float = 10.0
-    #: hold requests while no replica is ready (scale from zero) instead of answering 503
+    #: scaled to zero: hold requests and ask for a replica instead of answering 503
     hold_when_empty: bool = False
-    #: at most this share of one revision's replicas ejected as outliers at once
+    #: at most this share of one revision's replicas may be ejected at once (never the last)
     max_ejection_percent: float = 50.0
 
 

@@ -41,9 +41,10 @@ import ssl
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Coroutine
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
+from pilothouse.ports.dataplane import Traffic
 from pilothouse.router.http1 import (
     MAX_HEAD_BYTES,
     BodyBudget,
@@ -108,25 +109,9 @@ class RouterLimits:
     max_body: int = 16 * 2**20
 
 
-@dataclass(frozen=True)
-class TrafficPolicy:
-    """How a deployment's endpoint spreads and limits traffic."""
-
-    #: revision -> share (any positive numbers); empty: every ready replica equally
-    weights: dict[str, float] = field(default_factory=dict)
-    #: copy this share (0..100 %) of requests to ``mirror_revision``; responses are recorded
-    mirror_revision: str | None = None
-    mirror_percent: float = 0.0
-    #: requests one replica may have in flight (0: unlimited)
-    max_concurrency: int = 0
-    #: requests that may wait for a replica; more are shed with 503
-    queue_limit: int = 256
-    #: how long a request may wait (for capacity, or for a replica to become ready)
-    queue_timeout: float = 10.0
-    #: scaled to zero: ask for a replica (``on_activate``) when a request arrives
-    hold_when_empty: bool = False
-    #: at most this share of one revision's replicas may be ejected at once (never the last)
-    max_ejection_percent: float = 50.0
+#: how a deployment's endpoint spreads and limits traffic: the data-plane port's own value,
+#: taken as it is (the embedded router is that port's implementation)
+TrafficPolicy = Traffic
 
 
 @dataclass(frozen=True)

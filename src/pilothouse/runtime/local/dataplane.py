@@ -11,7 +11,6 @@ from __future__ import annotations
 from urllib.parse import urlsplit
 
 from pilothouse.ports.dataplane import DeploymentLoad, Responses, Traffic
-from pilothouse.router.proxy import TrafficPolicy
 from pilothouse.runtime.local.runtime import LocalRuntime
 from pilothouse.store.sqlite import NotFound, Store
 
@@ -39,20 +38,7 @@ class LocalDataPlane:
 
     async def set_traffic(self, deployment: str, traffic: Traffic) -> str:
         port = 0 if self.runtime.router.route(deployment) else self._previous_port(deployment)
-        return await self.runtime.set_policy(
-            deployment,
-            TrafficPolicy(
-                weights=dict(traffic.weights),
-                mirror_revision=traffic.mirror_revision,
-                mirror_percent=traffic.mirror_percent,
-                max_concurrency=traffic.max_concurrency,
-                queue_limit=traffic.queue_limit,
-                queue_timeout=traffic.queue_timeout,
-                hold_when_empty=traffic.hold_when_empty,
-                max_ejection_percent=traffic.max_ejection_percent,
-            ),
-            port,
-        )
+        return await self.runtime.set_policy(deployment, traffic, port)
 
     async def remove(self, deployment: str) -> None:
         await self.runtime.router.remove(deployment)

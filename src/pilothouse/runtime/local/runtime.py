@@ -173,10 +173,7 @@ class LocalRuntime:
         for item in list(self._items.values()):
             if item.released and not item.alive():
                 # let go of before the previous daemon died, and ended meanwhile
-                await asyncio.to_thread(self.supervisor.stop, item.id, 0.0)
-                self._forget(item.id)
-                if item.state_file:
-                    await asyncio.to_thread(Path(item.state_file).unlink, missing_ok=True)
+                await self._let_go(item)
                 continue
             if not item.alive() or item.child is None:
                 continue
@@ -340,13 +337,7 @@ class LocalRuntime:
                 self.supervisor.kill(item.id)
                 await gone(item.child, 3600.0)
         if item.released and self._items.get(item.id) is item:
-            unwatch_exit(item)
-            await asyncio.to_thread(self.supervisor.stop, item.id, 0.0)
-            self._items.pop(item.id, None)
-            self._cpu.forget(item.id)
-            self.store.delete_placement(item.id)
-            if item.state_file:
-                await asyncio.to_thread(Path(item.state_file).unlink, missing_ok=True)
+            await self._let_go(item)
         self.on_pending()  # its room is free
 
     # -- nodes -----------------------------------------------------------------------------
@@ -488,7 +479,7 @@ class LocalRuntime:
             )
 
     async def _let_go(self, item: Item) -> None:
-        """Forget an item whose process is gone."""
+        """Forget an item whose process is gone: its record, its room, its state file."""
         unwatch_exit(item)
         for task in item.tasks:
             if task is not asyncio.current_task():
@@ -682,11 +673,7 @@ class LocalRuntime:
                 continue
             item.released = True
             if not item.alive():
-                if item.child is not None:
-                    await asyncio.to_thread(self.supervisor.stop, item.id, 0.0)
-                self._forget(item.id)
-                if item.state_file:
-                    await asyncio.to_thread(Path(item.state_file).unlink, missing_ok=True)
+                await self._let_go(item)
                 continue
             item.phase = "Terminating"
             self._save(item)
