@@ -7,12 +7,12 @@ from __future__ import annotations
 import sqlite3
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from pilothouse.store.sqlite import SCHEMA_VERSION, Store
+from tests.integration.conftest import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -25,7 +25,7 @@ import sqlite3, sys, time
 from pathlib import Path
 from pilothouse.store.sqlite import MIGRATIONS, Migration, Store
 
-path, go = Path(sys.argv[1]), Path(sys.argv[2])
+path, go, ready = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3])
 real = MIGRATIONS[1]
 
 def slow(db: sqlite3.Connection) -> None:
@@ -33,6 +33,7 @@ def slow(db: sqlite3.Connection) -> None:
     real.apply(db)
 
 migrations = [MIGRATIONS[0], Migration(real.version, real.description, slow), *MIGRATIONS[2:]]
+ready.touch()  # started, and waiting for the signal
 deadline = time.monotonic() + 30
 while not go.exists():
     if time.monotonic() > deadline:
@@ -53,14 +54,18 @@ def test_processes_opening_a_previous_release_database_migrate_once(tmp_path: Pa
     go = tmp_path / "go"
     openers = [
         subprocess.Popen(
-            [sys.executable, "-c", OPENER, str(path), str(go)],
+            [sys.executable, "-c", OPENER, str(path), str(go), str(tmp_path / f"ready-{n}")],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
         )
-        for _ in range(4)
+        for n in range(4)
     ]
-    time.sleep(0.5)  # let them start and wait for the signal
+    wait_for(
+        "every opener to start and wait for the signal",
+        lambda: all((tmp_path / f"ready-{n}").exists() for n in range(4)),
+        timeout=60,
+    )
     go.touch()
     results = [p.communicate(timeout=60) for p in openers]
     for process, (out, err) in zip(openers, results, strict=True):
