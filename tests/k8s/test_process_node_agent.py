@@ -1,16 +1,24 @@
 """The process node agent behaves like a kubelet where it matters to pilothouse: stopping a pod
 never holds up the others, nothing a container forked outlives it, readiness follows the
 probe into the EndpointSlice, an exhausted address pool says so, hostNetwork pods use the
-node's address, and the node stays Ready on its Lease."""
+node's address, and the node stays Ready on its Lease. And what the operator's and routers'
+pods need: a bound ServiceAccount token (renewed; a pod without one waits in
+ContainerCreating), env from Secrets, ConfigMaps and the downward API (a missing reference:
+CreateContainerConfigError), preStop hooks before SIGTERM, liveness and startup probes that
+restart a container, and emptyDir mount paths standing for per-pod directories."""
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import itertools
+import json
 import os
 import random
+import ssl
 import sys
 import time
+import urllib.parse
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,6 +26,7 @@ from typing import Any
 
 import httpx
 import pytest
+from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from tests.k8s.conftest import (
@@ -430,9 +439,10 @@ def tiny_node(k8s_cluster: Cluster, process_node: ProcessNode) -> Iterator[str]:
 
 @contextlib.contextmanager
 def extra_node(
-    k8s_cluster: Cluster, process_node: ProcessNode, prefix: str
+    k8s_cluster: Cluster, process_node: ProcessNode, prefix: str, *options: str
 ) -> Iterator[tuple[str, Path, Process]]:
-    """Another node agent, with one pod address; checked like process-0 after it stops."""
+    """Another node agent (with ``options``), with one pod address; checked like process-0
+    after it stops."""
     plane = k8s_cluster.plane
     name = f"{prefix}-{uuid.uuid4().hex[:5]}"
     # process-0 hands out .2 to .241 (PROCESS_NODE_POD_IPS): .250 is this node's alone
@@ -448,6 +458,7 @@ def extra_node(
             f"--pod-cidr={base}.248/29",
             "--max-pod-ips=1",
             f"--work={work}",
+            *options,
         ],
         plane.log_dir,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
@@ -732,3 +743,690 @@ def test_a_pod_the_api_says_is_over_is_stopped(
     assert after is not None
     assert after.status.phase == "Failed"
     assert pid not in process_node.pod_pids()
+
+
+# --- what the operator's and routers' pods need: token, env, hooks, probes, volumes ----------
+
+#: asks the apiserver who it is (SelfSubjectReview) and reads its own pod, with the token,
+#: CA and namespace the agent wrote and the address it gave; prints one JSON line, then stays
+WHO_AM_I = (
+    "import json, os, ssl, sys, time, urllib.request\n"
+    "d = os.environ['PILOTHOUSE_SERVICEACCOUNT_DIR']\n"
+    "token = open(sys.argv[1]).read()\n"
+    "ns = open(d + '/namespace').read()\n"
+    "base = 'https://%s:%s' % (os.environ['KUBERNETES_SERVICE_HOST'],"
+    " os.environ['KUBERNETES_SERVICE_PORT'])\n"
+    "tls = ssl.create_default_context(cafile=d + '/ca.crt')\n"
+    "opener = urllib.request.build_opener(urllib.request.ProxyHandler({}),"
+    " urllib.request.HTTPSHandler(context=tls))\n"
+    "def call(path, body=None):\n"
+    "    request = urllib.request.Request(base + path, method='POST' if body else 'GET',"
+    " data=json.dumps(body).encode() if body else None, headers={'Authorization':"
+    " 'Bearer ' + token, 'Content-Type': 'application/json'})\n"
+    "    return json.load(opener.open(request, timeout=10))\n"
+    "review = call('/apis/authentication.k8s.io/v1/selfsubjectreviews',"
+    " {'apiVersion': 'authentication.k8s.io/v1', 'kind': 'SelfSubjectReview'})\n"
+    "pod = call('/api/v1/namespaces/%s/pods/%s' % (ns, os.environ['POD_NAME']))\n"
+    "print(json.dumps({'user': review['status']['userInfo'], 'uid': pod['metadata']['uid']}),"
+    " flush=True)\n"
+    "time.sleep(3600)\n"
+)
+#: prints the named variables of its environment as one JSON line
+PRINTS_ENV = (
+    "import json, os, sys\n"
+    "print(json.dumps({k: os.environ.get(k) for k in sys.argv[1:]}), flush=True)\n"
+)
+SLEEPS = [sys.executable, "-c", "import time; time.sleep(3600)"]
+POD_NAME_ENV = {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}
+#: the mountPath the ServiceAccount admission gives the token's projected volume
+TOKEN_MOUNT = "/var/run/secrets/kubernetes.io/serviceaccount"
+
+
+def json_line(path: Path) -> dict[str, Any] | None:
+    line = logged_line(path)
+    return json.loads(line) if line else None
+
+
+def jwt_claims(token: str) -> dict[str, Any]:
+    payload = token.split(".")[1]
+    claims: dict[str, Any] = json.loads(
+        base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4))
+    )
+    return claims
+
+
+def service_account(cluster: Cluster, namespace: str, name: str, **fields: Any) -> None:
+    cluster.core.create_namespaced_service_account(
+        namespace, {"metadata": {"name": name}, **fields}
+    )
+
+
+def test_a_pod_gets_a_bound_token_of_its_service_account_and_the_apiserver_address(
+    k8s_cluster: Cluster, namespace: str, process_node: ProcessNode
+) -> None:
+    """As the kubelet projects it: a token bound to the pod (TokenRequest, 1 h, the
+    apiserver's audience), the cluster CA and the namespace, found through
+    PILOTHOUSE_SERVICEACCOUNT_DIR; the admission's token mountPath stands for that directory
+    in the arguments. With them the pod authenticates as its ServiceAccount, and its Role
+    applies."""
+    service_account(k8s_cluster, namespace, "reader")
+    rbac = client.RbacAuthorizationV1Api(k8s_cluster.api)
+    rbac.create_namespaced_role(
+        namespace,
+        {
+            "metadata": {"name": "read-pods"},
+            "rules": [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get"]}],
+        },
+    )
+    rbac.create_namespaced_role_binding(
+        namespace,
+        {
+            "metadata": {"name": "reader"},
+            "roleRef": {
+                "apiGroup": "rbac.authorization.k8s.io",
+                "kind": "Role",
+                "name": "read-pods",
+            },
+            "subjects": [{"kind": "ServiceAccount", "name": "reader", "namespace": namespace}],
+        },
+    )
+    manifest = process_pod(
+        "who",
+        [sys.executable, "-c", WHO_AM_I, f"{TOKEN_MOUNT}/token"],
+        env=[POD_NAME_ENV],
+    )
+    manifest["spec"]["serviceAccountName"] = "reader"
+    pod = k8s_cluster.core.create_namespaced_pod(namespace, manifest)
+    uid = pod.metadata.uid
+    # the admission added the projected token volume the agent maps to its directory
+    assert any(m.mount_path == TOKEN_MOUNT for m in pod.spec.containers[0].volume_mounts or []), (
+        pod.spec.containers[0].volume_mounts
+    )
+    pod_log = log_of(process_node, namespace, "who")
+    said = wait_for("who to say who it is", lambda: json_line(pod_log), timeout=60)
+    assert said["user"]["username"] == f"system:serviceaccount:{namespace}:reader"
+    assert said["user"]["extra"]["authentication.kubernetes.io/pod-name"] == ["who"]
+    assert said["user"]["extra"]["authentication.kubernetes.io/pod-uid"] == [uid]
+    assert said["uid"] == uid  # the Role let it read its pod
+
+    directory = process_node.work / "pods" / f"{namespace}_who" / "serviceaccount"
+    token = (directory / "token").read_text()
+    assert (directory / "token").stat().st_mode & 0o777 == 0o600
+    assert (directory / "ca.crt").read_bytes() == k8s_cluster.plane.pki.ca_crt.read_bytes()
+    assert (directory / "namespace").read_text() == namespace
+    claims = jwt_claims(token)
+    assert claims["exp"] - claims["iat"] == 3600
+    assert claims["kubernetes.io"]["pod"] == {"name": "who", "uid": uid}
+    assert claims["aud"] == ["https://kubernetes.default.svc.cluster.local"]
+
+
+def test_automount_follows_the_pod_then_its_service_account(
+    k8s_cluster: Cluster, namespace: str, process_node: ProcessNode
+) -> None:
+    service_account(k8s_cluster, namespace, "quiet", automountServiceAccountToken=False)
+    names = ["PILOTHOUSE_SERVICEACCOUNT_DIR", "KUBERNETES_SERVICE_HOST", "KUBERNETES_SERVICE_PORT"]
+    cases = {"sa-says-no": ("quiet", None), "pod-says-yes": ("quiet", True)}
+    cases["pod-says-no"] = ("default", False)
+    for name, (account, automount) in cases.items():
+        manifest = process_pod(
+            name,
+            [sys.executable, "-c", PRINTS_ENV, *names],
+            restart="Never",
+            node=process_node.name,
+        )
+        manifest["spec"]["serviceAccountName"] = account
+        if automount is not None:
+            manifest["spec"]["automountServiceAccountToken"] = automount
+        k8s_cluster.core.create_namespaced_pod(namespace, manifest)
+    server = urllib.parse.urlsplit(k8s_cluster.plane.server)
+    for name in cases:
+        env = wait_for(
+            f"{name} to print its env",
+            lambda n=name: json_line(log_of(process_node, namespace, n)),
+            timeout=60,
+        )
+        # the apiserver's address, token or not (as the kubelet's service env)
+        assert env["KUBERNETES_SERVICE_HOST"] == server.hostname
+        assert env["KUBERNETES_SERVICE_PORT"] == str(server.port)
+        directory = process_node.work / "pods" / f"{namespace}_{name}" / "serviceaccount"
+        if name == "pod-says-yes":
+            assert env["PILOTHOUSE_SERVICEACCOUNT_DIR"] == str(directory)
+            assert (directory / "token").read_text()
+        else:
+            assert env["PILOTHOUSE_SERVICEACCOUNT_DIR"] is None
+            assert not directory.exists()
+
+
+def test_a_pod_whose_token_cannot_be_made_waits_in_container_creating_until_it_can(
+    k8s_cluster: Cluster, namespace: str, process_node: ProcessNode
+) -> None:
+    """The ServiceAccount is gone by the time the pod reaches the node (a scheduling gate
+    holds it until then): the pod stays Pending, its container ContainerCreating saying why,
+    with a FailedMount event, without an address; once the ServiceAccount is back it runs."""
+    core = k8s_cluster.core
+    service_account(k8s_cluster, namespace, "late")
+    manifest = process_pod("late", SLEEPS)
+    manifest["spec"]["serviceAccountName"] = "late"
+    manifest["spec"]["schedulingGates"] = [{"name": "pilothouse.dev/test"}]
+    core.create_namespaced_pod(namespace, manifest)  # admitted: the ServiceAccount exists
+    core.delete_namespaced_service_account("late", namespace)
+    core.patch_namespaced_pod(
+        "late",
+        namespace,
+        [{"op": "remove", "path": "/spec/schedulingGates"}],
+        _content_type="application/json-patch+json",
+    )
+
+    def creating() -> Any | None:
+        pod = read_pod(k8s_cluster, namespace, "late")
+        statuses = (pod.status.container_statuses or []) if pod else []
+        waiting = statuses[0].state.waiting if statuses else None
+        return pod if waiting and waiting.reason == "ContainerCreating" else None
+
+    pod = wait_for("late ContainerCreating", creating, timeout=60)
+    assert pod.spec.node_name == process_node.name
+    assert pod.status.phase == "Pending"
+    assert pod.status.pod_ip is None
+    assert (
+        'serviceaccounts "late" not found' in pod.status.container_statuses[0].state.waiting.message
+    )
+    events = wait_for(
+        "a FailedMount event",
+        lambda: [
+            e
+            for e in core.list_namespaced_event(
+                namespace, field_selector="involvedObject.name=late"
+            ).items
+            if e.reason == "FailedMount"
+        ],
+        timeout=30,
+    )
+    assert 'serviceaccounts "late" not found' in events[0].message
+    assert events[0].source.host == process_node.name
+
+    service_account(k8s_cluster, namespace, "late")
+    running_pod = wait_for("late Running", lambda: running(k8s_cluster, namespace, "late"))
+    assert running_pod.status.pod_ip
+    token = process_node.work / "pods" / f"{namespace}_late" / "serviceaccount" / "token"
+    assert jwt_claims(token.read_text())["kubernetes.io"]["serviceaccount"]["name"] == "late"
+
+
+def test_tokens_are_renewed_before_they_expire(
+    k8s_cluster: Cluster, namespace: str, process_node: ProcessNode
+) -> None:
+    """A node told to renew tokens 2 s after it made them (not at 80 % of their hour) writes
+    a new one in place, which the apiserver takes."""
+    with extra_node(k8s_cluster, process_node, "process-renew", "--token-refresh-after=2") as (
+        name,
+        work,
+        _,
+    ):
+        k8s_cluster.core.create_namespaced_pod(namespace, process_pod("renewed", SLEEPS, node=name))
+        wait_for("renewed Running", lambda: running(k8s_cluster, namespace, "renewed"))
+        path = work / "pods" / f"{namespace}_renewed" / "serviceaccount" / "token"
+        first = path.read_text()
+        second = wait_for(
+            "a renewed token", lambda: (t := path.read_text()) != first and t, timeout=20
+        )
+        assert jwt_claims(second)["iat"] >= jwt_claims(first)["iat"]
+        assert jwt_claims(second)["kubernetes.io"]["pod"]["name"] == "renewed"
+        plane = k8s_cluster.plane
+        # the token alone (plane.http() would authenticate with the admin's certificate)
+        review = httpx.post(
+            f"{plane.server}/apis/authentication.k8s.io/v1/selfsubjectreviews",
+            json={"apiVersion": "authentication.k8s.io/v1", "kind": "SelfSubjectReview"},
+            headers={"Authorization": f"Bearer {second}"},
+            verify=ssl.create_default_context(cafile=str(plane.pki.ca_crt)),
+            trust_env=False,
+            timeout=10,
+        )
+        assert review.status_code == 201, review.text
+        assert review.json()["status"]["userInfo"]["username"] == (
+            f"system:serviceaccount:{namespace}:default"
+        )
+
+
+def test_env_from_secrets_config_maps_and_the_downward_api(
+    k8s_cluster: Cluster, namespace: str, process_node: ProcessNode
+) -> None:
+    core = k8s_cluster.core
+    core.create_namespaced_secret(
+        namespace,
+        {
+            "metadata": {"name": "creds"},
+            "stringData": {"AWS_ACCESS_KEY_ID": "AKIA", "password": "s3cret"},
+        },
+    )
+    core.create_namespaced_config_map(
+        namespace, {"metadata": {"name": "settings"}, "data": {"mode": "fast", "LEVEL": "3"}}
+    )
+    env = [
+        {"name": "PASSWORD", "valueFrom": {"secretKeyRef": {"name": "creds", "key": "password"}}},
+        {"name": "MODE", "valueFrom": {"configMapKeyRef": {"name": "settings", "key": "mode"}}},
+        {
+            "name": "NO_KEY",
+            "valueFrom": {"configMapKeyRef": {"name": "settings", "key": "nope", "optional": True}},
+        },
+        {
+            "name": "NO_SECRET",
+            "valueFrom": {"secretKeyRef": {"name": "nothere", "key": "x", "optional": True}},
+        },
+        {"name": "DERIVED", "value": "$(MODE)-$(PASSWORD)-$(CFG_mode)"},
+        {"name": "CFG_LEVEL", "value": "override"},  # env wins over envFrom
+        {"name": "APP", "valueFrom": {"fieldRef": {"fieldPath": "metadata.labels['app']"}}},
+        {
+            "name": "MEMORY_MI",
+            "valueFrom": {"resourceFieldRef": {"resource": "limits.memory", "divisor": "1Mi"}},
+        },
+        {
+            "name": "CPU_MILLI",
+            "valueFrom": {"resourceFieldRef": {"resource": "requests.cpu", "divisor": "1m"}},
+        },
+        {"name": "CPU_LIMIT", "valueFrom": {"resourceFieldRef": {"resource": "limits.cpu"}}},
+    ]
+    env_from = [
+        {"secretRef": {"name": "creds"}},
+        {"configMapRef": {"name": "settings"}, "prefix": "CFG_"},
+        {"secretRef": {"name": "nothere", "optional": True}},
+    ]
+    names = [e["name"] for e in env] + ["AWS_ACCESS_KEY_ID", "password", "CFG_mode"]
+    k8s_cluster.core.create_namespaced_pod(
+        namespace,
+        process_pod(
+            "envs",
+            [sys.executable, "-c", PRINTS_ENV, *names],
+            restart="Never",
+            labels={"app": "envs"},
+            node=process_node.name,
+            env=env,
+            envFrom=env_from,
+            resources={"requests": {"cpu": "250m"}, "limits": {"memory": "64Mi"}},
+        ),
+    )
+    printed = wait_for(
+        "envs to print its env", lambda: json_line(log_of(process_node, namespace, "envs"))
+    )
+    assert printed == {
+        "PASSWORD": "s3cret",
+        "MODE": "fast",
+        "NO_KEY": None,
+        "NO_SECRET": None,
+        "DERIVED": "fast-s3cret-fast",
+        "CFG_LEVEL": "override",
+        "APP": "envs",
+        "MEMORY_MI": "64",
+        "CPU_MILLI": "250",
+        "CPU_LIMIT": "4",  # no limit: the node's allocatable
+        "AWS_ACCESS_KEY_ID": "AKIA",
+        "password": "s3cret",
+        "CFG_mode": "fast",
+    }
+
+
+def test_a_missing_reference_makes_the_container_wait_with_create_container_config_error(
+    k8s_cluster: Cluster, namespace: str, process_node: ProcessNode
+) -> None:
+    """As the kubelet: the container waits (CreateContainerConfigError, saying what is
+    missing), the pod's other container runs meanwhile, the pod is Pending; once the Secret
+    has the key the container starts."""
+    core = k8s_cluster.core
+    manifest = process_pod(
+        "needs",
+        [sys.executable, "-c", PRINTS_ENV + "import time; time.sleep(3600)\n", "TOKEN"],
+        node=process_node.name,
+        env=[{"name": "TOKEN", "valueFrom": {"secretKeyRef": {"name": "later", "key": "token"}}}],
+    )
+    manifest["spec"]["containers"].append({"name": "side", "image": "none", "command": SLEEPS})
+    core.create_namespaced_pod(namespace, manifest)
+
+    def waiting_with(text: str) -> Any | None:
+        pod = read_pod(k8s_cluster, namespace, "needs")
+        statuses = {c.name: c for c in (pod.status.container_statuses or [])} if pod else {}
+        main = statuses.get("main")
+        waiting = main.state.waiting if main else None
+        if waiting and waiting.reason == "CreateContainerConfigError" and text in waiting.message:
+            return pod
+        return None
+
+    pod = wait_for("needs waiting for its Secret", lambda: waiting_with('secret "later" not found'))
+    assert pod.status.phase == "Pending"
+    side = next(c for c in pod.status.container_statuses if c.name == "side")
+    assert side.state.running is not None
+
+    core.create_namespaced_secret(
+        namespace, {"metadata": {"name": "later"}, "stringData": {"x": "1"}}
+    )
+    wait_for(
+        "needs waiting for the key",
+        lambda: waiting_with(f"couldn't find key token in Secret {namespace}/later"),
+        timeout=30,
+    )
+    core.patch_namespaced_secret("later", namespace, {"stringData": {"token": "t0ken"}})
+    pod = wait_for(
+        "needs Running",
+        lambda: (p := running(k8s_cluster, namespace, "needs")) and pod_ready(p) and p,
+    )
+    main = next(c for c in pod.status.container_statuses if c.name == "main")
+    assert main.restart_count == 0
+    printed = wait_for(
+        "needs to print", lambda: json_line(log_of(process_node, namespace, "needs"))
+    )
+    assert printed == {"TOKEN": "t0ken"}
+
+
+#: serves GET /prestop (appends "NAME prestop" to argv[1], answers after 0.5 s) on
+#: $(POD_IP):8080; on SIGTERM appends "NAME SIGTERM" and exits
+SERVES_PRESTOP = (
+    "import http.server, signal, sys, time\n"
+    "out, host = sys.argv[1], sys.argv[2]\n"
+    "def note(what):\n"
+    "    with open(out, 'a') as f:\n"
+    "        f.write('%s %s %.3f\\n' % (sys.argv[3], what, time.time()))\n"
+    "def term(*_):\n"
+    "    note('SIGTERM')\n"
+    "    sys.exit(0)\n"
+    "signal.signal(signal.SIGTERM, term)\n"
+    "class Handler(http.server.BaseHTTPRequestHandler):\n"
+    "    def do_GET(self):\n"
+    "        note('prestop')\n"
+    "        time.sleep(0.5)\n"
+    "        self.send_response(200)\n"
+    "        self.end_headers()\n"
+    "    def log_message(self, *args):\n"
+    "        pass\n"
+    "if len(sys.argv) > 4:\n"
+    "    http.server.HTTPServer((host, int(sys.argv[4])), Handler).serve_forever()\n"
+    "while True:\n"
+    "    time.sleep(1)\n"
+)
+
+
+def test_pre_stop_hooks_run_before_sigterm_on_deletion(
+    k8s_cluster: Cluster, namespace: str, process_node: ProcessNode, tmp_path: Path
+) -> None:
+    """httpGet, exec and sleep preStop hooks each run (and end) before their container gets
+    SIGTERM, within the grace period."""
+    notes = tmp_path / "notes"
+    exec_hook = f'echo "worker prestop $(date +%s.%N)" >> {notes}; sleep 0.5'
+
+    def container(name: str, hook: dict[str, Any], *port: str) -> dict[str, Any]:
+        return {
+            "name": name,
+            "image": "none",
+            "command": [sys.executable, "-c", SERVES_PRESTOP, str(notes), "$(POD_IP)", name, *port],
+            "env": [POD_IP_ENV],
+            "ports": [{"name": "http", "containerPort": 8080}] if port else [],
+            "lifecycle": {"preStop": hook},
+        }
+
+    manifest = process_pod("hooked", [], grace=20, node=process_node.name)
+    manifest["spec"]["containers"] = [
+        container("web", {"httpGet": {"path": "/prestop", "port": "http"}}, "8080"),
+        container("worker", {"exec": {"command": ["sh", "-c", exec_hook]}}),
+        container("sleeper", {"sleep": {"seconds": 1}}),
+    ]
+    k8s_cluster.core.create_namespaced_pod(namespace, manifest)
+    pod = wait_for(
+        "hooked Ready", lambda: (p := running(k8s_cluster, namespace, "hooked")) and pod_ready(p)
+    )
+    assert pod
+    deleted_at = time.time()
+    k8s_cluster.core.delete_namespaced_pod("hooked", namespace)
+    wait_for("hooked deleted (404)", lambda: gone(k8s_cluster, namespace, "hooked"), timeout=20)
+    took = time.time() - deleted_at
+    lines = [line.split() for line in notes.read_text().splitlines()]
+    seen = {(name, what): float(at) for name, what, at in lines}
+    for name in ("web", "worker"):
+        assert seen[name, "prestop"] < seen[name, "SIGTERM"], lines
+        assert seen[name, "SIGTERM"] - seen[name, "prestop"] >= 0.5, "SIGTERM once the hook ended"
+    assert seen["sleeper", "SIGTERM"] - deleted_at >= 1.0, lines
+    assert took < 10, f"deleted after {took:.1f}s: the hooks are quick, the grace is 20 s"
+
+
+def test_a_pre_stop_hook_running_past_the_grace_period_is_killed_with_its_container(
+    k8s_cluster: Cluster, namespace: str, process_node: ProcessNode
+) -> None:
+    seconds = str(70000 + random.randrange(10000))
+    grace = 3
+    k8s_cluster.core.create_namespaced_pod(
+        namespace,
+        process_pod(
+            "slow-hook",
+            SLEEPS,
+            grace=grace,
+            node=process_node.name,
+            lifecycle={"preStop": {"exec": {"command": ["sleep", seconds]}}},
+        ),
+    )
+    pod = wait_for("slow-hook Running", lambda: running(k8s_cluster, namespace, "slow-hook"))
+    pid = container_pid(pod)
+    assert pid is not None
+    deleted_at = time.monotonic()
+    k8s_cluster.core.delete_namespaced_pod("slow-hook", namespace)
+    wait_for(f"the hook's `sleep {seconds}`", lambda: sleeps(seconds), timeout=10)
+    assert _alive(pid), "no SIGTERM while the hook runs"
+    wait_for(
+        "slow-hook deleted (404)", lambda: gone(k8s_cluster, namespace, "slow-hook"), timeout=20
+    )
+    assert time.monotonic() - deleted_at >= grace - 0.5
+    assert not _alive(pid)
+    wait_for(f"the hook's `sleep {seconds}` killed", lambda: not sleeps(seconds), timeout=5)
+
+
+#: listens on argv[1]:argv[2] while the file argv[3] does not exist; closes the listening
+#: socket while it does (and keeps running)
+TCP_FLIP = (
+    "import os, socket, sys, time\n"
+    "host, port, marker = sys.argv[1], int(sys.argv[2]), sys.argv[3]\n"
+    "sock = None\n"
+    "while True:\n"
+    "    if os.path.exists(marker) and sock:\n"
+    "        sock.close()\n"
+    "        sock = None\n"
+    "    elif not os.path.exists(marker) and not sock:\n"
+    "        sock = socket.create_server((host, port))\n"
+    "    time.sleep(0.1)\n"
+)
+
+
+def statuses_of(cluster: Cluster, namespace: str, name: str) -> dict[str, Any]:
+    pod = read_pod(cluster, namespace, name)
+    return {c.name: c for c in (pod.status.container_statuses or [])} if pod else {}
+
+
+def test_a_failing_liveness_probe_restarts_the_container(
+    k8s_cluster: Cluster, namespace: str, process_node: ProcessNode, tmp_path: Path
+) -> None:
+    """httpGet, tcpSocket and exec liveness probes: failing failureThreshold times in a row
+    has the container killed and started again (restartCount + 1, lastState terminated)."""
+    marker = tmp_path / "sick"
+    every = {"periodSeconds": 1, "failureThreshold": 2, "timeoutSeconds": 1}
+    manifest = process_pod("lively", [], grace=2, node=process_node.name)
+    manifest["spec"]["containers"] = [
+        {
+            "name": "http",
+            "image": "none",
+            "command": [sys.executable, "-c", FLIPPING_SERVER, str(marker), "$(POD_IP)", "8080"],
+            "env": [POD_IP_ENV],
+            "livenessProbe": {"httpGet": {"path": "/", "port": 8080}, **every},
+        },
+        {
+            "name": "tcp",
+            "image": "none",
+            "command": [sys.executable, "-c", TCP_FLIP, "$(POD_IP)", "8081", str(marker)],
+            "env": [POD_IP_ENV],
+            "livenessProbe": {"tcpSocket": {"port": 8081}, **every},
+        },
+        {
+            "name": "exec",
+            "image": "none",
+            "command": SLEEPS,
+            "livenessProbe": {"exec": {"command": ["sh", "-c", f"test ! -e {marker}"]}, **every},
+        },
+    ]
+    k8s_cluster.core.create_namespaced_pod(namespace, manifest)
+    pod = wait_for(
+        "lively Ready",
+        lambda: (p := running(k8s_cluster, namespace, "lively")) and pod_ready(p) and p,
+    )
+    first = {c.name: c.container_id for c in pod.status.container_statuses}
+
+    marker.touch()
+
+    def all_restarted() -> dict[str, Any] | None:
+        found = statuses_of(k8s_cluster, namespace, "lively")
+        if len(found) == 3 and all(c.restart_count >= 1 for c in found.values()):
+            return found
+        return None
+
+    restarted = wait_for("every container restarted", all_restarted, timeout=60)
+    marker.unlink()
+    for name, status in restarted.items():
+        terminated = status.last_state.terminated
+        assert terminated is not None, name
+        assert terminated.exit_code in (137, 143), (name, terminated)
+    pod = wait_for(
+        "lively Ready again",
+        lambda: (p := running(k8s_cluster, namespace, "lively")) and pod_ready(p) and p,
+        timeout=60,
+    )
+    again = {c.name: c.container_id for c in pod.status.container_statuses}
+    assert all(again[name] != first[name] for name in first), (first, again)
+    killing = [
+        e.message
+        for e in k8s_cluster.core.list_namespaced_event(
+            namespace, field_selector="involvedObject.name=lively"
+        ).items
+        if e.reason == "Killing"
+    ]
+    assert any("failed liveness probe" in m for m in killing), killing
+
+
+def test_a_startup_probe_holds_the_other_probes_until_it_succeeds(
+    k8s_cluster: Cluster, namespace: str, process_node: ProcessNode, tmp_path: Path
+) -> None:
+    """Until the startupProbe succeeds the container is not started (nor ready) and its
+    readiness and liveness probes do not run; a startupProbe that keeps failing restarts
+    the container."""
+    runs, started = tmp_path / "runs", tmp_path / "started"
+
+    def noting(letter: str, then: str = "true") -> dict[str, Any]:
+        return {"exec": {"command": ["sh", "-c", f"echo {letter} >> {runs}; {then}"]}}
+
+    manifest = process_pod("starting", [], node=process_node.name)
+    manifest["spec"]["containers"] = [
+        {
+            "name": "slow",
+            "image": "none",
+            "command": SLEEPS,
+            "startupProbe": {
+                **noting("s", f"test -e {started}"),
+                "periodSeconds": 1,
+                "failureThreshold": 60,
+            },
+            "readinessProbe": {**noting("r"), "periodSeconds": 1},
+            "livenessProbe": {**noting("l"), "periodSeconds": 1},
+        },
+        {
+            "name": "never",
+            "image": "none",
+            "command": SLEEPS,
+            "startupProbe": {
+                "exec": {"command": ["false"]},
+                "periodSeconds": 1,
+                "failureThreshold": 2,
+            },
+        },
+    ]
+    k8s_cluster.core.create_namespaced_pod(namespace, manifest)
+    wait_for("three startup checks", lambda: logged(runs).count("s") >= 3, timeout=60)
+    slow = statuses_of(k8s_cluster, namespace, "starting")["slow"]
+    assert slow.state.running is not None
+    assert slow.started is False
+    assert slow.ready is False
+    assert set(logged(runs)) == {"s"}, "readiness and liveness wait for the startup probe"
+
+    started.touch()
+    wait_for(
+        "slow started and ready",
+        lambda: (c := statuses_of(k8s_cluster, namespace, "starting")["slow"]).started and c.ready,
+        timeout=30,
+    )
+    wait_for("readiness and liveness checks", lambda: {"r", "l"} <= set(logged(runs)), timeout=30)
+    never = wait_for(
+        "never restarted by its startup probe",
+        lambda: (
+            (c := statuses_of(k8s_cluster, namespace, "starting")["never"]).restart_count >= 1 and c
+        ),
+        timeout=60,
+    )
+    assert never.started is False
+    assert statuses_of(k8s_cluster, namespace, "starting")["slow"].restart_count == 0
+
+
+#: prints its arguments and working directory as JSON, writes a file at argv[2] and argv[3]
+WRITES_FILES = (
+    "import json, os, sys\n"
+    "print(json.dumps({'args': sys.argv[1:], 'cwd': os.getcwd()}), flush=True)\n"
+    "for path in sys.argv[2:4]:\n"
+    "    os.makedirs(os.path.dirname(path), exist_ok=True)\n"
+    "    with open(path, 'w') as f:\n"
+    "        f.write('written')\n"
+)
+
+
+def test_empty_dir_mount_paths_in_arguments_are_the_pods_own_directories(
+    k8s_cluster: Cluster, namespace: str, process_node: ProcessNode
+) -> None:
+    """Processes see no mounts: an argument (or workingDir) that is an emptyDir's mountPath,
+    or under it, names the pod's directory for that volume instead; $(VAR) expansion comes
+    after, so a variable's value is left alone. Each emptyDir starts empty."""
+    pod_dir = process_node.work / "pods" / f"{namespace}_vols"
+    stale = pod_dir / "volumes" / "cache" / "stale"
+    stale.parent.mkdir(parents=True, exist_ok=True)
+    stale.write_text("a previous pod's")
+    manifest = process_pod(
+        "vols",
+        [
+            sys.executable,
+            "-c",
+            WRITES_FILES,
+            "/var/cache/pilothouse",
+            "/var/cache/pilothouse/models/x.txt",
+            "/scratch/y.txt",
+            "/var/cache/pilothouse-not",
+            "$(CACHE)",
+        ],
+        restart="Never",
+        node=process_node.name,
+        env=[{"name": "CACHE", "value": "/var/cache/pilothouse"}],
+        workingDir="/scratch",
+        volumeMounts=[
+            {"name": "cache", "mountPath": "/var/cache/pilothouse"},
+            {"name": "scratch", "mountPath": "/scratch/", "subPath": "sub"},
+        ],
+    )
+    manifest["spec"]["volumes"] = [
+        {"name": "cache", "emptyDir": {}},
+        {"name": "scratch", "emptyDir": {"sizeLimit": "1Mi"}},
+    ]
+    k8s_cluster.core.create_namespaced_pod(namespace, manifest)
+    printed = wait_for("vols to print", lambda: json_line(log_of(process_node, namespace, "vols")))
+    cache, scratch = pod_dir / "volumes" / "cache", pod_dir / "volumes" / "scratch" / "sub"
+    assert printed == {
+        "args": [
+            str(cache),
+            f"{cache}/models/x.txt",
+            f"{scratch}/y.txt",
+            "/var/cache/pilothouse-not",
+            "/var/cache/pilothouse",
+        ],
+        "cwd": str(scratch),
+    }
+    wait_for(
+        "vols Succeeded",
+        lambda: (p := read_pod(k8s_cluster, namespace, "vols")) and p.status.phase == "Succeeded",
+    )
+    assert (cache / "models" / "x.txt").read_text() == "written"
+    assert (scratch / "y.txt").read_text() == "written"
+    assert not stale.exists()

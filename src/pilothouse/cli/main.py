@@ -38,7 +38,7 @@ def handle_errors(func: F) -> F:
         try:
             return func(*args, **kwargs)
         except NotRunning as exc:
-            err_console.print(f"[red]error:[/] {exc}")
+            err_console.print(f"[red]error:[/] {escape(str(exc))}", soft_wrap=True)
             sys.exit(1)
         except ApiClientError as exc:
             causes = (exc.body.get("details") or {}).get("causes", [])
@@ -61,7 +61,25 @@ def handle_errors(func: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+#: where the group keeps the cluster chosen by --kubeconfig/--context (click's ctx.meta)
+CLUSTER = "pilothouse.cluster"
+#: commands of the embedded control plane only (refused with --kubeconfig/--context)
+EMBEDDED_ONLY = ("up", "down", "status", "demo", "models", "node", "serve")
+#: commands that find their cluster with options of their own (after the command's name)
+OWN_CLUSTER_OPTIONS = ("kube", "operator", "router")
+
+
 def client() -> Client:
+    """The control plane the command talks to: the cluster that --kubeconfig/--context
+    chose (a KubeClient, with the same methods), else the embedded one."""
+    ctx = click.get_current_context(silent=True)
+    target = ctx.meta.get(CLUSTER) if ctx is not None else None
+    if ctx is not None and target is not None:
+        from pilothouse.cli.kubeclient import KubeClient
+
+        kube = KubeClient(target)
+        ctx.call_on_close(kube.close)
+        return kube
     return Client.from_home(Home.from_env())
 
 
@@ -81,11 +99,59 @@ def split_ref(ref: str, name: str | None = None) -> tuple[type[Resource], str | 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="pilothouse")
-def cli() -> None:
+@click.option(
+    "--kubeconfig",
+    metavar="PATH",
+    default=None,
+    help="Work on this kubeconfig's Kubernetes cluster instead of the embedded control plane.",
+)
+@click.option(
+    "--context",
+    "kube_context",
+    metavar="CTX",
+    default=None,
+    help="Work on the cluster of this kubeconfig context (of --kubeconfig, $KUBECONFIG or "
+    "~/.kube/config).",
+)
+@click.option(
+    "-n",
+    "--namespace",
+    metavar="NS",
+    default=None,
+    help="With --kubeconfig/--context: the namespace [default: the context's, else default].",
+)
+@click.pass_context
+def cli(
+    ctx: click.Context, kubeconfig: str | None, kube_context: str | None, namespace: str | None
+) -> None:
     """Run ML training jobs and model deployments with Kubernetes-grade guarantees.
 
-    State lives in $PILOTHOUSE_HOME (default ~/.pilothouse).
+    State lives in $PILOTHOUSE_HOME (default ~/.pilothouse), the embedded control plane's.
+    With --kubeconfig or --context, get, describe, apply, delete, predict, logs, wait and
+    rollout work on that Kubernetes cluster instead, in namespace -n (its pilothouse
+    operator acts on what they change); without them, on the embedded control plane.
     """
+    if kubeconfig is None and kube_context is None:
+        if namespace is not None:
+            raise click.UsageError(
+                "-n/--namespace goes with --kubeconfig or --context "
+                "(the embedded control plane has no namespaces)"
+            )
+        return
+    command = ctx.invoked_subcommand
+    if command in EMBEDDED_ONLY:
+        raise click.UsageError(
+            f"`pilothouse {command}` works on the embedded control plane; "
+            "leave out --kubeconfig/--context"
+        )
+    if command in OWN_CLUSTER_OPTIONS:
+        raise click.UsageError(
+            f"`pilothouse {command}` finds its cluster with options of its own: give them "
+            f"after `{command} ...` (see `pilothouse {command} --help`)"
+        )
+    from pilothouse.cli.kubeclient import ClusterTarget
+
+    ctx.meta[CLUSTER] = ClusterTarget(kubeconfig, kube_context, namespace)
 
 
 # -- control plane -------------------------------------------------------------------
@@ -560,9 +626,14 @@ def predict_once(c: Client, deployment: str, payload: Any) -> tuple[int, Any]:
         )
     name = quote(str(model).split(":")[0], safe="")
     if isinstance(payload, dict) and "inputs" in payload:
-        target = f"{url}/v2/models/{name}/infer"
+        path = f"/v2/models/{name}/infer"
     else:
-        target = f"{url}/v1/models/{name}:predict"
+        path = f"/v1/models/{name}:predict"
+    from pilothouse.cli.kubeclient import KubeClient
+
+    if isinstance(c, KubeClient):  # through the API server's service proxy
+        return c.predict(deployment, path, payload)
+    target = f"{url}{path}"
     info = Home.from_env().read_daemon_info() or {}
     verify = tls_verify(info) if str(url).startswith("https:") else True
     response = httpx.post(target, json=payload, timeout=30.0, verify=verify)
@@ -694,9 +765,13 @@ def main() -> None:
     from pilothouse.cli.kube import kube
     from pilothouse.cli.models import models
     from pilothouse.cli.nodes import node
+    from pilothouse.cli.operator import operator
     from pilothouse.cli.rollout import rollout
+    from pilothouse.cli.routerpod import router
 
     cli.add_command(kube)
+    cli.add_command(operator)
+    cli.add_command(router)
     cli.add_command(models)
     cli.add_command(node)
     cli.add_command(rollout)

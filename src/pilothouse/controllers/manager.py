@@ -28,7 +28,11 @@ RECONCILERS: dict[str, Reconciler] = {
     "TrainingJob": trainingjob.reconcile,
     "Queue": queue.reconcile,
 }
-RETRY_AFTER_ERROR = 5.0
+#: a failing reconcile is retried after RETRY_AFTER_ERROR, doubling per failure of that
+#: key up to RETRY_MAX (client-go's per-item exponential back-off); a pass that succeeds
+#: resets it
+RETRY_AFTER_ERROR = 0.5
+RETRY_MAX = 60.0
 RESYNC_EVERY = 10.0
 #: reconciles running at once (each holds one key)
 WORKERS = 16
@@ -39,9 +43,14 @@ Key = tuple[str, str]
 
 
 class Manager:
-    def __init__(self, ctx: Context, workers: int = WORKERS) -> None:
+    def __init__(
+        self, ctx: Context, workers: int = WORKERS, kinds: tuple[str, ...] | None = None
+    ) -> None:
         self.ctx = ctx
         ctx.trigger = self.trigger
+        #: the kinds this manager reconciles (the operator's first part: ModelDeployments)
+        self.reconcilers = {k: RECONCILERS[k] for k in (kinds or tuple(RECONCILERS))}
+        self._failures: dict[Key, int] = {}
         self._due: dict[Key, float] = {}
         self._running: dict[Key, asyncio.Task[None]] = {}
         #: keys woken while their reconcile ran: run again right after
@@ -64,20 +73,24 @@ class Manager:
     async def _reconcile(self, kind: str, name: str) -> None:
         started = time.perf_counter()
         try:
-            result = await RECONCILERS[kind](self.ctx, name)
+            result = await self.reconcilers[kind](self.ctx, name)
         except TerminalError as exc:
             log.error("%s/%s: %s", kind, name, exc)
             self._record(kind, name, "ReconcileFailed", str(exc))
             return
         except Exception as exc:
-            log.exception("%s/%s: reconcile failed; retrying in %ss", kind, name, RETRY_AFTER_ERROR)
+            failures = self._failures.get((kind, name), 0)
+            self._failures[(kind, name)] = failures + 1
+            delay = min(RETRY_AFTER_ERROR * 2**failures, RETRY_MAX)
+            log.exception("%s/%s: reconcile failed; retrying in %.1fs", kind, name, delay)
             self._record(kind, name, "ReconcileError", f"{type(exc).__name__}: {exc}")
-            self._schedule((kind, name), self.ctx.clock() + RETRY_AFTER_ERROR)
+            self._schedule((kind, name), self.ctx.clock() + delay)
             return
         finally:
             took = time.perf_counter() - started
             if took > SLOW_PASS:
                 log.warning("%s/%s: a reconcile took %.2fs", kind, name, took)
+        self._failures.pop((kind, name), None)
         if result.requeue_after is not None:
             self._schedule((kind, name), self.ctx.clock() + result.requeue_after)
 
@@ -125,14 +138,14 @@ class Manager:
         while not self._stopping:
             now = self.ctx.clock()
             if now >= next_resync:
-                for kind in RECONCILERS:
+                for kind in self.reconcilers:
                     for obj in self.ctx.state.list(kind):
                         self._due.setdefault((kind, obj.name), now)
                 next_resync = now + RESYNC_EVERY
             self._wake.clear()
             for key in [k for k, t in self._due.items() if t <= now and k not in self._running]:
                 self._due.pop(key, None)
-                if key[0] in RECONCILERS:
+                if key[0] in self.reconcilers:
                     self._running[key] = asyncio.create_task(
                         self._run(key), name=f"reconcile-{key[0]}/{key[1]}"
                     )

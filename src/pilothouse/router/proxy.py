@@ -208,6 +208,9 @@ class Route:
         self._writers: set[asyncio.StreamWriter] = set()
         self._background: set[asyncio.Task[None]] = set()
         self._mirror_slots = asyncio.Semaphore(MIRROR_CONCURRENCY)
+        #: when set, every request is answered 503 with this message at once (a router pod
+        #: that has no traffic configuration yet)
+        self.refusal: str | None = None
 
     # -- configuration -------------------------------------------------------------------
 
@@ -563,6 +566,9 @@ class Route:
     ) -> tuple[tuple[int, bytes, bytes, int], bytes]:
         """Try replicas until one answers (retries, holding); the answer and its body."""
         keep_alive = request.keep_alive
+        if self.refusal is not None:
+            reply = Reply(503, self.refusal, [(b"retry-after", b"1")])
+            return (503, reply.encode(keep_alive), b"", 0), b""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + UPSTREAM_TIMEOUT
         head = request.head_bytes(extra)

@@ -1,0 +1,1 @@
+"""The Kubernetes backend of the three ports, the operator and the router pods."""

@@ -1,0 +1,486 @@
+"""The operator on a real control plane: ModelDeployments applied with kubectl run as
+Deployments of replica pods behind router pods, on process nodes (pods are local
+processes with their own IPs), with models fetched from an S3 registry (moto's server).
+
+Every test runs in its own namespace with its own operator (out of cluster, with
+``--kubeconfig``, unless it says otherwise) on this module's three process nodes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import json
+import os
+import signal
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
+
+from tests.integration.rollout_models import open_loop
+from tests.k8s.conftest import Cluster
+from tests.k8s.operator_env import (
+    EXAMPLE,
+    MODEL,
+    POOL_LABEL,
+    Node,
+    Operator,
+    S3Registry,
+    apply_docs,
+    condition,
+    extra_pod_network,
+    install_namespace,
+    is_ready,
+    md,
+    predict,
+    process_nodes,
+    replica_pods,
+    router_ips,
+    s3_registry,
+    start_operator,
+)
+from tests.k8s.testenv import wait_for
+
+pytestmark = pytest.mark.k8s
+
+POOL = "operator"
+#: apply -> Ready: pods start as Python processes that import scikit-learn and fetch
+#: their model from S3 (a few seconds each on this 2-core machine)
+READY_TIMEOUT = 180
+
+
+@pytest.fixture(scope="module")
+def crds(k8s_cluster: Cluster) -> None:
+    from pilothouse.spec.crd import crds as make
+
+    apply_docs(k8s_cluster, make())
+    for crd in make():
+        k8s_cluster.kubectl(
+            "wait", "--for=condition=Established", "--timeout=60s", f"crd/{crd['metadata']['name']}"
+        )
+
+
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Registry]:
+    with s3_registry(tmp_path_factory.mktemp("s3")) as reg:
+        yield reg
+
+
+@pytest.fixture(scope="module")
+def nodes(k8s_cluster: Cluster) -> Iterator[list[Node]]:
+    with extra_pod_network() as cidr, process_nodes(k8s_cluster, cidr, 3, POOL) as made:
+        yield made
+
+
+@pytest.fixture
+def env(
+    k8s_cluster: Cluster, namespace: str, crds: None, registry: S3Registry, nodes: list[Node]
+) -> str:
+    install_namespace(k8s_cluster, namespace, registry)
+    return namespace
+
+
+@pytest.fixture
+def operator(k8s_cluster: Cluster, env: str, registry: S3Registry) -> Iterator[Operator]:
+    op = start_operator(k8s_cluster, env, registry, POOL)
+    yield op
+    op.process.stop()
+
+
+def example(model: str | None = None, **spec: Any) -> dict[str, Any]:
+    doc: dict[str, Any] = yaml.safe_load(EXAMPLE.read_text())
+    doc = copy.deepcopy(doc)
+    if model is not None:
+        doc["spec"]["model"] = model
+    doc["spec"].update(spec)
+    return doc
+
+
+def apply_md(cluster: Cluster, namespace: str, doc: dict[str, Any]) -> None:
+    path = cluster.plane.work / f"md-{namespace}-{time.monotonic_ns()}.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    cluster.kubectl("apply", "-n", namespace, "-f", str(path))
+
+
+def wait_ready(
+    cluster: Cluster, namespace: str, name: str, op: Operator | None = None
+) -> dict[str, Any]:
+    def ready() -> dict[str, Any] | None:
+        if op is not None:
+            assert op.alive(), f"the operator exited:\n{op.log()[-4000:]}"
+        obj = md(cluster, namespace, name)
+        return obj if is_ready(obj) else None
+
+    try:
+        return wait_for(f"ModelDeployment {name} Ready", ready, READY_TIMEOUT, every=0.5)
+    except AssertionError:
+        obj = md(cluster, namespace, name)
+        raise AssertionError(
+            f"{name} not Ready after {READY_TIMEOUT}s; status: {json.dumps((obj or {}).get('status'), indent=1)[:3000]}"
+            + ("" if op is None else f"\noperator log tail:\n{op.log()[-3000:]}")
+        ) from None
+
+
+def ready_replicas(cluster: Cluster, namespace: str, name: str) -> list[client.V1Pod]:
+    return [
+        p
+        for p in replica_pods(cluster, namespace, name)
+        if p.metadata.deletion_timestamp is None
+        and any(c.type == "Ready" and c.status == "True" for c in p.status.conditions or [])
+    ]
+
+
+def children(cluster: Cluster, namespace: str, name: str) -> list[str]:
+    selector = f"pilothouse.dev/deployment={name}"
+    found = []
+    for kind, items in (
+        (
+            "deployment",
+            cluster.apps.list_namespaced_deployment(namespace, label_selector=selector).items,
+        ),
+        ("service", cluster.core.list_namespaced_service(namespace, label_selector=selector).items),
+        (
+            "configmap",
+            cluster.core.list_namespaced_config_map(namespace, label_selector=selector).items,
+        ),
+        (
+            "pdb",
+            client.PolicyV1Api(cluster.api)
+            .list_namespaced_pod_disruption_budget(namespace, label_selector=selector)
+            .items,
+        ),
+        ("pod", cluster.core.list_namespaced_pod(namespace, label_selector=selector).items),
+    ):
+        found += [f"{kind}/{i.metadata.name}" for i in items]
+    return found
+
+
+def events_of(cluster: Cluster, namespace: str, name: str) -> list[dict[str, Any]]:
+    """events.k8s.io Events about ``name`` (read as JSON: the typed client refuses the
+    core Events of Kubernetes' own controllers, whose eventTime is null)."""
+    out = json.loads(cluster.kubectl("get", "events.v1.events.k8s.io", "-n", namespace, "-o", "json"))
+    return [e for e in out["items"] if (e.get("regarding") or {}).get("name") == name]
+
+
+def test_the_example_applied_with_kubectl_serves_through_a_router_pod_and_deleting_it_removes_every_child(
+    k8s_cluster: Cluster, env: str, operator: Operator, registry: S3Registry
+) -> None:
+    started = time.monotonic()
+    k8s_cluster.kubectl("apply", "-n", env, "-f", str(EXAMPLE))
+    obj = wait_ready(k8s_cluster, env, MODEL, operator)
+    took = time.monotonic() - started
+    status = obj["status"]
+    assert status["observedGeneration"] == obj["metadata"]["generation"]
+    assert status["url"] == f"http://{MODEL}.{env}.svc"
+    revision = status["revision"]
+    dep = k8s_cluster.apps.read_namespaced_deployment(f"{MODEL}-{revision}", env)
+    assert dep.spec.replicas == 2 and dep.status.ready_replicas == 2
+    assert dep.metadata.owner_references[0].uid == obj["metadata"]["uid"]
+    pod = dep.spec.template.spec
+    tolerations = {(t.key, t.effect): t.toleration_seconds for t in pod.tolerations}
+    assert tolerations[("node.kubernetes.io/unreachable", "NoExecute")] == 10
+    assert pod.containers[0].lifecycle.pre_stop is not None
+    assert pod.containers[0].resources.requests == {"cpu": "500m", "memory": str(512 * 2**20)}
+    router = k8s_cluster.apps.read_namespaced_deployment(f"{MODEL}-router", env)
+    assert router.spec.replicas == 2
+    # replicas spread over the pool's nodes
+    nodes = {p.spec.node_name for p in ready_replicas(k8s_cluster, env, MODEL)}
+    assert len(nodes) == 2, nodes
+
+    rows = registry.rows
+    assert rows is not None
+    ips = wait_for(
+        "both router pods ready",
+        lambda: (ips := router_ips(k8s_cluster, env, MODEL)) and len(ips) == 2 and ips,
+        60,
+    )
+    for i, ip in enumerate(ips):
+        answer = predict(ip, rows, i)
+        assert answer.status_code == 200, answer.text
+        score = answer.json()["outputs"][0]["data"][0]
+        assert abs(score - float(rows.v1_scores[i])) < 1e-6
+
+    table = k8s_cluster.kubectl("get", "md", "-n", env)
+    assert MODEL in table and "True" in table, table
+    assert any(e.get("reason") for e in events_of(k8s_cluster, env, MODEL)), (
+        "no Events about the deployment"
+    )
+    print(f"kubectl apply -> Ready: {took:.1f}s")
+
+    k8s_cluster.kubectl("delete", "md", MODEL, "-n", env, "--wait=true", timeout=120)
+    wait_for(
+        "every child of the deployment gone", lambda: not children(k8s_cluster, env, MODEL), 120
+    )
+
+
+def test_a_replica_pod_deleted_under_constant_load_fails_no_request(
+    k8s_cluster: Cluster, env: str, operator: Operator, registry: S3Registry
+) -> None:
+    apply_md(k8s_cluster, env, example(f"{MODEL}:1"))
+    wait_ready(k8s_cluster, env, MODEL, operator)
+    ip = wait_for("a router pod", lambda: router_ips(k8s_cluster, env, MODEL), 60)[0]
+    victim = ready_replicas(k8s_cluster, env, MODEL)[0].metadata.name
+    rows = registry.rows
+    assert rows is not None
+
+    async def run() -> tuple[Any, float]:
+        stop = asyncio.Event()
+        load = asyncio.create_task(
+            open_loop(f"http://{ip}:8080", rows, rate=40, seconds=20, model=MODEL, stop=stop)
+        )
+        await asyncio.sleep(4)  # load generation: traffic flows before the kill
+        await asyncio.to_thread(k8s_cluster.core.delete_namespaced_pod, victim, env)
+        killed = time.monotonic()
+
+        def back() -> bool:
+            names = {p.metadata.name for p in ready_replicas(k8s_cluster, env, MODEL)}
+            return len(names) == 2 and victim not in names
+
+        await asyncio.to_thread(wait_for, "two ready replicas again", back, READY_TIMEOUT, 0.2)
+        return await load, time.monotonic() - killed
+
+    result, back = asyncio.run(run())
+    failed = [a for a in result.answers if a.status != 200]
+    assert result.answers and not failed, (
+        f"{len(failed)} failed of {len(result.answers)}: {failed[:5]}"
+    )
+    print(f"{len(result.answers)} requests, 0 failed; full strength {back:.1f}s after the kill")
+
+
+def test_a_node_that_stops_answering_has_its_replicas_run_elsewhere(
+    k8s_cluster: Cluster, env: str, operator: Operator, nodes: list[Node]
+) -> None:
+    apply_md(k8s_cluster, env, example(f"{MODEL}:1"))
+    wait_ready(k8s_cluster, env, MODEL, operator)
+    pods = ready_replicas(k8s_cluster, env, MODEL)
+    lost = next(n for n in nodes if n.name == pods[0].spec.node_name)
+    started = time.monotonic()
+    lost.pause()
+    try:
+        wait_for(
+            "two ready replicas on the nodes that still answer",
+            lambda: (
+                len(
+                    [
+                        p
+                        for p in ready_replicas(k8s_cluster, env, MODEL)
+                        if p.spec.node_name != lost.name
+                    ]
+                )
+                == 2
+            ),
+            120,
+        )
+        print(f"node NotReady -> replicas ready elsewhere: {time.monotonic() - started:.1f}s")
+    finally:
+        lost.resume()
+    wait_ready(k8s_cluster, env, MODEL, operator)
+
+
+def test_a_burst_scales_the_revision_up(
+    k8s_cluster: Cluster, env: str, operator: Operator, registry: S3Registry
+) -> None:
+    doc = example(
+        f"{MODEL}:1",
+        replicas={"min": 1, "max": 4},
+        autoscaling={"metric": "rps", "target": 8, "stableWindow": "12s", "panicWindow": "3s"},
+    )
+    apply_md(k8s_cluster, env, doc)
+    wait_ready(k8s_cluster, env, MODEL, operator)
+    ip = wait_for("a router pod", lambda: router_ips(k8s_cluster, env, MODEL), 60)[0]
+    rows = registry.rows
+    assert rows is not None
+    revision = md(k8s_cluster, env, MODEL)["status"]["revision"]  # type: ignore[index]
+
+    def desired() -> int:
+        return int(
+            k8s_cluster.apps.read_namespaced_deployment(f"{MODEL}-{revision}", env).spec.replicas
+        )
+
+    assert desired() == 1
+
+    async def burst() -> tuple[float | None, Any]:
+        stop = asyncio.Event()
+        began = time.monotonic()
+        load = asyncio.create_task(
+            open_loop(f"http://{ip}:8080", rows, rate=24, seconds=30, model=MODEL, stop=stop)
+        )
+        reached: float | None = None
+        while not load.done() and time.monotonic() - began < 30:
+            if await asyncio.to_thread(desired) >= 3:
+                reached = time.monotonic() - began
+                stop.set()
+                break
+            await asyncio.sleep(0.25)  # polling the Deployment while the load runs
+        return reached, await load
+
+    reached, result = asyncio.run(burst())
+    assert reached is not None, f"desired replicas stayed at {desired()} under 3x load"
+    failed = [a for a in result.answers if a.status != 200]
+    assert not failed, failed[:5]
+    print(f"burst 1x -> 3x: desired >= 3 after {reached:.1f}s")
+
+
+def test_a_request_no_node_can_hold_and_a_missing_model_version_become_conditions_and_events(
+    k8s_cluster: Cluster, env: str, operator: Operator
+) -> None:
+    huge = example(f"{MODEL}:1", resources={"cpu": "64", "memory": "512Mi"})
+    huge["metadata"]["name"] = "too-big"
+    apply_md(k8s_cluster, env, huge)
+    missing = example(f"{MODEL}:99")
+    missing["metadata"]["name"] = "no-such-version"
+    apply_md(k8s_cluster, env, missing)
+
+    def said(name: str, words: str) -> str | None:
+        obj = md(k8s_cluster, env, name)
+        ready = condition(obj, "Ready")
+        text = json.dumps((obj or {}).get("status", {}))
+        return text if ready and ready["status"] == "False" and words in text else None
+
+    wait_for("too-big says no node fits", lambda: said("too-big", "Insufficient cpu"), 90)
+    wait_for(
+        "no-such-version says the version is missing", lambda: said("no-such-version", "99"), 60
+    )
+    assert events_of(k8s_cluster, env, "no-such-version"), "no Event for the missing version"
+    assert not replica_pods(k8s_cluster, env, "no-such-version")
+
+
+def rollout_of(cluster: Cluster, namespace: str) -> dict[str, Any]:
+    return dict(((md(cluster, namespace, MODEL) or {}).get("status") or {}).get("rollout") or {})
+
+
+def set_model(cluster: Cluster, namespace: str, ref: str) -> None:
+    client.CustomObjectsApi(cluster.api).patch_namespaced_custom_object(
+        "pilothouse.dev", "v1alpha1", namespace, "modeldeployments", MODEL, {"spec": {"model": ref}}
+    )
+
+
+def promoted(cluster: Cluster, namespace: str, ref: str) -> dict[str, Any] | None:
+    status = (md(cluster, namespace, MODEL) or {}).get("status") or {}
+    rollout = status.get("rollout") or {}
+    done = status.get("model") == ref and rollout.get("phase") == "Healthy"
+    return status if done else None
+
+
+def rolled_back(cluster: Cluster, namespace: str) -> dict[str, Any] | None:
+    status = (md(cluster, namespace, MODEL) or {}).get("status") or {}
+    return status if (status.get("rollout") or {}).get("phase") == "Degraded" else None
+
+
+def test_under_load_a_good_v2_is_promoted_and_a_silently_wrong_v3_is_rolled_back(
+    k8s_cluster: Cluster, env: str, operator: Operator, registry: S3Registry
+) -> None:
+    apply_md(k8s_cluster, env, example(f"{MODEL}:1"))
+    wait_ready(k8s_cluster, env, MODEL, operator)
+    ip = wait_for("a router pod", lambda: router_ips(k8s_cluster, env, MODEL), 60)[0]
+    rows = registry.rows
+    assert rows is not None
+    v2, v3 = registry.publish("v2"), registry.publish("v3")
+    timings: dict[str, float] = {}
+
+    async def run() -> Any:
+        stop = asyncio.Event()
+        load = asyncio.create_task(
+            open_loop(f"http://{ip}:8080", rows, rate=30, seconds=240, model=MODEL, stop=stop)
+        )
+        try:
+            await asyncio.sleep(2)  # load generation: steady traffic before the change
+            started = time.monotonic()
+            await asyncio.to_thread(set_model, k8s_cluster, env, f"{MODEL}:{v2}")
+            await asyncio.to_thread(
+                wait_for,
+                "v2 promoted",
+                lambda: promoted(k8s_cluster, env, f"{MODEL}:{v2}"),
+                200,
+                0.5,
+            )
+            timings["v2 promoted"] = time.monotonic() - started
+            started = time.monotonic()
+            await asyncio.to_thread(set_model, k8s_cluster, env, f"{MODEL}:{v3}")
+            await asyncio.to_thread(
+                wait_for, "v3 rolled back", lambda: rolled_back(k8s_cluster, env), 200, 0.5
+            )
+            timings["v3 rolled back"] = time.monotonic() - started
+        finally:
+            stop.set()
+        return await load
+
+    result = asyncio.run(run())
+    status = md(k8s_cluster, env, MODEL)["status"]  # type: ignore[index]
+    assert status["model"] == f"{MODEL}:{v2}", status["model"]
+    assert status["rollout"]["abortedRevision"], status["rollout"]
+    assert any(e.get("reason") == "RolledBack" for e in events_of(k8s_cluster, env, MODEL))
+    failed = [a for a in result.answers if a.status != 200]
+    assert result.answers and not failed, (
+        f"{len(failed)} of {len(result.answers)} failed: {failed[:5]}"
+    )
+    # the wrong revision is gone: every replica serves v2
+    wait_for(
+        "only v2's replicas left",
+        lambda: (
+            {
+                p.metadata.labels["pilothouse.dev/revision"].split("-")[0]
+                for p in replica_pods(k8s_cluster, env, MODEL)
+            }
+            == {str(v2)}
+        ),
+        120,
+    )
+    print(f"rollout under load: {timings}, {len(result.answers)} requests, 0 failed")
+
+
+def identity(op: Operator) -> str:
+    return f"{socket.gethostname()}-{op.process.pid}"
+
+
+def test_the_leader_killed_mid_rollout_hands_over_and_the_rollout_finishes(
+    k8s_cluster: Cluster, env: str, registry: S3Registry
+) -> None:
+    first = start_operator(k8s_cluster, env, registry, POOL, "a")
+    second = start_operator(k8s_cluster, env, registry, POOL, "b")
+    try:
+        apply_md(k8s_cluster, env, example(f"{MODEL}:1"))
+        wait_ready(k8s_cluster, env, MODEL)
+        leases = client.CoordinationV1Api(k8s_cluster.api)
+
+        def holder() -> str:
+            return str(
+                leases.read_namespaced_lease("pilothouse-operator", env).spec.holder_identity or ""
+            )
+
+        leader_name = wait_for("a lease holder", holder, 30)
+        # out of cluster an operator's identity is HOST-PID
+        leading = [op for op in (first, second) if leader_name == identity(op)]
+        assert len(leading) == 1, (leader_name, identity(first), identity(second))
+        leader = leading[0]
+        follower = second if leader is first else first
+        v2 = registry.publish("v2")
+        set_model(k8s_cluster, env, f"{MODEL}:{v2}")
+        wait_for(
+            "the rollout under way",
+            lambda: rollout_of(k8s_cluster, env).get("phase") == "Progressing",
+            120,
+            0.2,
+        )
+        os.kill(leader.process.pid, signal.SIGKILL)
+        killed = time.monotonic()
+        wait_for("the follower holds the lease", lambda: holder() == identity(follower), 30)
+        took = time.monotonic() - killed
+        wait_for(
+            "v2 promoted by the new leader",
+            lambda: promoted(k8s_cluster, env, f"{MODEL}:{v2}"),
+            200,
+            0.5,
+        )
+        assert follower.alive()
+        print(f"lease taken over {took:.1f}s after the leader was killed")
+    finally:
+        first.process.stop()
+        second.process.stop()
