@@ -27,7 +27,7 @@ import httpx
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from pilothouse.registry.local import LocalRegistry, ModelVersion
+from pilothouse.registry.local import ModelVersion
 from pilothouse.registry.objectstore import ObjectStoreRegistry
 from tests.integration.rollout_models import Rows, register_good, register_v1, register_wrong
 from tests.k8s.conftest import DEAD_PROXIES, NODE_AGENT, Cluster, check_agent_left_nothing

@@ -16,20 +16,17 @@ import signal
 import socket
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 from kubernetes import client
-from kubernetes.client.exceptions import ApiException
 
 from tests.integration.rollout_models import open_loop
 from tests.k8s.conftest import Cluster
 from tests.k8s.operator_env import (
     EXAMPLE,
     MODEL,
-    POOL_LABEL,
     Node,
     Operator,
     S3Registry,
@@ -165,7 +162,9 @@ def children(cluster: Cluster, namespace: str, name: str) -> list[str]:
 def events_of(cluster: Cluster, namespace: str, name: str) -> list[dict[str, Any]]:
     """events.k8s.io Events about ``name`` (read as JSON: the typed client refuses the
     core Events of Kubernetes' own controllers, whose eventTime is null)."""
-    out = json.loads(cluster.kubectl("get", "events.v1.events.k8s.io", "-n", namespace, "-o", "json"))
+    out = json.loads(
+        cluster.kubectl("get", "events.v1.events.k8s.io", "-n", namespace, "-o", "json")
+    )
     return [e for e in out["items"] if (e.get("regarding") or {}).get("name") == name]
 
 
@@ -181,7 +180,8 @@ def test_the_example_applied_with_kubectl_serves_through_a_router_pod_and_deleti
     assert status["url"] == f"http://{MODEL}.{env}.svc"
     revision = status["revision"]
     dep = k8s_cluster.apps.read_namespaced_deployment(f"{MODEL}-{revision}", env)
-    assert dep.spec.replicas == 2 and dep.status.ready_replicas == 2
+    assert dep.spec.replicas == 2
+    assert dep.status.ready_replicas == 2
     assert dep.metadata.owner_references[0].uid == obj["metadata"]["uid"]
     pod = dep.spec.template.spec
     tolerations = {(t.key, t.effect): t.toleration_seconds for t in pod.tolerations}
@@ -208,7 +208,8 @@ def test_the_example_applied_with_kubectl_serves_through_a_router_pod_and_deleti
         assert abs(score - float(rows.v1_scores[i])) < 1e-6
 
     table = k8s_cluster.kubectl("get", "md", "-n", env)
-    assert MODEL in table and "True" in table, table
+    assert MODEL in table, table
+    assert "True" in table, table
     assert any(e.get("reason") for e in events_of(k8s_cluster, env, MODEL)), (
         "no Events about the deployment"
     )
@@ -248,9 +249,8 @@ def test_a_replica_pod_deleted_under_constant_load_fails_no_request(
 
     result, back = asyncio.run(run())
     failed = [a for a in result.answers if a.status != 200]
-    assert result.answers and not failed, (
-        f"{len(failed)} failed of {len(result.answers)}: {failed[:5]}"
-    )
+    assert result.answers
+    assert not failed, f"{len(failed)} failed of {len(result.answers)}: {failed[:5]}"
     print(f"{len(result.answers)} requests, 0 failed; full strength {back:.1f}s after the kill")
 
 
@@ -418,9 +418,8 @@ def test_under_load_a_good_v2_is_promoted_and_a_silently_wrong_v3_is_rolled_back
     assert status["rollout"]["abortedRevision"], status["rollout"]
     assert any(e.get("reason") == "RolledBack" for e in events_of(k8s_cluster, env, MODEL))
     failed = [a for a in result.answers if a.status != 200]
-    assert result.answers and not failed, (
-        f"{len(failed)} of {len(result.answers)} failed: {failed[:5]}"
-    )
+    assert result.answers
+    assert not failed, f"{len(failed)} of {len(result.answers)} failed: {failed[:5]}"
     # the wrong revision is gone: every replica serves v2
     wait_for(
         "only v2's replicas left",
@@ -462,25 +461,108 @@ def test_the_leader_killed_mid_rollout_hands_over_and_the_rollout_finishes(
         leader = leading[0]
         follower = second if leader is first else first
         v2 = registry.publish("v2")
-        set_model(k8s_cluster, env, f"{MODEL}:{v2}")
-        wait_for(
-            "the rollout under way",
-            lambda: rollout_of(k8s_cluster, env).get("phase") == "Progressing",
-            120,
-            0.2,
-        )
-        os.kill(leader.process.pid, signal.SIGKILL)
-        killed = time.monotonic()
-        wait_for("the follower holds the lease", lambda: holder() == identity(follower), 30)
-        took = time.monotonic() - killed
-        wait_for(
-            "v2 promoted by the new leader",
-            lambda: promoted(k8s_cluster, env, f"{MODEL}:{v2}"),
-            200,
-            0.5,
-        )
+        ip = wait_for("a router pod", lambda: router_ips(k8s_cluster, env, MODEL), 60)[0]
+        rows = registry.rows
+        assert rows is not None
+
+        async def run() -> tuple[float, Any]:
+            stop = asyncio.Event()
+            # the canary's analysis judges live and mirrored traffic: without any, no step passes
+            load = asyncio.create_task(
+                open_loop(f"http://{ip}:8080", rows, rate=25, seconds=240, model=MODEL, stop=stop)
+            )
+            try:
+                await asyncio.to_thread(set_model, k8s_cluster, env, f"{MODEL}:{v2}")
+                await asyncio.to_thread(
+                    wait_for,
+                    "the rollout under way",
+                    lambda: rollout_of(k8s_cluster, env).get("phase") == "Progressing",
+                    120,
+                    0.2,
+                )
+                os.kill(leader.process.pid, signal.SIGKILL)
+                killed = time.monotonic()
+                await asyncio.to_thread(
+                    wait_for,
+                    "the follower holds the lease",
+                    lambda: holder() == identity(follower),
+                    30,
+                )
+                took = time.monotonic() - killed
+                await asyncio.to_thread(
+                    wait_for,
+                    "v2 promoted by the new leader",
+                    lambda: promoted(k8s_cluster, env, f"{MODEL}:{v2}"),
+                    200,
+                    0.5,
+                )
+            finally:
+                stop.set()
+            return took, await load
+
+        took, result = asyncio.run(run())
+        failed = [a for a in result.answers if a.status != 200]
+        assert result.answers
+        assert not failed, f"{len(failed)} of {len(result.answers)} failed: {failed[:5]}"
         assert follower.alive()
         print(f"lease taken over {took:.1f}s after the leader was killed")
     finally:
         first.process.stop()
         second.process.stop()
+
+
+def test_the_operator_runs_in_cluster_with_its_service_account_and_least_privilege_rbac(
+    k8s_cluster: Cluster, env: str, registry: S3Registry, nodes: list[Node]
+) -> None:
+    """The install manifests' operator Deployment on the process nodes: it talks to the API
+    server with its bound ServiceAccount token, under the Role it is given (a verb the Role
+    lacks fails the rollout below, and shows as 403 in its log)."""
+    from pilothouse.runtime.kube.manifests import install_manifests
+
+    docs = install_manifests(
+        env,
+        image="pilothouse:test",
+        registry=registry.uri,
+        tolerations=[
+            {"key": "pilothouse.dev/process-node", "operator": "Exists", "effect": "NoSchedule"}
+        ],
+        node_selector={POOL_LABEL: POOL},
+    )
+    apply_docs(
+        k8s_cluster, [d for d in docs if d["kind"] not in ("CustomResourceDefinition", "Namespace")]
+    )
+    k8s_cluster.kubectl(
+        "rollout",
+        "status",
+        "deployment/pilothouse-operator",
+        "-n",
+        env,
+        "--timeout=120s",
+        timeout=150,
+    )
+    apply_md(k8s_cluster, env, example(f"{MODEL}:1"))
+    wait_ready(k8s_cluster, env, MODEL)
+    holder = (
+        client.CoordinationV1Api(k8s_cluster.api)
+        .read_namespaced_lease("pilothouse-operator", env)
+        .spec.holder_identity
+    )
+    operator_pods = {
+        p.metadata.name: p.spec.node_name
+        for p in k8s_cluster.core.list_namespaced_pod(
+            env, label_selector="app.kubernetes.io/component=operator"
+        ).items
+    }
+    assert holder in operator_pods, (holder, operator_pods)
+    rows = registry.rows
+    assert rows is not None
+    ip = wait_for("a router pod", lambda: router_ips(k8s_cluster, env, MODEL), 60)[0]
+    assert predict(ip, rows).status_code == 200
+    by_name = {n.name: n for n in nodes}
+    logs = "".join(
+        path.read_text(errors="replace")
+        for name, node in operator_pods.items()
+        for path in (by_name[node].work / "pods" / f"{env}_{name}").glob("*.log")
+    )
+    assert "leads in namespace" in logs, logs[-2000:]
+    assert " 403" not in logs and "Forbidden" not in logs, logs[-3000:]

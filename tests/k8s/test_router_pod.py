@@ -3,8 +3,11 @@
 (so the EndpointSlice controller lists them), and the router keeps its replicas from the
 pods and the slices, its weights from the ConfigMap ``NAME-router``.
 
-Which revision answered a request is read from the answer itself: each revision serves its
-own version of the model, and ``GET /v2/models/fraud`` names the version.
+The router runs in cluster where the test is about what the operator ships (a pod with
+the operator's router pod spec, ServiceAccount, Role and token Secret: ``router_pod``) and
+as a process with ``--kubeconfig`` where the test signals it or reads its log as it goes
+(``router``). Which revision answered a request is read from the answer itself: each
+revision serves its own version of the model, and ``GET /v2/models/fraud`` names it.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import math
 import os
 import signal
 import socket
+import subprocess
 import sys
 import tempfile
 import threading
@@ -345,7 +349,7 @@ def router(k8s_cluster: Cluster, namespace: str, tmp_path: Path) -> Iterator[Cal
 @pytest.fixture
 def router_pod(
     k8s_cluster: Cluster, namespace: str, process_node: ProcessNode, tmp_path: Path
-) -> Callable[[], Routed]:
+) -> Iterator[Callable[[], Routed]]:
     """``router_pod()`` runs the router in cluster, as the operator does: a pod on the
     process node with the operator's own router pod spec (only the executable differs),
     under the ServiceAccount and Role the install manifests give routers, its token from
@@ -401,9 +405,13 @@ def router_pod(
         except AssertionError as error:
             tail = log.read_text(errors="replace")[-3000:] if log.exists() else "(no log)"
             raise AssertionError(f"{error}\nrouter log:\n{tail}") from None
-        return Routed(f"http://{ip}:8080", f"http://{ip}:8081", token, log)
+        started.append(Routed(f"http://{ip}:8080", f"http://{ip}:8081", token, log))
+        return started[-1]
 
-    return start
+    started: list[Routed] = []
+    yield start
+    for one in started:  # the pod goes with the namespace
+        one.http.close()
 
 
 def wait_ready(router: Routed) -> None:
@@ -417,17 +425,16 @@ def wait_ready(router: Routed) -> None:
 # --- tests ---------------------------------------------------------------------------------------
 
 
-def test_weights_from_the_configmap_split_traffic_and_the_control_port_measures_it(
+def test_in_cluster_weights_from_the_configmap_split_traffic_and_the_control_port_measures_it(
     k8s_cluster: Cluster,
     namespace: str,
     process_node: ProcessNode,
     versions: dict[str, ModelVersion],
-    router: Callable[[], Routed],
+    router_pod: Callable[[], Routed],
 ) -> None:
     create_revision(k8s_cluster, namespace, R1, 1, versions["1"])
     create_revision(k8s_cluster, namespace, R2, 1, versions["2"])
-    routed = router()
-    wait_ready(routed)  # pods and slices listed; the ConfigMap is not there yet
+    routed = router_pod()  # Ready: pods and slices listed; the ConfigMap is not there yet
 
     refused = routed.http.get(f"{routed.url}/v2/models/{MODEL}")
     assert refused.status_code == 503
@@ -459,6 +466,8 @@ def test_weights_from_the_configmap_split_traffic_and_the_control_port_measures_
         response = routed.control_get("/control/load", routed.token, since=bad)
         assert response.status_code == 400, (bad, response.text)
     assert routed.control_get("/control/load", routed.token).status_code == 400
+    assert routed.control_get("/control/nothing", routed.token).status_code == 404
+    assert routed.http.post(f"{routed.control}/readyz").status_code == 405
 
     # every request answered is in the router's per-second buckets of its revision
     def measured() -> dict[str, int] | None:
@@ -606,8 +615,9 @@ class Load:
 
     url: str
     clients: int = 4
-    seconds: float = 30.0
-    per_client: int = 3000
+    #: the longest it runs; the test stops it as soon as it has seen what it waits for
+    seconds: float = 60.0
+    per_client: int = 4000
     ok: int = 0
     failures: list[str] = field(default_factory=list)
     stop: threading.Event = field(default_factory=threading.Event)
@@ -795,3 +805,13 @@ def test_in_cluster_scaled_to_zero_a_request_waits_wakes_the_operator_and_is_ans
         lambda: sum(s.requests for s in routed.load(sent - 1).revisions.get(R1, [])) == 1,
         timeout=10,
     )
+
+
+def test_the_router_refuses_to_start_without_a_control_token() -> None:
+    env = {k: v for k, v in os.environ.items() if k != "PILOTHOUSE_ROUTER_TOKEN"}
+    argv = [sys.executable, "-m", "pilothouse", "router", "--deployment", DEPLOYMENT]
+    argv += ["--namespace", "default", "--host", "127.0.0.1", "--port", "0"]
+    refused = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=60)
+    assert refused.returncode == 2, refused.stderr
+    assert "PILOTHOUSE_ROUTER_TOKEN" in refused.stderr
+    assert "--insecure-control" in refused.stderr

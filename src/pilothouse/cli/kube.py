@@ -356,4 +356,5 @@ def install(
             patience=timeout,
         )
     )
-    click.echo(f"pilothouse installed in namespace {namespace}", err=True)
+    done = "installed" if wait else "applied (not waited for)"
+    click.echo(f"pilothouse {done} in namespace {namespace}", err=True)

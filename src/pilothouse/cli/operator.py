@@ -10,45 +10,63 @@ from typing import Any
 import click
 
 
-def parse_toleration(text: str) -> dict[str, Any]:
-    """``KEY[=VALUE]:EFFECT`` (as kubectl taint writes a taint) -> a toleration."""
-    if ":" not in text:
-        raise click.BadParameter(f"{text!r}: expected KEY[=VALUE]:EFFECT", param_hint="--toleration")
-    key_value, effect = text.rsplit(":", 1)
-    if effect not in ("NoSchedule", "PreferNoSchedule", "NoExecute"):
-        raise click.BadParameter(
-            f"{text!r}: effect must be NoSchedule, PreferNoSchedule or NoExecute",
-            param_hint="--toleration",
-        )
-    if "=" in key_value:
-        key, value = key_value.split("=", 1)
-        return {"key": key, "operator": "Equal", "value": value, "effect": effect}
-    return {"key": key_value, "operator": "Exists", "effect": effect}
+def _tolerations(items: tuple[str, ...]) -> tuple[dict[str, Any], ...]:
+    from pilothouse.runtime.kube.manifests import parse_toleration
+
+    try:
+        return tuple(parse_toleration(t) for t in items)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--toleration") from None
 
 
-def parse_selector(items: tuple[str, ...]) -> dict[str, str]:
-    out = {}
-    for item in items:
-        if "=" not in item:
-            raise click.BadParameter(f"{item!r}: expected KEY=VALUE", param_hint="--node-selector")
-        key, value = item.split("=", 1)
-        out[key] = value
-    return out
+def _selector(items: tuple[str, ...]) -> dict[str, str]:
+    from pilothouse.runtime.kube.manifests import parse_node_selector
+
+    try:
+        return dict(parse_node_selector(i) for i in items)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--node-selector") from None
 
 
 @click.command()
 @click.option("--kubeconfig", default=None, help="Run out of cluster with this kubeconfig.")
 @click.option("--context", default=None, help="The kubeconfig context to use.")
-@click.option("-n", "--namespace", default=None, help="The namespace to serve [default: the context's, or the pod's].")
-@click.option("--registry", default="", help="The model registry (s3://BUCKET/PREFIX) replicas fetch from.")
+@click.option(
+    "-n",
+    "--namespace",
+    default=None,
+    help="The namespace to serve [default: the context's, or the pod's].",
+)
+@click.option(
+    "--registry", default="", help="The model registry (s3://BUCKET/PREFIX) replicas fetch from."
+)
 @click.option("--image", default=None, help="The image of replica and router pods.")
-@click.option("--toleration", "tolerations", multiple=True, help="KEY[=VALUE]:EFFECT, added to every pod.")
-@click.option("--node-selector", "node_selector", multiple=True, help="KEY=VALUE, added to every pod.")
-@click.option("--unreachable-seconds", default=10, show_default=True, help="How long a replica stays on a node that stopped answering.")
+@click.option(
+    "--toleration",
+    "tolerations",
+    multiple=True,
+    help="KEY[=VALUE][:EFFECT], added to every replica and router pod.",
+)
+@click.option(
+    "--node-selector", "node_selector", multiple=True, help="KEY=VALUE, added to every pod."
+)
+@click.option(
+    "--unreachable-seconds",
+    default=10,
+    show_default=True,
+    help="How long a replica stays on a node that stopped answering.",
+)
 @click.option("--router-replicas", default=2, show_default=True)
 @click.option("--health-host", default="0.0.0.0", show_default=True)
-@click.option("--health-port", default=8090, show_default=True, help="/healthz and /readyz (0: any free port).")
-@click.option("--lease-duration", default=15.0, show_default=True, help="Seconds a leader's lease lasts.")
+@click.option(
+    "--health-port",
+    default=8090,
+    show_default=True,
+    help="/healthz and /readyz (0: any free port).",
+)
+@click.option(
+    "--lease-duration", default=15.0, show_default=True, help="Seconds a leader's lease lasts."
+)
 @click.option("--renew-deadline", default=10.0, show_default=True)
 @click.option("--retry-period", default=2.0, show_default=True)
 @click.option("--log-level", default="INFO", show_default=True)
@@ -74,19 +92,24 @@ def operator(
     In a pod it uses its ServiceAccount; out of cluster, --kubeconfig/--context. Several
     replicas may run: a Lease elects the one that acts.
     """
+    from pilothouse.operator import OperatorOptions, run_operator
     from pilothouse.runtime.kube.objects import DEFAULT_IMAGE, PodDefaults
-    from pilothouse.runtime.kube.operator import OperatorOptions, run_operator
 
     if not 0 < renew_deadline < lease_duration:
-        raise click.BadParameter("must be above 0 and below --lease-duration", param_hint="--renew-deadline")
+        raise click.BadParameter(
+            "must be above 0 and below --lease-duration", param_hint="--renew-deadline"
+        )
     logging.basicConfig(
         level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    # a line per request to the routers and the registry otherwise
+    for noisy in ("httpx", "aiobotocore", "botocore"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
     defaults = PodDefaults(
         image=image or DEFAULT_IMAGE,
         registry=registry,
-        tolerations=tuple(parse_toleration(t) for t in tolerations),
-        node_selector=parse_selector(node_selector),
+        tolerations=_tolerations(tolerations),
+        node_selector=_selector(node_selector),
         unreachable_seconds=unreachable_seconds,
         router_replicas=router_replicas,
     )

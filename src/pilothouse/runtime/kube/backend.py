@@ -82,7 +82,7 @@ class KubeBackend:
         for informer in (self.deployments, self.pods, self.configmaps):
             informer.add_handler(child)
 
-    async def start(self, timeout: float = 60.0) -> None:
+    async def start(self, timeout: float = 60.0) -> None:  # noqa: ASYNC109
         await self.recorder.start()
         for informer in self.informers:
             await informer.start()

@@ -30,14 +30,7 @@ import random
 from collections import deque
 from collections.abc import Callable
 
-from pilothouse.runtime.kube.client import (
-    LIST_PAGE_SIZE,
-    Kube,
-    KubeError,
-    KubeUnreachable,
-    Obj,
-    Objs,
-)
+from pilothouse.runtime.kube.client import LIST_PAGE_SIZE, Kube, KubeError, Obj, Objs
 
 log = logging.getLogger("pilothouse.kube.informer")
 
@@ -268,8 +261,11 @@ class Informer:
                     if self._failures > 1:
                         await self._back_off("", count=False)
                     continue
-                if not isinstance(exc, KubeUnreachable):
-                    relist = True  # level-based: whatever went wrong, a list sets it right
+                # no answer, throttled, or the server's trouble (e.g. its watch cache not yet
+                # at our resourceVersion, 504): resume from the same point; anything else
+                # (e.g. 403): a list sets it right, level-based
+                if not (exc.status in (0, 429) or exc.status >= 500):
+                    relist = True
                 await self._back_off(f"watch failed: {exc}")
                 continue
             # the server ended the watch: resume from where it ended

@@ -251,6 +251,15 @@ def parse_toleration(text: str) -> Manifest:
     return toleration
 
 
+def toleration_text(toleration: Manifest) -> str:
+    """A toleration as ``parse_toleration`` reads it (``KEY[=VALUE]:EFFECT``)."""
+    key = str(toleration.get("key", ""))
+    if toleration.get("operator", "Equal") == "Equal" and "value" in toleration:
+        key = f"{key}={toleration['value']}"
+    effect = toleration.get("effect")
+    return f"{key}:{effect}" if effect else key
+
+
 def parse_node_selector(text: str) -> tuple[str, str]:
     """``KEY=VALUE``."""
     key, sep, value = text.partition("=")
@@ -332,12 +341,21 @@ def operator_deployment(
             "$(POD_NAMESPACE)",
             "--registry",
             registry,
+            # replicas and routers run the operator's own image, placed as it is
+            "--image",
+            image,
+            *(arg for t in tolerations for arg in ("--toleration", toleration_text(t))),
+            *(arg for k, v in node_selector.items() for arg in ("--node-selector", f"{k}={v}")),
+            # the pod's own address: two operators on one host network never clash
+            "--health-host",
+            "$(POD_IP)",
         ],
         "env": [
             {
                 "name": "POD_NAMESPACE",
                 "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}},
             },
+            {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
             {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
         ],
         # AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL, ...: the registry's

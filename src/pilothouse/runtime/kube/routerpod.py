@@ -11,9 +11,10 @@ watches of its own namespace, so that the operator is never in the request path:
   ``pilothouse.dev/revision`` label, copied from the revision's Service). Both are merged
   by pod IP (``ReplicaEndpoints``): a pod the slices do not list as ready yet is probed
   directly, and gets traffic the moment it answers, instead of after the kubelet's probe
-  period and the EndpointSlice controller's batching; a pod being deleted, an endpoint
-  that is terminating, or one whose readiness went from true to false (in the pod's
-  condition or its slice) leaves the route at once, requests in flight finishing.
+  period and the EndpointSlice controller's batching; a pod being deleted or gone, an
+  endpoint that is terminating, or one whose readiness went from true to false (its pod's
+  Ready condition; a slice's for an address whose pod is not known) leaves the route at
+  once, requests in flight finishing.
 
 When a request waits with no ready replica at all and the traffic says
 ``hold_when_empty`` (scaled to zero), the router wakes the operator by setting the
@@ -67,7 +68,7 @@ PROBE_EVERY = 0.2
 PROBE_TIMEOUT = 0.5
 #: the wake annotation is set at most this often
 WAKE_EVERY = 2.0
-#: the watches re-list this often (the level-based safety net)
+#: the watches deliver every object again this often (the level-based safety net)
 RESYNC = 30.0
 #: a control request must send its head within this
 CONTROL_READ_TIMEOUT = 10.0
@@ -598,6 +599,7 @@ _REASONS = {
     404: "Not Found",
     405: "Method Not Allowed",
     431: "Request Header Fields Too Large",
+    500: "Internal Server Error",
     503: "Service Unavailable",
 }
 
@@ -619,12 +621,11 @@ class ControlServer:
             try:
                 async with asyncio.timeout(CONTROL_READ_TIMEOUT):
                     head = await reader.readuntil(b"\r\n\r\n")
-                status, body, extra = self.answer(head)
+                data, status, extra = self.answer(head)
             except asyncio.LimitOverrunError:
-                status, body, extra = 431, {"error": "request head too large"}, []
+                data, status, extra = b'{"error": "request head too large"}', 431, []
             except (asyncio.IncompleteReadError, TimeoutError):
                 return
-            data = json.dumps(body, allow_nan=False).encode()
             lines = [
                 f"HTTP/1.1 {status} {_REASONS.get(status, '')}",
                 "content-type: application/json",
@@ -640,15 +641,21 @@ class ControlServer:
             self._open -= 1
             writer.close()
 
-    def answer(self, head: bytes) -> tuple[int, dict[str, Any], list[str]]:
+    def answer(self, head: bytes) -> tuple[bytes, int, list[str]]:
+        """The JSON body, status and extra header lines for one request head."""
         try:
             method, path, query, headers = _parse_head(head)
-            return 200, self._route(method, path, query, headers), []
+            body = self._route(method, path, query, headers)
+            return json.dumps(body, allow_nan=False).encode(), 200, []
         except _BadRequest as exc:
             extra = (
                 ['www-authenticate: Bearer realm="pilothouse-router"'] if exc.status == 401 else []
             )
-            return exc.status, {"error": exc.message}, extra
+            return json.dumps({"error": exc.message}).encode(), exc.status, extra
+        except Exception:
+            # a bug of ours: the operator gets an answer, and the log says what it was
+            log.exception("control request failed: %r", head[:200])
+            return json.dumps({"error": "internal error"}).encode(), 500, []
 
     def _route(
         self, method: str, path: str, query: dict[str, list[str]], headers: dict[str, str]

@@ -189,7 +189,7 @@ class KubeState:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._writer
 
-    async def flush(self, timeout: float = 5.0) -> None:
+    async def flush(self, timeout: float = 5.0) -> None:  # noqa: ASYNC109
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._idle.wait(), timeout)
 

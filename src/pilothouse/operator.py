@@ -16,7 +16,7 @@ import os
 import signal
 import socket
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from pilothouse.controllers.base import Context
 from pilothouse.controllers.manager import Manager
@@ -34,7 +34,7 @@ class OperatorOptions:
     kubeconfig: str | None = None
     context: str | None = None
     namespace: str | None = None
-    defaults: PodDefaults = PodDefaults()
+    defaults: PodDefaults = field(default_factory=PodDefaults)
     health_host: str = "0.0.0.0"
     health_port: int = 8090
     lease_duration: float = 15.0
@@ -99,11 +99,8 @@ async def run_operator(options: OperatorOptions) -> int:
         renew_deadline=options.renew_deadline,
         retry_period=options.retry_period,
     )
-    led = False
 
     async def lead() -> None:
-        nonlocal led
-        led = True
         log.info("%s leads in namespace %s", identity, namespace)
         backend = KubeBackend(kube, namespace, options.defaults, identity=identity)
         ctx = Context(backend.state, backend.workload, backend.dataplane, time.time)
@@ -130,14 +127,16 @@ async def run_operator(options: OperatorOptions) -> int:
     try:
         await asyncio.wait({election, stopper}, return_when=asyncio.FIRST_COMPLETED)
         if stop.is_set():
+            if not election.done() and not elector.is_leader:
+                election.cancel()  # a follower has nothing to hand over
             if not election.done():
                 # lead() sees the stop and returns; the elector then releases the lease
                 with contextlib.suppress(TimeoutError, asyncio.CancelledError):
                     await asyncio.wait_for(asyncio.shield(election), 15)
-                if not election.done():
-                    election.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await election
+            if not election.done():
+                election.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await election
             return 0
         # the election ended without a stop: leadership was lost
         log.error(
@@ -146,7 +145,7 @@ async def run_operator(options: OperatorOptions) -> int:
             namespace,
             LEASE,
         )
-        return 1 if led else 1
+        return 1
     finally:
         stopper.cancel()
         server.close()
