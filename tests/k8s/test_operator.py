@@ -27,6 +27,7 @@ from tests.k8s.conftest import Cluster
 from tests.k8s.operator_env import (
     EXAMPLE,
     MODEL,
+    POOL_LABEL,
     Node,
     Operator,
     S3Registry,
@@ -565,4 +566,5 @@ def test_the_operator_runs_in_cluster_with_its_service_account_and_least_privile
         for path in (by_name[node].work / "pods" / f"{env}_{name}").glob("*.log")
     )
     assert "leads in namespace" in logs, logs[-2000:]
-    assert " 403" not in logs and "Forbidden" not in logs, logs[-3000:]
+    assert " 403" not in logs, logs[-3000:]
+    assert "Forbidden" not in logs, logs[-3000:]
