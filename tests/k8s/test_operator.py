@@ -14,10 +14,12 @@ import json
 import os
 import signal
 import socket
+import subprocess
 import time
 from collections.abc import Iterator
 from typing import Any
 
+import httpx
 import pytest
 import yaml
 from kubernetes import client
@@ -27,6 +29,7 @@ from tests.k8s.conftest import Cluster
 from tests.k8s.operator_env import (
     EXAMPLE,
     MODEL,
+    PILOTHOUSE,
     POOL_LABEL,
     Node,
     Operator,
@@ -568,3 +571,120 @@ def test_the_operator_runs_in_cluster_with_its_service_account_and_least_privile
     assert "leads in namespace" in logs, logs[-2000:]
     assert " 403" not in logs, logs[-3000:]
     assert "Forbidden" not in logs, logs[-3000:]
+
+
+def test_scaled_to_zero_a_request_is_held_wakes_the_operator_and_is_answered(
+    k8s_cluster: Cluster, env: str, operator: Operator, registry: S3Registry
+) -> None:
+    doc = example(
+        f"{MODEL}:1",
+        replicas={"min": 0, "max": 2},
+        autoscaling={
+            "target": 5,
+            "stableWindow": "6s",
+            "panicWindow": "2s",
+            "scaleToZeroGrace": "1s",
+        },
+        traffic={"queueTimeout": "60s"},
+    )
+    doc["spec"].pop("rollout", None)
+    apply_md(k8s_cluster, env, doc)
+
+    def at_zero() -> bool:
+        status = (md(k8s_cluster, env, MODEL) or {}).get("status") or {}
+        return (
+            bool(status.get("url"))
+            and status.get("desiredReplicas") == 0
+            and not replica_pods(k8s_cluster, env, MODEL)
+        )
+
+    wait_for("scaled to zero, no replica pod left", at_zero, READY_TIMEOUT, 0.5)
+    ip = wait_for("a router pod", lambda: router_ips(k8s_cluster, env, MODEL), 60)[0]
+    rows = registry.rows
+    assert rows is not None
+    started = time.monotonic()
+    answer = httpx.post(
+        f"http://{ip}:8080/v2/models/{MODEL}/infer",
+        content=rows.bodies[0],
+        headers={"content-type": "application/json"},
+        timeout=90,
+    )
+    held = time.monotonic() - started
+    assert answer.status_code == 200, answer.text
+    assert abs(answer.json()["outputs"][0]["data"][0] - float(rows.v1_scores[0])) < 1e-6
+    config = k8s_cluster.core.read_namespaced_config_map(f"{MODEL}-router", env)
+    assert "pilothouse.dev/wake" in (config.metadata.annotations or {}), (
+        "the router never woke the operator"
+    )
+    assert replica_pods(k8s_cluster, env, MODEL), "answered without a replica?"
+    print(f"scale from zero: the held request was answered after {held:.1f}s")
+
+
+def test_a_missing_model_version_on_a_running_deployment_disturbs_nothing_that_runs(
+    k8s_cluster: Cluster, env: str, operator: Operator, registry: S3Registry
+) -> None:
+    apply_md(k8s_cluster, env, example(f"{MODEL}:1"))
+    serving = wait_ready(k8s_cluster, env, MODEL, operator)["status"]["revision"]
+    before = {p.metadata.name for p in ready_replicas(k8s_cluster, env, MODEL)}
+    set_model(k8s_cluster, env, f"{MODEL}:77")
+
+    def said() -> dict[str, Any] | None:
+        obj = md(k8s_cluster, env, MODEL)
+        text = json.dumps((obj or {}).get("status", {}))
+        return (
+            obj
+            if "77" in text
+            and (obj or {})["status"].get("observedGeneration")
+            == (obj or {})["metadata"]["generation"]
+            else None
+        )
+
+    obj = wait_for("the missing version reported", said, 60, 0.5)
+    assert obj is not None
+    assert any("77" in (e.get("note") or "") for e in events_of(k8s_cluster, env, MODEL)), (
+        "no Event names the missing version"
+    )
+    rows = registry.rows
+    assert rows is not None
+    ip = wait_for("a router pod", lambda: router_ips(k8s_cluster, env, MODEL), 60)[0]
+    for i in range(10):
+        assert predict(ip, rows, i).status_code == 200
+    assert {p.metadata.name for p in ready_replicas(k8s_cluster, env, MODEL)} == before
+    assert obj["status"]["model"] == f"{MODEL}:1"
+    assert {
+        p.metadata.labels["pilothouse.dev/revision"] for p in replica_pods(k8s_cluster, env, MODEL)
+    } == {serving}
+
+
+def test_the_cli_reads_steers_and_predicts_against_the_cluster(
+    k8s_cluster: Cluster, env: str, operator: Operator, registry: S3Registry
+) -> None:
+    """`pilothouse --kubeconfig ... -n NS` get/describe/predict/rollout status with the operator
+    running: predictions go through the API server's service proxy to a router pod."""
+    apply_md(k8s_cluster, env, example(f"{MODEL}:1"))
+    wait_ready(k8s_cluster, env, MODEL, operator)
+    wait_for("a router pod", lambda: router_ips(k8s_cluster, env, MODEL), 60)
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [PILOTHOUSE, "--kubeconfig", str(k8s_cluster.kubeconfig), "-n", env, *args],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    got = cli("get", "md")
+    assert got.returncode == 0, got.stderr
+    assert MODEL in got.stdout
+    described = cli("describe", "md", MODEL)
+    assert described.returncode == 0, described.stderr
+    assert "Ready" in described.stdout, described.stdout
+    assert "router" in described.stdout, described.stdout
+    status = cli("rollout", "status", MODEL)
+    assert status.returncode == 0, status.stderr
+    rows = registry.rows
+    assert rows is not None
+    body = rows.bodies[0].decode()
+    answer = cli("predict", MODEL, "--data", body)
+    assert answer.returncode == 0, answer.stderr
+    assert f"{float(rows.v1_scores[0]):.6f}"[:6] in answer.stdout, answer.stdout
