@@ -24,6 +24,7 @@ from pilothouse.runtime.kube.manifests import (
     parse_node_selector,
     parse_toleration,
     render_manifests,
+    toleration_text,
 )
 from pilothouse.spec.crd import crds
 
@@ -51,6 +52,7 @@ def test_apply_order_crds_then_namespace_then_rbac_then_the_operator() -> None:
     assert objects[:n] == crds()
     assert kinds[n:] == [
         "Namespace",
+        "PriorityClass",
         "ServiceAccount",
         "Role",
         "RoleBinding",
@@ -60,9 +62,11 @@ def test_apply_order_crds_then_namespace_then_rbac_then_the_operator() -> None:
         "Deployment",
         "PodDisruptionBudget",
     ]
-    namespaced = objects[n + 1 :]
+    assert objects[n + 1]["value"] > 0  # replicas above ordinary pods
+    namespaced = objects[n + 2 :]
     assert {o["metadata"]["namespace"] for o in namespaced} == {"ml"}
-    # nothing cluster-wide but the CRDs and the Namespace: the operator is namespaced
+    # nothing cluster-wide but the CRDs, the Namespace and the serving PriorityClass: the
+    # operator is namespaced
     assert not {"ClusterRole", "ClusterRoleBinding"} & set(kinds)
 
 
@@ -87,9 +91,19 @@ def test_operator_deployment_runs_the_operator_with_its_namespace_and_registry()
         "$(POD_NAMESPACE)",
         "--registry",
         REGISTRY,
+        "--image",
+        "example/pilothouse:1",
+        "--priority-class",
+        "pilothouse-serving",
+        "--health-host",
+        "$(POD_IP)",
     ]
     env = {e["name"]: e["valueFrom"]["fieldRef"]["fieldPath"] for e in container["env"]}
-    assert env == {"POD_NAMESPACE": "metadata.namespace", "POD_NAME": "metadata.name"}
+    assert env == {
+        "POD_NAMESPACE": "metadata.namespace",
+        "POD_NAME": "metadata.name",
+        "POD_IP": "status.podIP",
+    }
     assert container["envFrom"] == [
         {"secretRef": {"name": "pilothouse-registry", "optional": True}}
     ]
@@ -153,6 +167,17 @@ def test_tolerations_and_node_selector_are_carried() -> None:
         {"key": "gpu", "operator": "Exists", "effect": "NoExecute"},
     ]
     assert pod["nodeSelector"] == {"pool": "system"}
+    # the operator places the replica and router pods it makes the same way
+    command = pod["containers"][0]["command"]
+    assert " ".join(command).count("--toleration") == 2
+    for flag, value in (
+        ("--toleration", "dedicated=ml:NoSchedule"),
+        ("--toleration", "gpu:NoExecute"),
+        ("--node-selector", "pool=system"),
+    ):
+        assert any(command[i : i + 2] == [flag, value] for i in range(len(command))), command
+    for t in tolerations:
+        assert parse_toleration(toleration_text(t)) == t
     plain = operator_pod(build())
     assert "tolerations" not in plain
     assert "nodeSelector" not in plain

@@ -57,6 +57,9 @@ def _selector(items: tuple[str, ...]) -> dict[str, str]:
     help="How long a replica stays on a node that stopped answering.",
 )
 @click.option("--router-replicas", default=2, show_default=True)
+@click.option(
+    "--priority-class", default="", help="PriorityClass of replica and router pods [default: none]."
+)
 @click.option("--health-host", default="0.0.0.0", show_default=True)
 @click.option(
     "--health-port",
@@ -80,6 +83,7 @@ def operator(
     node_selector: tuple[str, ...],
     unreachable_seconds: int,
     router_replicas: int,
+    priority_class: str,
     health_host: str,
     health_port: int,
     lease_duration: float,
@@ -112,6 +116,7 @@ def operator(
         node_selector=_selector(node_selector),
         unreachable_seconds=unreachable_seconds,
         router_replicas=router_replicas,
+        priority_class=priority_class,
     )
     options = OperatorOptions(
         kubeconfig=kubeconfig,

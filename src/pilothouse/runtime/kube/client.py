@@ -84,6 +84,7 @@ KIND_TABLE: dict[tuple[str, str], KindInfo] = {
     ("policy/v1", "PodDisruptionBudget"): KindInfo("poddisruptionbudgets", True),
     ("discovery.k8s.io/v1", "EndpointSlice"): KindInfo("endpointslices", True),
     ("coordination.k8s.io/v1", "Lease"): KindInfo("leases", True),
+    ("scheduling.k8s.io/v1", "PriorityClass"): KindInfo("priorityclasses", False),
     ("events.k8s.io/v1", "Event"): KindInfo("events", True),
     ("rbac.authorization.k8s.io/v1", "Role"): KindInfo("roles", True),
     ("rbac.authorization.k8s.io/v1", "RoleBinding"): KindInfo("rolebindings", True),
@@ -384,12 +385,13 @@ class Kube:
                 return _fill(items, api_version, kind), str(meta.get("resourceVersion") or "")
             page = {**query, "limit": str(limit), "continue": token}
 
-    async def create(self, obj: Obj) -> Obj:
+    async def create(self, obj: Obj, *, field_manager: str | None = None) -> Obj:
         meta = obj.get("metadata") or {}
         info = kind_info(obj["apiVersion"], obj["kind"])
         namespace = (meta.get("namespace") or self.namespace) if info.namespaced else None
+        query = {"fieldManager": field_manager} if field_manager else None
         created: Obj = await self.request(
-            "POST", self.path(obj["apiVersion"], obj["kind"], namespace), body=obj
+            "POST", self.path(obj["apiVersion"], obj["kind"], namespace), query=query, body=obj
         )
         return created
 

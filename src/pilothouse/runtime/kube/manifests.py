@@ -346,6 +346,8 @@ def operator_deployment(
             image,
             *(arg for t in tolerations for arg in ("--toleration", toleration_text(t))),
             *(arg for k, v in node_selector.items() for arg in ("--node-selector", f"{k}={v}")),
+            "--priority-class",
+            SERVING_PRIORITY_CLASS,
             # the pod's own address: two operators on one host network never clash
             "--health-host",
             "$(POD_IP)",
@@ -451,6 +453,24 @@ def operator_deployment(
     }
 
 
+#: replicas and routers serve live traffic: above ordinary pods (0) and, with the operator's
+#: second part, training workers, which they may preempt (as embedded: spec.priority)
+SERVING_PRIORITY_CLASS = "pilothouse-serving"
+SERVING_PRIORITY = 100000
+
+
+def serving_priority_class() -> Manifest:
+    return {
+        "apiVersion": "scheduling.k8s.io/v1",
+        "kind": "PriorityClass",
+        "metadata": {"name": SERVING_PRIORITY_CLASS, "labels": _labels("serving")},
+        "value": SERVING_PRIORITY,
+        "globalDefault": False,
+        "preemptionPolicy": "PreemptLowerPriority",
+        "description": "pilothouse model replicas and routers: live traffic",
+    }
+
+
 def operator_pdb(namespace: str) -> Manifest:
     return {
         "apiVersion": "policy/v1",
@@ -490,6 +510,7 @@ def install_manifests(
             }
         )
     objects += [
+        serving_priority_class(),
         # the SA itself mounts nothing: only the operator's pods, which ask for it
         service_account(OPERATOR, namespace, "operator", automount=False),
         role(OPERATOR, namespace, "operator", OPERATOR_RULES),

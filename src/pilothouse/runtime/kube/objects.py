@@ -49,6 +49,9 @@ class PodDefaults:
     router_replicas: int = 2
     #: seconds a replica keeps serving after its deletion began, while routers drop it
     drain_seconds: int = 3
+    #: the PriorityClass of replica and router pods ("": the cluster's default); ``kube
+    #: install`` makes ``pilothouse-serving``, above ordinary pods and training workers
+    priority_class: str = ""
 
 
 def child_name(deployment: str, suffix: str) -> str:
@@ -239,6 +242,8 @@ def replica_pod_spec(
     }
     if defaults.node_selector:
         spec["nodeSelector"] = dict(defaults.node_selector)
+    if defaults.priority_class:
+        spec["priorityClassName"] = defaults.priority_class
     return spec
 
 
@@ -392,6 +397,8 @@ def router_objects(
     }
     if defaults.node_selector:
         pod_spec["nodeSelector"] = dict(defaults.node_selector)
+    if defaults.priority_class:
+        pod_spec["priorityClassName"] = defaults.priority_class
     router = {
         "apiVersion": "apps/v1",
         "kind": "Deployment",

@@ -181,7 +181,7 @@ class KubeWorkload:
                     owner, target.template, revision, self.defaults, target.replicas
                 )
                 try:
-                    await self.kube.create(obj)
+                    await self.kube.create(obj, field_manager=FIELD_MANAGER)
                     log.info(
                         "%s: revision %s created with %d replica(s)",
                         deployment,
