@@ -124,7 +124,8 @@ def test_install_applies_the_same_objects_and_again_changes_nothing(
     applied = [line for line in first.stderr.splitlines() if line.startswith("applied ")]
     assert f"applied Deployment {namespace}/{OPERATOR}" in applied
     assert f"applied Role {namespace}/{OPERATOR}" in applied
-    assert len(applied) == len(crds()) + 9  # the Namespace, 2 x (SA, Role, RoleBinding), ...
+    # the Namespace, the PriorityClass, 2 x (SA, Role, RoleBinding), the Deployment, its PDB
+    assert len(applied) == len(crds()) + 10
     rbac = client.RbacAuthorizationV1Api(k8s_cluster.api)
     policy = client.PolicyV1Api(k8s_cluster.api)
 
