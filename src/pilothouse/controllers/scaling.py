@@ -28,12 +28,15 @@ class Scaled:
     state: AutoscalerState | None = None
 
 
-def _value(sample: LoadSample, metric: str) -> float:
+def demand(sample: LoadSample, metric: str) -> float:
+    """The demand a second measured; mirrored copies are not demand (they go away with
+    the mirror, and scaling on them would also feed back into the mirror's own load)."""
     if metric == "rps":
-        return sample.requests / sample.seconds if sample.seconds > 0 else 0.0
+        live = sample.requests - sample.mirrored_requests
+        return max(0, live) / sample.seconds if sample.seconds > 0 else 0.0
     if metric == "cpu":
         return sample.cpu or 0.0
-    return sample.concurrency
+    return max(0.0, sample.concurrency - sample.mirrored_concurrency)
 
 
 async def desired_replicas(
@@ -64,7 +67,7 @@ async def desired_replicas(
         if revisions is not None and revision not in revisions:
             continue
         for sample in revision_samples:
-            per_second[round(sample.time, 1)] += _value(sample, scaling.metric)
+            per_second[round(sample.time, 1)] += demand(sample, scaling.metric)
     samples: list[tuple[float, float]] = sorted(per_second.items())
     if load.queued and count_queued:
         # requests held at the router (scale from zero, or every replica busy) are demand too

@@ -45,6 +45,10 @@ class LoadSample:
     #: latency histogram of the second: upper bounds (seconds) and requests per bound
     latency_bounds: tuple[float, ...] = ()
     latency_counts: tuple[int, ...] = ()
+    #: of ``requests`` and ``concurrency``: mirrored copies, which the analysis judges
+    #: but which are not demand (the autoscaler leaves them out)
+    mirrored_requests: int = 0
+    mirrored_concurrency: float = 0.0
 
 
 @dataclass(frozen=True)

@@ -90,6 +90,10 @@ class Bucket:
     latency_counts: tuple[int, ...] = ()
     #: failed attempts not held against it (the request failed on another revision too)
     excused: int = 0
+    #: of ``requests`` and ``concurrency``: mirrored copies (measured for the analysis, but
+    #: not demand: the autoscaler leaves them out)
+    mirror_requests: int = 0
+    mirror_concurrency: float = 0.0
 
     @property
     def rps(self) -> float:
@@ -105,6 +109,10 @@ class RevisionMeter:
         self.deployment, self.revision = deployment, revision
         self.inflight = 0
         self._integral = 0.0
+        self.mirror_inflight = 0
+        self._mirror_integral = 0.0
+        self._bucket_mirror_integral = 0.0
+        self._mirror_requests = 0
         self._last = now
         self._bucket_start = now
         self._bucket_integral = 0.0
@@ -118,17 +126,24 @@ class RevisionMeter:
         self._codes: dict[int, Counter] = {}
 
     def _advance(self, now: float) -> None:
-        self._integral += self.inflight * max(0.0, now - self._last)
+        elapsed = max(0.0, now - self._last)
+        self._integral += self.inflight * elapsed
+        self._mirror_integral += self.mirror_inflight * elapsed
         self._last = now
 
-    def start(self, now: float) -> None:
+    def start(self, now: float, mirror: bool = False) -> None:
         self._advance(now)
         self.inflight += 1
+        if mirror:
+            self.mirror_inflight += 1
         self._gauge.inc()
 
-    def end(self, now: float, status: int, seconds: float) -> None:
+    def end(self, now: float, status: int, seconds: float, mirror: bool = False) -> None:
         self._advance(now)
         self.inflight -= 1
+        if mirror:
+            self.mirror_inflight -= 1
+            self._mirror_requests += 1
         self._gauge.dec()
         self._requests += 1
         self._latency.observe(seconds)
@@ -153,6 +168,9 @@ class RevisionMeter:
         self._advance(now)
         seconds = now - self._bucket_start
         concurrency = (self._integral - self._bucket_integral) / seconds if seconds > 0 else 0.0
+        mirrored = (
+            (self._mirror_integral - self._bucket_mirror_integral) / seconds if seconds > 0 else 0.0
+        )
         bucket = Bucket(
             now,
             seconds,
@@ -161,10 +179,13 @@ class RevisionMeter:
             self._errors,
             tuple(self._latency_counts),
             self._excused,
+            self._mirror_requests,
+            mirrored,
         )
         self.buckets.append(bucket)
         self._bucket_start, self._bucket_integral = now, self._integral
-        self._requests = self._errors = self._excused = 0
+        self._bucket_mirror_integral = self._mirror_integral
+        self._requests = self._errors = self._excused = self._mirror_requests = 0
         self._latency_counts = [0] * len(LATENCY_BOUNDS)
         return bucket
 

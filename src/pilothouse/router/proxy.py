@@ -710,7 +710,7 @@ class Route:
             meter = self.meter(target)
             started = time.time()
             upstream.inflight += 1
-            meter.start(started)
+            meter.start(started, mirror=True)
             mirror_status, mirror_body = 0, b""
             try:
                 async with asyncio.timeout(UPSTREAM_TIMEOUT):
@@ -724,7 +724,7 @@ class Route:
             finally:
                 upstream.inflight -= 1
                 ended = time.time()
-                meter.end(ended, mirror_status or 502, ended - started)
+                meter.end(ended, mirror_status or 502, ended - started, mirror=True)
                 if mirror_status >= 500:
                     # a mirrored request the serving revision failed too is the request's
                     # fault: it never counts against the mirror

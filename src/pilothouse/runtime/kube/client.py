@@ -20,6 +20,8 @@ import ipaddress
 import json
 import logging
 import os
+import ssl
+import sys
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass
@@ -54,6 +56,10 @@ WATCH_READ_GRACE = 30.0
 #: retries of a request answered 429 (API priority and fairness), honouring Retry-After
 THROTTLE_RETRIES = 3
 MAX_RETRY_AFTER = 10.0
+
+#: CPython before 3.12.8 (and 3.13.0) leaks the socket of an SSL connection closed while
+#: its shutdown is pending (python/cpython#118960); aiohttp then aborts them itself
+SSL_CLEANUP_NEEDED = sys.version_info < (3, 12, 8) or (3, 13, 0) <= sys.version_info < (3, 13, 1)
 
 PATCH_TYPES = {
     "merge": "application/merge-patch+json",
@@ -519,6 +525,7 @@ class Kube:
 
     async def close(self) -> None:
         await self.api.close()
+        await asyncio.sleep(0)  # the aborted connections' sockets close on the next turn
 
 
 def _event(line: bytes) -> tuple[str, Obj]:
@@ -626,17 +633,37 @@ def _in_cluster(directory: Path) -> tuple[Any, _ServiceAccountToken]:
     return config, token
 
 
-def _api_client(config: Any) -> ApiClient:
+def _ssl_context(config: Any) -> ssl.SSLContext:
+    """The TLS settings of the configuration, as kubernetes_asyncio's REST client reads them."""
+    context = ssl.create_default_context(cafile=config.ssl_ca_cert)
+    if config.cert_file:
+        context.load_cert_chain(config.cert_file, keyfile=config.key_file)
+    if not config.verify_ssl:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    if config.disable_strict_ssl_verification:
+        context.verify_flags &= ~ssl.VERIFY_X509_STRICT
+    return context
+
+
+async def _api_client(config: Any) -> ApiClient:
+    """kubernetes_asyncio's ApiClient, on an aiohttp session of our own: TLS connections that
+    end early (a watch closed mid-stream) are aborted when the session closes, not left to an
+    SSL shutdown that outlives the loop (CPython before 3.12.8 leaks them: aiohttp's
+    enable_cleanup_closed); and, as Go's net/http does, a loopback API server is never reached
+    through a proxy from the environment (aiohttp would send it to HTTPS_PROXY unless
+    NO_PROXY names it)."""
     api = ApiClient(configuration=config)
-    if _loopback(config.host):
-        # as Go's net/http: a loopback API server is never reached through a proxy from the
-        # environment (aiohttp would send it to HTTPS_PROXY unless NO_PROXY names it)
-        rest = api.rest_client
-        connector = rest.pool_manager.connector
-        rest.pool_manager.detach()
-        rest.pool_manager = aiohttp.ClientSession(
-            connector=connector, trust_env=False, read_bufsize=2**21
-        )
+    given: aiohttp.ClientSession = api.rest_client.pool_manager
+    connector = aiohttp.TCPConnector(
+        limit=config.connection_pool_maxsize,
+        ssl=_ssl_context(config),
+        enable_cleanup_closed=SSL_CLEANUP_NEEDED,
+    )
+    api.rest_client.pool_manager = aiohttp.ClientSession(
+        connector=connector, trust_env=not _loopback(config.host), read_bufsize=2**21
+    )
+    await given.close()
     return api
 
 
@@ -682,7 +709,7 @@ async def connect(
             + ". Pass --kubeconfig, set KUBECONFIG, or run in a pod with a service account."
         )
     chosen = namespace or context_namespace or _read(directory / "namespace") or "default"
-    return Kube(_api_client(config), chosen, reauthenticate=reauthenticate)
+    return Kube(await _api_client(config), chosen, reauthenticate=reauthenticate)
 
 
 __all__ = [

@@ -19,7 +19,7 @@ import base64
 import binascii
 import math
 from collections.abc import Callable, Mapping
-from dataclasses import fields
+from dataclasses import fields, replace
 from typing import Any, TypeVar
 
 from pilothouse.ports.dataplane import (
@@ -192,6 +192,8 @@ def _encode_sample(sample: LoadSample) -> dict[str, Any]:
         "cpu": None if sample.cpu is None else float(sample.cpu),
         "latency_bounds": [_encode_bound(b) for b in sample.latency_bounds],
         "latency_counts": [int(c) for c in sample.latency_counts],
+        "mirrored_requests": int(sample.mirrored_requests),
+        "mirrored_concurrency": float(sample.mirrored_concurrency),
     }
 
 
@@ -218,6 +220,10 @@ def _decode_sample(data: Any, where: str) -> LoadSample:
         cpu=None if cpu is None else _number(cpu, f"{where}.cpu", low=0.0),
         latency_bounds=bounds,
         latency_counts=counts,
+        mirrored_requests=_count(obj.get("mirrored_requests", 0), f"{where}.mirrored_requests"),
+        mirrored_concurrency=_number(
+            obj.get("mirrored_concurrency", 0.0), f"{where}.mirrored_concurrency", low=0.0
+        ),
     )
 
 
@@ -350,7 +356,16 @@ def _merge_second(parts: list[LoadSample]) -> LoadSample:
         cpu=sum(cpus) if cpus else None,
         latency_bounds=bounds,
         latency_counts=counts,
+        mirrored_requests=sum(p.mirrored_requests for p in parts),
+        mirrored_concurrency=sum(p.mirrored_concurrency for p in parts),
     )
+
+
+def _in_series(a: LoadSample, b: LoadSample, name: str) -> float:
+    """An average over two stretches one after the other, weighted by their lengths."""
+    total = a.seconds + b.seconds
+    value = float(getattr(a, name)) * a.seconds + float(getattr(b, name)) * b.seconds
+    return value / total if total > 0 else 0.0
 
 
 def _own_seconds(samples: list[LoadSample]) -> dict[int, LoadSample]:
@@ -367,20 +382,12 @@ def _own_seconds(samples: list[LoadSample]) -> dict[int, LoadSample]:
         merged = _merge_second([seen, sample])
         # in series, not in parallel: average concurrency over the summed time
         total = seen.seconds + sample.seconds
-        concurrency = (
-            (seen.concurrency * seen.seconds + sample.concurrency * sample.seconds) / total
-            if total > 0
-            else 0.0
-        )
-        out[second] = LoadSample(
-            merged.time,
-            total,
-            concurrency,
-            merged.requests,
-            merged.errors,
-            merged.cpu,
-            merged.latency_bounds,
-            merged.latency_counts,
+
+        out[second] = replace(
+            merged,
+            seconds=total,
+            concurrency=_in_series(seen, sample, "concurrency"),
+            mirrored_concurrency=_in_series(seen, sample, "mirrored_concurrency"),
         )
     return out
 

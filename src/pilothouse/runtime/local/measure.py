@@ -111,6 +111,8 @@ def deployment_load(route: Route, history: list[CpuSample], since: float) -> Dep
                 cpu_at(b.end, revision),
                 LATENCY_BOUNDS,
                 b.latency_counts,
+                b.mirror_requests,
+                b.mirror_concurrency,
             )
             for b in buckets
         ]
