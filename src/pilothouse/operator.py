@@ -10,18 +10,18 @@ with its caches synced, or waits as a follower.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import signal
 import socket
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 from pilothouse.controllers.base import Context
 from pilothouse.controllers.manager import Manager
 from pilothouse.runtime.kube.backend import KIND, KubeBackend
-from pilothouse.runtime.kube.client import connect
+from pilothouse.runtime.kube.client import cancel_and_wait, connect
 from pilothouse.runtime.kube.leader import LeaderElector
 from pilothouse.runtime.kube.objects import PodDefaults
 
@@ -106,17 +106,19 @@ async def run_operator(options: OperatorOptions) -> int:
         ctx = Context(backend.state, backend.workload, backend.dataplane, time.time)
         manager = Manager(ctx, kinds=(KIND,))
         backend.on_change(manager.trigger)
+        tasks: list[asyncio.Task[Any]] = []
         try:
             await backend.start()
             health.ready = True
             log.info("caches synced: %d ModelDeployment(s)", len(backend.owners.list()))
-            runner = asyncio.create_task(manager.run(), name="manager")
-            stopper = asyncio.create_task(stop.wait(), name="stop")
-            await asyncio.wait({runner, stopper}, return_when=asyncio.FIRST_COMPLETED)
-            manager.stop()
-            stopper.cancel()
-            await runner
+            tasks.append(asyncio.create_task(manager.run(), name="manager"))
+            tasks.append(asyncio.create_task(stop.wait(), name="stop"))
+            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
         finally:
+            # stopped, or the lease lost (lead() cancelled): nothing of this leader may
+            # act any more, so the reconciles end before the caches go
+            manager.stop()
+            await cancel_and_wait(*tasks)
             health.ready = False
             await backend.close()
 
@@ -127,16 +129,13 @@ async def run_operator(options: OperatorOptions) -> int:
     try:
         await asyncio.wait({election, stopper}, return_when=asyncio.FIRST_COMPLETED)
         if stop.is_set():
-            if not election.done() and not elector.is_leader:
-                election.cancel()  # a follower has nothing to hand over
-            if not election.done():
+            if not elector.is_leader:
+                await cancel_and_wait(election)  # a follower has nothing to hand over
+            else:
                 # lead() sees the stop and returns; the elector then releases the lease
-                with contextlib.suppress(TimeoutError, asyncio.CancelledError):
-                    await asyncio.wait_for(asyncio.shield(election), 15)
-            if not election.done():
-                election.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await election
+                done, _ = await asyncio.wait({election}, timeout=15)
+                if not done:
+                    await cancel_and_wait(election)
             return 0
         # the election ended without a stop: leadership was lost
         log.error(

@@ -392,6 +392,8 @@ class Kube:
             page = {**query, "limit": str(limit), "continue": token}
 
     async def create(self, obj: Obj, *, field_manager: str | None = None) -> Obj:
+        """POST: a new object (in metadata.namespace, else this client's namespace); 409
+        AlreadyExists if the name is taken."""
         meta = obj.get("metadata") or {}
         info = kind_info(obj["apiVersion"], obj["kind"])
         namespace = (meta.get("namespace") or self.namespace) if info.namespaced else None
@@ -535,6 +537,19 @@ def _event(line: bytes) -> tuple[str, Obj]:
         status = int(obj.get("code") or 500)
         raise KubeError(status, str(obj.get("reason") or ""), str(obj.get("message") or ""), obj)
     return type_, obj
+
+
+async def cancel_and_wait(*tasks: asyncio.Future[Any]) -> None:
+    """Cancel ``tasks`` and wait until they ended. A cancellation of the caller meanwhile
+    propagates (``suppress(CancelledError)`` around ``await task`` would swallow it, and
+    Python 3.11's ``wait_for`` can lose one); what a task raised instead is logged."""
+    for task in tasks:
+        task.cancel()
+    if tasks:
+        await asyncio.wait(tasks)
+    for task in tasks:
+        if not task.cancelled() and task.exception() is not None:
+            log.error("%r ended with an error", task, exc_info=task.exception())
 
 
 # --- finding the cluster -------------------------------------------------------------------
@@ -719,6 +734,7 @@ __all__ = [
     "KubeConfigError",
     "KubeError",
     "KubeUnreachable",
+    "cancel_and_wait",
     "connect",
     "kind_info",
     "register_kind",

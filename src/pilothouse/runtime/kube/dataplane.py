@@ -130,20 +130,16 @@ class KubeDataPlane:
     def _ready_pods(
         self, deployment: str, component: str, revision: str | None = None
     ) -> list[dict[str, Any]]:
-        out = []
-        for pod in self.pods.list():
-            meta = pod["metadata"]
-            labels = meta.get("labels") or {}
-            if (
-                labels.get(DEPLOYMENT_LABEL) == deployment
-                and labels.get(COMPONENT_LABEL) == component
-                and (revision is None or labels.get(REVISION_LABEL) == revision)
-                and not meta.get("deletionTimestamp")
-                and (pod.get("status") or {}).get("podIP")
-                and pod_ready(pod)
-            ):
-                out.append(pod)
-        return out
+        want = {DEPLOYMENT_LABEL: deployment, COMPONENT_LABEL: component}
+        if revision is not None:
+            want[REVISION_LABEL] = revision
+        return [
+            pod
+            for pod in self.pods.select(want)
+            if not pod["metadata"].get("deletionTimestamp")
+            and (pod.get("status") or {}).get("podIP")
+            and pod_ready(pod)
+        ]
 
     async def _control(self, deployment: str, path: str, since: float) -> list[Any]:
         token = await self.token()

@@ -14,14 +14,13 @@ write is pending are folded into that write.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime as dt
 import logging
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
 
-from pilothouse.runtime.kube.client import Kube, KubeError, Obj
+from pilothouse.runtime.kube.client import Kube, KubeError, Obj, cancel_and_wait
 from pilothouse.runtime.kube.leader import micro_time
 
 log = logging.getLogger("pilothouse.kube.events")
@@ -165,7 +164,8 @@ class EventRecorder:
     async def flush(self, timeout: float = 5.0) -> None:  # noqa: ASYNC109
         """Wait until every queued event was written (or given up on); at most ``timeout``."""
         try:
-            await asyncio.wait_for(self._idle.wait(), timeout)
+            async with asyncio.timeout(timeout):
+                await self._idle.wait()
         except TimeoutError:
             log.warning("events: %d still unwritten after %.1fs", len(self._pending), timeout)
 
@@ -173,9 +173,7 @@ class EventRecorder:
         """Stop the writer; what is still queued is dropped (`flush` first to keep it)."""
         task, self._task = self._task, None
         if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await cancel_and_wait(task)
         if self._pending:
             log.info("events: %d unwritten at stop", len(self._pending))
 

@@ -30,7 +30,14 @@ import random
 from collections import deque
 from collections.abc import Callable
 
-from pilothouse.runtime.kube.client import LIST_PAGE_SIZE, Kube, KubeError, Obj, Objs
+from pilothouse.runtime.kube.client import (
+    LIST_PAGE_SIZE,
+    Kube,
+    KubeError,
+    Obj,
+    Objs,
+    cancel_and_wait,
+)
 
 log = logging.getLogger("pilothouse.kube.informer")
 
@@ -130,7 +137,8 @@ class Informer:
 
     async def wait_synced(self, timeout: float | None = None) -> None:  # noqa: ASYNC109
         """Until the first full list is in the cache (TimeoutError after ``timeout``)."""
-        await asyncio.wait_for(self._synced.wait(), timeout)
+        async with asyncio.timeout(timeout):
+            await self._synced.wait()
 
     @property
     def synced(self) -> bool:
@@ -151,13 +159,19 @@ class Informer:
         """Deep copies of every cached object."""
         return copy.deepcopy(list(self._cache.values()))
 
+    def select(self, labels: dict[str, str]) -> Objs:
+        """Deep copies of the cached objects whose labels include ``labels`` (only those
+        are copied: a reconcile of one owner never pays for the whole namespace)."""
+        wanted = labels.items()
+        return [
+            copy.deepcopy(obj)
+            for obj in self._cache.values()
+            if wanted <= ((obj.get("metadata") or {}).get("labels") or {}).items()
+        ]
+
     async def stop(self) -> None:
         tasks, self._tasks = self._tasks, []
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(*tasks)
 
     # -- the cache --------------------------------------------------------------------
 

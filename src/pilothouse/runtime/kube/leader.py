@@ -25,7 +25,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from pilothouse.runtime.kube.client import Kube, KubeError, Obj
+from pilothouse.runtime.kube.client import Kube, KubeError, Obj, cancel_and_wait
 
 log = logging.getLogger("pilothouse.kube.leader")
 
@@ -126,15 +126,8 @@ class LeaderElector:
         task.result()  # lead()'s exception, if it raised one
 
     async def _end(self, task: asyncio.Future[None]) -> None:
-        if not task.done():
-            task.cancel()
-        try:
-            await task
-        except asyncio.CancelledError:
-            if not task.cancelled():  # run() itself was cancelled while waiting
-                raise
-        except Exception:
-            log.exception("lease %s/%s: lead() failed", self.namespace, self.name)
+        """Stop lead() and wait until it stopped (what it raised is logged)."""
+        await cancel_and_wait(task)
 
     async def _acquire(self) -> float:
         """Try until this replica holds the Lease; when (loop time) the winning try began."""
@@ -177,8 +170,10 @@ class LeaderElector:
                 )
                 return True
             try:
-                if await asyncio.wait_for(self._try(acquiring=False), left):
-                    renewed = sent
+                # asyncio.timeout, not wait_for: 3.11's wait_for can swallow a cancellation
+                async with asyncio.timeout(left):
+                    if await self._try(acquiring=False):
+                        renewed = sent
             except _HeldByAnother as other:
                 log.error(
                     "%s: lease %s/%s is held by %s: stopping",

@@ -154,12 +154,7 @@ class KubeWorkload:
         self._applied: dict[tuple[str, str], str] = {}
 
     def _mine(self, informer: Informer, deployment: str) -> list[dict[str, Any]]:
-        return [
-            o
-            for o in informer.list()
-            if (o["metadata"].get("labels") or {}).get(DEPLOYMENT_LABEL) == deployment
-            and (o["metadata"].get("labels") or {}).get(COMPONENT_LABEL) == "replica"
-        ]
+        return informer.select({DEPLOYMENT_LABEL: deployment, COMPONENT_LABEL: "replica"})
 
     async def _apply(self, obj: dict[str, Any]) -> None:
         key = (obj["kind"], obj["metadata"]["name"])
