@@ -1,4 +1,4 @@
-"""client-go's shared informer (reflector + cache) and rate-limited work queue, in asyncio.
+"""client-go's shared informer (reflector + cache), in asyncio.
 
 An `Informer` keeps a local copy of one kind's objects (one namespace or all, optionally
 selected by labels or fields): it lists them page by page, then watches from the list's
@@ -11,13 +11,10 @@ not watching. A resourceVersion older than the cached one for the same object is
 delivered over it. Every `resync` seconds each cached object is delivered again as RESYNC:
 the level-based safety net of a controller that acts on what is, not on what it was told.
 
-Handlers run on the loop, after the cache changed, and should only note the key (put it on
-a `WorkQueue`); one that raises is logged and the informer goes on. Everything the informer
-hands out (handlers' objects, `get`, `list`) is a deep copy: callers may change it freely.
-
-`WorkQueue` is client-go's workqueue: a key is queued at most once, never handed to two
-workers at once, and re-queued after `done` when it was added while being processed;
-`add_rate_limited` backs a failing key off exponentially until `forget`.
+Handlers run on the loop, after the cache changed, and should only note the key (the
+operator wakes the owner's key in `controllers.manager.Manager`, its keyed work queue); one
+that raises is logged and the informer goes on. Everything the informer hands out
+(handlers' objects, `get`, `list`, `select`) is a deep copy: callers may change it freely.
 """
 
 from __future__ import annotations
@@ -27,7 +24,6 @@ import contextlib
 import copy
 import logging
 import random
-from collections import deque
 from collections.abc import Callable
 
 from pilothouse.runtime.kube.client import (
@@ -330,114 +326,3 @@ class Informer:
             await asyncio.sleep(self.resync)
             for obj in list(self._cache.values()):
                 self._deliver("RESYNC", obj)
-
-
-# --- the work queue ------------------------------------------------------------------------
-
-
-class WorkQueueShutDown(Exception):
-    """`WorkQueue.get` on a queue that was shut down and has nothing left."""
-
-
-class WorkQueue:
-    """client-go's rate-limited work queue of string keys, on the loop (see the module)."""
-
-    def __init__(self, base_delay: float = 0.05, max_delay: float = 60.0) -> None:
-        self.base_delay = base_delay
-        self.max_delay = max_delay
-        self._queue: deque[str] = deque()
-        #: keys that wait to be processed (queued, or added while being processed)
-        self._dirty: set[str] = set()
-        self._processing: set[str] = set()
-        self._failures: dict[str, int] = {}
-        #: delayed adds: key -> (due, timer); a key keeps its earliest
-        self._timers: dict[str, tuple[float, asyncio.TimerHandle]] = {}
-        self._ready = asyncio.Event()
-        self._shut_down = False
-
-    def add(self, key: str) -> None:
-        """Queue ``key`` unless it already waits; while it is processed, it is queued again
-        when `done`."""
-        if self._shut_down or key in self._dirty:
-            return
-        self._dirty.add(key)
-        if key in self._processing:
-            return
-        self._queue.append(key)
-        self._ready.set()
-
-    def add_after(self, key: str, delay: float) -> None:
-        """`add` after ``delay`` seconds (on the running loop); an earlier pending one wins."""
-        if self._shut_down:
-            return
-        if delay <= 0:
-            self.add(key)
-            return
-        loop = asyncio.get_running_loop()
-        due = loop.time() + delay
-        pending = self._timers.get(key)
-        if pending is not None:
-            if pending[0] <= due:
-                return
-            pending[1].cancel()
-        self._timers[key] = (due, loop.call_at(due, self._due, key))
-
-    def _due(self, key: str) -> None:
-        self._timers.pop(key, None)
-        self.add(key)
-
-    def when(self, key: str) -> float:
-        """The next back-off of ``key`` (base * 2^failures, capped), counting one failure."""
-        failures = self._failures.get(key, 0)
-        self._failures[key] = failures + 1
-        return min(self.base_delay * 2.0 ** min(failures, 62), self.max_delay)
-
-    def add_rate_limited(self, key: str) -> None:
-        """`add_after` the key's next back-off: it failed again."""
-        self.add_after(key, self.when(key))
-
-    def forget(self, key: str) -> None:
-        """The key succeeded: its back-off starts over."""
-        self._failures.pop(key, None)
-
-    def num_requeues(self, key: str) -> int:
-        """Failures counted since the key was last forgotten."""
-        return self._failures.get(key, 0)
-
-    async def get(self) -> str:
-        """The next key; it is processed until `done` (no other `get` hands it out then).
-        After `shutdown`, the keys still queued, then WorkQueueShutDown."""
-        while not self._queue:
-            if self._shut_down:
-                raise WorkQueueShutDown
-            self._ready.clear()
-            await self._ready.wait()
-        key = self._queue.popleft()
-        self._processing.add(key)
-        self._dirty.discard(key)
-        return key
-
-    def done(self, key: str) -> None:
-        """Processing of ``key`` ended; if it was added meanwhile, it is queued again."""
-        self._processing.discard(key)
-        if key in self._dirty:
-            self._queue.append(key)
-            self._ready.set()
-
-    def shutdown(self) -> None:
-        """No more adds; pending delayed adds are dropped; waiting `get`s end."""
-        self._shut_down = True
-        for _, timer in self._timers.values():
-            timer.cancel()
-        self._timers.clear()
-        self._ready.set()
-
-    @property
-    def shutting_down(self) -> bool:
-        return self._shut_down
-
-    def __len__(self) -> int:
-        return len(self._queue)
-
-
-__all__ = ["Handler", "Informer", "WorkQueue", "WorkQueueShutDown"]
