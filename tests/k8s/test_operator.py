@@ -688,3 +688,43 @@ def test_the_cli_reads_steers_and_predicts_against_the_cluster(
     answer = cli("predict", MODEL, "--data", body)
     assert answer.returncode == 0, answer.stderr
     assert f"{float(rows.v1_scores[0]):.6f}"[:6] in answer.stdout, answer.stdout
+
+
+def test_a_paused_canary_is_promoted_and_an_aborted_one_rolled_back_from_the_cli(
+    k8s_cluster: Cluster, env: str, operator: Operator, registry: S3Registry
+) -> None:
+    """`pilothouse rollout promote|abort` against the cluster: annotations the operator acts on."""
+    doc = example(f"{MODEL}:1")
+    doc["spec"]["rollout"] = {
+        "strategy": "canary",
+        "canary": {"steps": [{"setWeight": 50}, {"pause": {}}, {"setWeight": 100}]},
+    }
+    apply_md(k8s_cluster, env, doc)
+    wait_ready(k8s_cluster, env, MODEL, operator)
+    v2 = registry.publish("v2")
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [PILOTHOUSE, "--kubeconfig", str(k8s_cluster.kubeconfig), "-n", env, "rollout", *args],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    def paused() -> bool:
+        rollout = rollout_of(k8s_cluster, env)
+        return rollout.get("phase") == "Paused" and rollout.get("weight") == 50
+
+    set_model(k8s_cluster, env, f"{MODEL}:{v2}")
+    wait_for("the canary paused at 50 %", paused, 120, 0.5)
+    promoted_ = cli("promote", MODEL)
+    assert promoted_.returncode == 0, promoted_.stderr
+    wait_for("v2 promoted", lambda: promoted(k8s_cluster, env, f"{MODEL}:{v2}"), 120, 0.5)
+
+    v3 = registry.publish("v3")
+    set_model(k8s_cluster, env, f"{MODEL}:{v3}")
+    wait_for("the next canary paused at 50 %", paused, 120, 0.5)
+    aborted = cli("abort", MODEL)
+    assert aborted.returncode == 0, aborted.stderr
+    status = wait_for("v3 rolled back", lambda: rolled_back(k8s_cluster, env), 120, 0.5)
+    assert status["model"] == f"{MODEL}:{v2}"
