@@ -22,7 +22,7 @@ from pilothouse.api.auth import request_user
 from pilothouse.api.errors import ApiError
 from pilothouse.api.limits import read_json
 from pilothouse.api.objects import kind_for
-from pilothouse.policy.rollout import ON_CANARY, NothingToAct, request_values
+from pilothouse.policy.rollout import NothingToAct, request_values
 from pilothouse.spec.resources import API_VERSION, TEMPLATE_FIELDS, ModelDeployment
 from pilothouse.store.sqlite import Store
 
@@ -109,13 +109,8 @@ def _requests_for(
             str(time.time_ns()),
             full=full,
         )
-    except NothingToAct:
-        what = (
-            f"no rollout in progress to {action}"
-            if action in ON_CANARY
-            else "no aborted or rolled back rollout to retry"
-        )
-        raise ApiError(409, "Conflict", f"modeldeployment '{name}' has {what}") from None
+    except NothingToAct as exc:
+        raise ApiError(409, "Conflict", f"modeldeployment '{name}' has {exc}") from None
 
 
 def _undo_target(

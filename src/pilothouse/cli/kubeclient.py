@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from pilothouse.api.client import ApiClientError, Client, NotRunning
-from pilothouse.policy.rollout import ON_CANARY, NothingToAct, request_values
+from pilothouse.policy.rollout import NothingToAct, request_values
 from pilothouse.spec.resources import (
     API_VERSION,
     GROUP,
@@ -583,14 +583,9 @@ class KubeClient(Client):
                     str(time.time_ns()),
                     full=full,
                 )
-            except NothingToAct:
-                what = (
-                    f"no rollout in progress to {action}"
-                    if action in ON_CANARY
-                    else "no aborted or rolled back rollout to retry"
-                )
+            except NothingToAct as exc:  # the same answer as the embedded API's
                 raise ApiClientError(
-                    409, {"reason": "Conflict", "message": f"modeldeployment '{name}' has {what}"}
+                    409, {"reason": "Conflict", "message": f"modeldeployment '{name}' has {exc}"}
                 ) from None
             patch = {
                 "metadata": {
