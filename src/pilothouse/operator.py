@@ -120,7 +120,7 @@ async def run_operator(options: OperatorOptions) -> int:
             manager.stop()
             await cancel_and_wait(*tasks)
             health.ready = False
-            await backend.close()
+            await backend.close(flush=elector.is_leader)
 
     log.info("%s waits for the lease %s/%s", identity, namespace, LEASE)
     health.ready = True  # a follower is ready: it does what it should (wait)

@@ -728,3 +728,48 @@ def test_a_paused_canary_is_promoted_and_an_aborted_one_rolled_back_from_the_cli
     assert aborted.returncode == 0, aborted.stderr
     status = wait_for("v3 rolled back", lambda: rolled_back(k8s_cluster, env), 120, 0.5)
     assert status["model"] == f"{MODEL}:{v2}"
+
+
+def test_children_are_put_back_and_a_name_someone_else_holds_is_never_taken_over(
+    k8s_cluster: Cluster, env: str, operator: Operator, registry: S3Registry
+) -> None:
+    # a Service of the user's own, with the name the deployment's Service would have
+    theirs = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": MODEL, "namespace": env},
+        "spec": {"selector": {"app": "mine"}, "ports": [{"port": 80, "targetPort": 9000}]},
+    }
+    apply_docs(k8s_cluster, [theirs])
+    apply_md(k8s_cluster, env, example(f"{MODEL}:1"))
+
+    def refused() -> bool:
+        return any(
+            "already exists and is not managed" in (e.get("note") or "")
+            for e in events_of(k8s_cluster, env, MODEL)
+        )
+
+    wait_for("an Event saying the Service name is taken", refused, 120, 0.5)
+    service = k8s_cluster.core.read_namespaced_service(MODEL, env)
+    assert service.spec.selector == {"app": "mine"}
+    assert not service.metadata.owner_references
+    # the name is free again: the deployment gets its Service and serves
+    k8s_cluster.core.delete_namespaced_service(MODEL, env)
+    wait_ready(k8s_cluster, env, MODEL, operator)
+    # a child deleted by hand is put back (level-based: not only on a change of the spec)
+    k8s_cluster.core.delete_namespaced_config_map(f"{MODEL}-router", env)
+    wait_for(
+        "the router ConfigMap put back",
+        lambda: any(
+            c.metadata.name == f"{MODEL}-router"
+            for c in k8s_cluster.core.list_namespaced_config_map(env).items
+        ),
+        60,
+        0.5,
+    )
+    rows = registry.rows
+    assert rows is not None
+    ip = wait_for("a router pod", lambda: router_ips(k8s_cluster, env, MODEL), 60)[0]
+    wait_for(
+        "a prediction through the router", lambda: predict(ip, rows).status_code == 200, 30, 0.5
+    )

@@ -95,6 +95,8 @@ def test_operator_deployment_runs_the_operator_with_its_namespace_and_registry()
         "example/pilothouse:1",
         "--priority-class",
         "pilothouse-serving",
+        "--registry-secret",
+        "pilothouse-registry",
         "--health-host",
         "$(POD_IP)",
     ]
@@ -310,3 +312,19 @@ def test_cli_manifests_refuses_bad_options(args: list[str], message: str) -> Non
     result = CliRunner().invoke(kube, ["manifests", "--registry", REGISTRY, *args])
     assert result.exit_code == 2
     assert message in result.output
+
+
+@pytest.mark.parametrize("name", ["fraud", "7-fraud", "9lives", "a" * 63, "1" + "b" * 62])
+def test_every_service_name_is_a_dns_1035_label(name: str) -> None:
+    """ModelDeployment names are DNS-1123 labels (a digit may come first); the Services
+    made for them must be DNS-1035 labels (a letter first, at most 63 characters)."""
+    import re
+
+    from pilothouse.runtime.kube.objects import revision_name, router_name, service_name
+
+    label = re.compile(r"[a-z]([-a-z0-9]*[a-z0-9])?")
+    for made in (service_name(name), revision_name(name, "12-abcdef"), router_name(name)):
+        assert len(made) <= 63, made
+        assert label.fullmatch(made), made
+    if name[0].isalpha() and len(name) <= 63:
+        assert service_name(name) == name  # the URL is the deployment's own name

@@ -825,7 +825,9 @@ class KubeClient(Client):
         from pilothouse.runtime.kube.client import KubeError
 
         # services/NAME:PORT/proxy/..., the ":" as kubectl sends it (not percent-encoded)
-        service = self._kube.path("v1", "Service", self.namespace, deployment)
+        from pilothouse.runtime.kube.objects import service_name
+
+        service = self._kube.path("v1", "Service", self.namespace, service_name(deployment))
         proxy = f"{service}:{SERVICE_PORT}"
         try:
             body = self._runner.run(

@@ -58,6 +58,12 @@ def _selector(items: tuple[str, ...]) -> dict[str, str]:
 )
 @click.option("--router-replicas", default=2, show_default=True)
 @click.option(
+    "--registry-secret",
+    default="pilothouse-registry",
+    show_default=True,
+    help="Secret whose AWS_* variables replicas read the registry with.",
+)
+@click.option(
     "--priority-class", default="", help="PriorityClass of replica and router pods [default: none]."
 )
 @click.option("--health-host", default="0.0.0.0", show_default=True)
@@ -83,6 +89,7 @@ def operator(
     node_selector: tuple[str, ...],
     unreachable_seconds: int,
     router_replicas: int,
+    registry_secret: str,
     priority_class: str,
     health_host: str,
     health_port: int,
@@ -116,6 +123,7 @@ def operator(
         node_selector=_selector(node_selector),
         unreachable_seconds=unreachable_seconds,
         router_replicas=router_replicas,
+        registry_secret=registry_secret,
         priority_class=priority_class,
     )
     options = OperatorOptions(

@@ -65,7 +65,15 @@ class KubeBackend:
         self.workload = KubeWorkload(
             kube, namespace, self.owners, self.deployments, self.pods, defaults
         )
-        self.dataplane = KubeDataPlane(kube, namespace, self.owners, self.pods, defaults)
+        self.dataplane = KubeDataPlane(
+            kube,
+            namespace,
+            self.owners,
+            self.pods,
+            defaults,
+            deployments=self.deployments,
+            configmaps=self.configmaps,
+        )
 
     def on_change(self, wake: Callable[[str, str], None]) -> None:
         """Wake a ModelDeployment's controller when it or one of its children changed."""
@@ -89,10 +97,13 @@ class KubeBackend:
         await asyncio.gather(*(i.wait_synced(timeout) for i in self.informers))
         self.state.start()
 
-    async def close(self) -> None:
-        await self.state.flush()
+    async def close(self, flush: bool = True) -> None:
+        """Stop; ``flush``: first write what is pending (only while the lease is still
+        held: a leader that lost it must not write after its successor started)."""
+        if flush:
+            await self.state.flush()
+            await self.recorder.flush()
         await self.state.stop()
-        await self.recorder.flush()
         await self.recorder.stop()
         for informer in self.informers:
             await informer.stop()

@@ -12,16 +12,16 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import hashlib
-import json
 import logging
 import secrets
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import httpx
 
 from pilothouse.ports.dataplane import DeploymentLoad, Responses, Traffic
 from pilothouse.runtime.kube import wire
+from pilothouse.runtime.kube.children import Applier, controller_uid
 from pilothouse.runtime.kube.client import Kube, KubeError
 from pilothouse.runtime.kube.informer import Informer
 from pilothouse.runtime.kube.objects import (
@@ -34,13 +34,24 @@ from pilothouse.runtime.kube.objects import (
     PodDefaults,
     router_name,
     router_objects,
+    service_name,
 )
 from pilothouse.runtime.kube.workload import FIELD_MANAGER, pod_ready
 
 log = logging.getLogger("pilothouse.operator.dataplane")
 
-#: a router or replica that does not answer this fast is left out of this pass
+#: a router or replica that does not answer this fast fails this pass's reading
 READ_TIMEOUT = 2.0
+T = TypeVar("T")
+
+
+class RoutersUnreadable(RuntimeError):
+    """Some ready router pods did not say what they measured: deciding on the others'
+    numbers alone would read a loaded deployment as idle (and scale it down)."""
+
+
+def _http_host(ip: str) -> str:
+    return f"[{ip}]" if ":" in ip else ip
 
 
 class KubeDataPlane:
@@ -51,13 +62,19 @@ class KubeDataPlane:
         owners: Informer,
         pods: Informer,
         defaults: PodDefaults,
+        *,
+        deployments: Informer | None = None,
+        configmaps: Informer | None = None,
     ) -> None:
         self.kube = kube
         self.namespace = namespace
         self.owners = owners
         self.pods = pods
         self.defaults = defaults
-        self._applied: dict[tuple[str, str], str] = {}
+        watched = {"Deployment": deployments, "ConfigMap": configmaps}
+        self.applier = Applier(
+            kube, FIELD_MANAGER, {k: v for k, v in watched.items() if v is not None}
+        )
         self._token: str | None = None
         self._http = httpx.AsyncClient(timeout=READ_TIMEOUT, trust_env=False)
 
@@ -65,7 +82,8 @@ class KubeDataPlane:
         await self._http.aclose()
 
     async def token(self) -> str:
-        """The routers' control token: the namespace's Secret, made when missing."""
+        """The routers' control token: the namespace's Secret, made when missing (read again
+        after a router refused it: the Secret was replaced)."""
         if self._token is not None:
             return self._token
         secret = await self.kube.get("v1", "Secret", self.namespace, ROUTER_SECRET)
@@ -86,30 +104,29 @@ class KubeDataPlane:
                     }
                 )
             except KubeError as exc:
-                if exc.status != 409:
+                if exc.status != 409:  # another operator made it first: read theirs
                     raise
                 secret = await self.kube.get("v1", "Secret", self.namespace, ROUTER_SECRET)
             else:
                 self._token = token
                 return token
-        if secret is None:
-            raise RuntimeError(f"the Secret {ROUTER_SECRET} vanished while being read")
-        self._token = base64.b64decode(secret["data"]["token"]).decode()
+        encoded = ((secret or {}).get("data") or {}).get("token")
+        if not encoded:
+            raise RuntimeError(
+                f"the Secret {self.namespace}/{ROUTER_SECRET} has no 'token': delete it and"
+                " the operator makes a new one"
+            )
+        self._token = base64.b64decode(encoded).decode()
         return self._token
 
     async def set_traffic(self, deployment: str, traffic: Traffic) -> str:
         owner = self.owners.get(deployment, self.namespace)
-        url = f"http://{deployment}.{self.namespace}.svc"
+        url = f"http://{service_name(deployment)}.{self.namespace}.svc"
         if owner is None or owner["metadata"].get("deletionTimestamp"):
             return url
         await self.token()
         for obj in router_objects(owner, wire.encode_traffic(traffic), self.defaults):
-            key = (obj["kind"], obj["metadata"]["name"])
-            digest = hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()
-            if self._applied.get(key) == digest:
-                continue
-            await self.kube.apply(obj, field_manager=FIELD_MANAGER, force=True)
-            self._applied[key] = digest
+            await self.applier.apply(obj)
         return url
 
     async def remove(self, deployment: str) -> None:
@@ -117,10 +134,13 @@ class KubeDataPlane:
         for api_version, kind, obj_name in (
             ("apps/v1", "Deployment", name),
             ("policy/v1", "PodDisruptionBudget", name),
-            ("v1", "Service", deployment),
+            ("v1", "Service", service_name(deployment)),
             ("v1", "ConfigMap", name),
         ):
-            self._applied.pop((kind, obj_name), None)
+            self.applier.forget(kind, obj_name)
+            owned = await self.kube.get(api_version, kind, self.namespace, obj_name)
+            if owned is None or controller_uid(owned) is None:
+                continue  # gone, or never ours (see children.py)
             try:
                 await self.kube.delete(api_version, kind, self.namespace, obj_name)
             except KubeError as exc:
@@ -141,57 +161,59 @@ class KubeDataPlane:
             and pod_ready(pod)
         ]
 
-    async def _control(self, deployment: str, path: str, since: float) -> list[Any]:
+    async def _control(
+        self, deployment: str, path: str, since: float, decode: Callable[[Any], T]
+    ) -> list[T]:
+        """What every ready router pod answers; RoutersUnreadable when one did not."""
         token = await self.token()
         routers = self._ready_pods(deployment, "router")
 
-        async def read(pod: dict[str, Any]) -> Any:
-            ip = pod["status"]["podIP"]
+        async def read(pod: dict[str, Any]) -> T:
+            ip = _http_host(pod["status"]["podIP"])
             response = await self._http.get(
                 f"http://{ip}:{ROUTER_CONTROL_PORT}{path}",
                 params={"since": repr(since)},
                 headers={"Authorization": f"Bearer {token}"},
             )
+            if response.status_code == 401:
+                self._token = None  # the Secret was replaced: read it again next time
             response.raise_for_status()
-            return response.json()
+            return decode(response.json())
 
         results = await asyncio.gather(*(read(p) for p in routers), return_exceptions=True)
-        out = []
+        out: list[T] = []
+        failed: list[str] = []
         for pod, result in zip(routers, results, strict=True):
             if isinstance(result, BaseException):
-                log.warning(
-                    "%s: router %s did not answer %s: %s",
-                    deployment,
-                    pod["metadata"]["name"],
-                    path,
-                    result,
-                )
-                continue
-            out.append(result)
+                failed.append(f"{pod['metadata']['name']}: {type(result).__name__}: {result}")
+            else:
+                out.append(result)
+        if failed:
+            raise RoutersUnreadable(
+                f"{deployment}: {len(failed)} of {len(routers)} router(s) did not answer"
+                f" {path}: " + "; ".join(failed)
+            )
         return out
 
     async def load(self, deployment: str, since: float) -> DeploymentLoad:
-        answers = await self._control(deployment, "/control/load", since)
-        return wire.merge_loads([wire.decode_load(a) for a in answers])
+        return wire.merge_loads(
+            await self._control(deployment, "/control/load", since, wire.decode_load)
+        )
 
     async def responses(self, deployment: str, since: float) -> Responses:
-        answers = await self._control(deployment, "/control/responses", since)
-        samples, mirrors = [], []
-        for answer in answers:
-            got = wire.decode_responses(answer)
-            samples.extend(got.samples)
-            mirrors.extend(got.mirrors)
-        samples.sort(key=lambda s: s.time)
-        mirrors.sort(key=lambda m: m.time)
+        answers = await self._control(
+            deployment, "/control/responses", since, wire.decode_responses
+        )
+        samples = sorted((s for a in answers for s in a.samples), key=lambda s: s.time)
+        mirrors = sorted((m for a in answers for m in a.mirrors), key=lambda m: m.time)
         return Responses(samples, mirrors)
 
     async def scrape(self, deployment: str, revision: str) -> list[str]:
         pods = self._ready_pods(deployment, "replica", revision)
 
         async def read(pod: dict[str, Any]) -> str:
-            response = await self._http.get(
-                f"http://{pod['status']['podIP']}:{REPLICA_PORT}/metrics"
-            )
+            ip = _http_host(pod["status"]["podIP"])
+            response = await self._http.get(f"http://{ip}:{REPLICA_PORT}/metrics")
             response.raise_for_status()
             return response.text
 

@@ -78,18 +78,17 @@ OPERATOR_RULES: tuple[Rule, ...] = (
     Rule(
         (GROUP,),
         ("modeldeployments",),
-        ("get", "list", "watch", "patch"),
-        "get/list/watch: the informer cache the controllers read ModelDeployments (and"
-        " users' pilothouse.dev/request.* annotations) from; patch: a finalizer on a"
-        " ModelDeployment, added and removed through the State port's finalize",
+        ("get", "list", "watch"),
+        "the informer cache the controllers read ModelDeployments (and users'"
+        " pilothouse.dev/request.* annotations) from; never written: no finalizer is needed"
+        " (the children are owned and garbage-collected)",
     ),
     Rule(
         (GROUP,),
         ("modeldeployments/status",),
-        ("get", "patch", "update"),
-        "the status subresource: get to read it back, patch to write observedGeneration,"
-        " conditions and status.internal (a JSON patch tested on the object's uid), update"
-        " for a write checked by resourceVersion",
+        ("patch",),
+        "the status subresource: observedGeneration, conditions and status.internal (a"
+        " JSON patch tested on the object's uid)",
     ),
     Rule(
         (GROUP,),
@@ -98,18 +97,6 @@ OPERATOR_RULES: tuple[Rule, ...] = (
         "children carry owner references with blockOwnerDeletion: true, which the"
         " OwnerReferencesPermissionEnforcement admission allows only to who may update the"
         " owner's finalizers",
-    ),
-    Rule(
-        (GROUP,),
-        ("trainingjobs", "queues"),
-        ("get", "list", "watch"),
-        "the informer cache of TrainingJobs and Queues (gang admission reads queue quotas)",
-    ),
-    Rule(
-        (GROUP,),
-        ("trainingjobs/status", "queues/status"),
-        ("patch",),
-        "report a job's phase and conditions and a queue's usage on their status subresource",
     ),
     Rule(
         ("apps",),
@@ -123,7 +110,7 @@ OPERATOR_RULES: tuple[Rule, ...] = (
     Rule(
         ("apps",),
         ("deployments/scale",),
-        ("get", "patch", "update"),
+        ("patch",),
         "the autoscaler sets a revision's replica count through the scale subresource",
     ),
     Rule(
@@ -163,12 +150,6 @@ OPERATOR_RULES: tuple[Rule, ...] = (
         ("get", "list", "watch"),
         "revision state: restart counts, CrashLoopBackOff reasons and nodes of the replica"
         " pods, and the router pods' addresses for their control API (port 8081)",
-    ),
-    Rule(
-        ("discovery.k8s.io",),
-        ("endpointslices",),
-        ("get", "list", "watch"),
-        "which replica pods of each revision are ready behind its headless Service",
     ),
     Rule(
         ("events.k8s.io",),
@@ -348,6 +329,9 @@ def operator_deployment(
             *(arg for k, v in node_selector.items() for arg in ("--node-selector", f"{k}={v}")),
             "--priority-class",
             SERVING_PRIORITY_CLASS,
+            # replicas read the registry with the same credentials
+            "--registry-secret",
+            registry_secret,
             # the pod's own address: two operators on one host network never clash
             "--health-host",
             "$(POD_IP)",

@@ -47,6 +47,8 @@ class PodDefaults:
     #: default is 300 s; replicas move in seconds instead)
     unreachable_seconds: int = 10
     router_replicas: int = 2
+    #: the Secret with the registry's credentials and endpoint (AWS_* variables)
+    registry_secret: str = REGISTRY_SECRET
     #: seconds a replica keeps serving after its deletion began, while routers drop it
     drain_seconds: int = 3
     #: the PriorityClass of replica and router pods ("": the cluster's default); ``kube
@@ -54,14 +56,29 @@ class PodDefaults:
     priority_class: str = ""
 
 
+def _dns1035(name: str) -> str:
+    """Services need a DNS-1035 label (a letter first); a ModelDeployment's name is a
+    DNS-1123 label (a digit may come first): such a name gets ``md-`` in front."""
+    return name if name[:1].isalpha() else f"md-{name}"
+
+
 def child_name(deployment: str, suffix: str) -> str:
     """``deployment-suffix``, shortened with a hash when longer than a Service name may be."""
-    name = f"{deployment}-{suffix}"
+    base = _dns1035(deployment)
+    name = f"{base}-{suffix}"
     if len(name) <= _MAX_NAME:
         return name
     digest = hashlib.sha256(name.encode()).hexdigest()[:8]
     keep = _MAX_NAME - len(suffix) - len(digest) - 2
-    return f"{deployment[:keep].rstrip('-')}-{digest}-{suffix}"
+    return f"{base[:keep].rstrip('-')}-{digest}-{suffix}"
+
+
+def service_name(deployment: str) -> str:
+    """The Service that is the deployment's URL: its own name when that is a DNS-1035 label."""
+    base = _dns1035(deployment)
+    if len(base) <= _MAX_NAME:
+        return base
+    return child_name(deployment[: _MAX_NAME - 12], "svc")
 
 
 def revision_name(deployment: str, revision: str) -> str:
@@ -156,6 +173,17 @@ _SECURITY = {
     "seccompProfile": {"type": "RuntimeDefault"},
 }
 
+#: the image's user (Dockerfile: uid 65532), so that runAsNonRoot holds whatever image
+#: --image names (a named USER cannot be checked by kubelet)
+RUN_AS = 65532
+_POD_SECURITY = {
+    "runAsNonRoot": True,
+    "runAsUser": RUN_AS,
+    "runAsGroup": RUN_AS,
+    "fsGroup": RUN_AS,
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
+
 _POD_IP = {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}
 _POD_NAMESPACE = {
     "name": "POD_NAMESPACE",
@@ -210,12 +238,16 @@ def replica_pod_spec(
         "image": defaults.image,
         "command": command,
         "env": [_POD_IP],
-        "envFrom": [{"secretRef": {"name": REGISTRY_SECRET, "optional": True}}],
+        "envFrom": [{"secretRef": {"name": defaults.registry_secret, "optional": True}}],
         "ports": [{"name": "http", "containerPort": REPLICA_PORT}],
         "readinessProbe": _probe(template.readiness, REPLICA_PORT),
         "resources": _resources(template),
         "securityContext": _SECURITY,
-        "volumeMounts": [{"name": "cache", "mountPath": MODEL_CACHE}],
+        "volumeMounts": [
+            {"name": "cache", "mountPath": MODEL_CACHE},
+            # the root filesystem is read-only: libraries that write temporary files
+            {"name": "tmp", "mountPath": "/tmp"},
+        ],
         # routers drop a terminating replica at once; it keeps serving what is in flight
         "lifecycle": {"preStop": {"sleep": {"seconds": defaults.drain_seconds}}},
     }
@@ -237,8 +269,8 @@ def replica_pod_spec(
                 },
             }
         ],
-        "volumes": [{"name": "cache", "emptyDir": {}}],
-        "securityContext": {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}},
+        "volumes": [{"name": "cache", "emptyDir": {}}, {"name": "tmp", "emptyDir": {}}],
+        "securityContext": _POD_SECURITY,
     }
     if defaults.node_selector:
         spec["nodeSelector"] = dict(defaults.node_selector)
@@ -378,6 +410,7 @@ def router_objects(
         "resources": {"requests": {"cpu": "100m", "memory": "128Mi"}},
         "securityContext": _SECURITY,
         "lifecycle": {"preStop": {"sleep": {"seconds": defaults.drain_seconds}}},
+        "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
     }
     pod_spec: dict[str, Any] = {
         "serviceAccountName": ROUTER_SERVICE_ACCOUNT,
@@ -393,7 +426,8 @@ def router_objects(
                 "labelSelector": {"matchLabels": selector(deployment, "router")},
             }
         ],
-        "securityContext": {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}},
+        "securityContext": _POD_SECURITY,
+        "volumes": [{"name": "tmp", "emptyDir": {}}],
     }
     if defaults.node_selector:
         pod_spec["nodeSelector"] = dict(defaults.node_selector)
@@ -417,12 +451,13 @@ def router_objects(
         "apiVersion": "policy/v1",
         "kind": "PodDisruptionBudget",
         "metadata": _meta(name, namespace, owner, router_labels),
-        "spec": {"minAvailable": 1, "selector": {"matchLabels": selector(deployment, "router")}},
+        # one router at a time may go (a drain of a node never blocks, even with one router)
+        "spec": {"maxUnavailable": 1, "selector": {"matchLabels": selector(deployment, "router")}},
     }
     service = {
         "apiVersion": "v1",
         "kind": "Service",
-        "metadata": _meta(deployment, namespace, owner, router_labels),
+        "metadata": _meta(service_name(deployment), namespace, owner, router_labels),
         "spec": {
             "selector": selector(deployment, "router"),
             "ports": [{"name": "http", "port": 80, "targetPort": ROUTER_PORT}],

@@ -71,7 +71,7 @@ WAKE_EVERY = 2.0
 #: the watches deliver every object again this often (the level-based safety net)
 RESYNC = 30.0
 #: a control request must send its head within this
-CONTROL_READ_TIMEOUT = 10.0
+CONTROL_READ_TIMEOUT = 2.0
 CONTROL_HEAD_LIMIT = 16 * 1024
 #: control connections open at once; more are closed at once (it is a low-rate port)
 CONTROL_CONNECTIONS = 64

@@ -29,6 +29,9 @@ from pilothouse.runtime.kube.events import EventRecorder
 from pilothouse.runtime.kube.informer import Informer
 from pilothouse.runtime.kube.objects import GROUP_VERSION, REQUEST_PREFIX
 
+#: the field manager `pilothouse --kubeconfig ... apply` writes with (cli/kubeclient.py)
+CLI_FIELD_MANAGER = "pilothouse-cli"
+
 log = logging.getLogger("pilothouse.operator.state")
 
 Key = tuple[str, str]
@@ -102,6 +105,8 @@ class KubeState:
         ours = self._ours.get((kind, name))
         uid = str(obj["metadata"].get("uid") or "")
         if ours is not None and ours[0] == uid:
+            if obj.get("status") == ours[1]:
+                del self._ours[(kind, name)]  # the cache caught up: it is the truth again
             return resource(obj, ours[1])
         return resource(obj)
 
@@ -129,7 +134,11 @@ class KubeState:
             for key, value in annotations.items()
             if key.startswith(REQUEST_PREFIX)
         }
-        out.setdefault("appliedBy", applied_by(obj))
+        # the CLI says who applied (user@host) when it made the newest change to the spec;
+        # a later kubectl or GitOps change is recorded under its own field manager
+        newest = applied_by(obj)
+        if newest != CLI_FIELD_MANAGER or "appliedBy" not in out:
+            out["appliedBy"] = newest
         return out
 
     # -- writes ---------------------------------------------------------------------
@@ -231,7 +240,12 @@ class KubeState:
                 subresource="status",
             )
         except KubeError as exc:
-            if exc.status in (404, 422):  # gone, or another object of the same name now
+            if exc.status == 404:  # gone: nothing left to describe
+                return
+            if exc.status == 422 and "/metadata/uid" in exc.message:
+                return  # another object of the same name now: it gets its own status
+            if exc.status == 422:  # the server refuses this status: say so, do not retry
+                log.error("%s/%s: the API server refused the status: %s", kind, name, exc)
                 return
             raise
         self._sent[key] = status

@@ -13,8 +13,6 @@ Training gangs come with the second part of the operator: the gang methods say s
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 from collections import defaultdict
 from typing import Any
@@ -26,6 +24,7 @@ from pilothouse.ports.workload import (
     RevisionState,
     RevisionTarget,
 )
+from pilothouse.runtime.kube.children import Applier
 from pilothouse.runtime.kube.client import Kube, KubeError
 from pilothouse.runtime.kube.informer import Informer
 from pilothouse.runtime.kube.objects import (
@@ -44,8 +43,10 @@ log = logging.getLogger("pilothouse.operator.workload")
 FIELD_MANAGER = "pilothouse-operator"
 
 
-def _digest(obj: dict[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()
+def _version(revision: str) -> tuple[int, str]:
+    """``12-a1b2c3`` -> (12, ...): revisions made in the same second sort by version."""
+    number, _, rest = revision.partition("-")
+    return (int(number), rest) if number.isdigit() else (-1, revision)
 
 
 def _condition(pod: dict[str, Any], type_: str) -> dict[str, Any] | None:
@@ -82,6 +83,8 @@ class _Counts:
     def add_pod(self, pod: dict[str, Any]) -> None:
         status = pod.get("status") or {}
         meta = pod["metadata"]
+        if meta.get("deletionTimestamp"):
+            return  # terminating: routers have dropped it; it finishes what it has
         for cs in status.get("containerStatuses") or []:
             self.restarts += int(cs.get("restartCount") or 0)
             waiting = (cs.get("state") or {}).get("waiting") or {}
@@ -96,8 +99,6 @@ class _Counts:
                 )
             elif reason and reason not in ("ContainerCreating", "PodInitializing"):
                 self.note(reason, f"{meta['name']}: {waiting.get('message') or reason}")
-        if meta.get("deletionTimestamp"):
-            return  # terminating: routers have dropped it; it finishes what it has
         phase = status.get("phase") or "Pending"
         if phase in ("Failed", "Succeeded"):
             self.failed += 1
@@ -150,19 +151,10 @@ class KubeWorkload:
         self.deployments = deployments
         self.pods = pods
         self.defaults = defaults
-        #: what was last applied, by object name (an unchanged object is not sent again)
-        self._applied: dict[tuple[str, str], str] = {}
+        self.applier = Applier(kube, FIELD_MANAGER, {"Deployment": deployments})
 
     def _mine(self, informer: Informer, deployment: str) -> list[dict[str, Any]]:
         return informer.select({DEPLOYMENT_LABEL: deployment, COMPONENT_LABEL: "replica"})
-
-    async def _apply(self, obj: dict[str, Any]) -> None:
-        key = (obj["kind"], obj["metadata"]["name"])
-        digest = _digest(obj)
-        if self._applied.get(key) == digest:
-            return
-        await self.kube.apply(obj, field_manager=FIELD_MANAGER, force=True)
-        self._applied[key] = digest
 
     async def apply_revisions(self, deployment: str, targets: dict[str, RevisionTarget]) -> None:
         owner = self.owners.get(deployment, self.namespace)
@@ -175,22 +167,28 @@ class KubeWorkload:
                 obj = revision_deployment(
                     owner, target.template, revision, self.defaults, target.replicas
                 )
+                # created with its count (an apply without it would start one replica first)
                 try:
                     await self.kube.create(obj, field_manager=FIELD_MANAGER)
+                except KubeError as exc:
+                    if exc.status != 409:
+                        raise
+                    # the name is taken (or our cache lags): never over someone else's
+                    await self.applier.check_ours(obj)
+                else:
                     log.info(
                         "%s: revision %s created with %d replica(s)",
                         deployment,
                         revision,
                         target.replicas,
                     )
-                except KubeError as exc:
-                    if exc.status != 409:
-                        raise
-                self._applied[("Deployment", name)] = _digest(
-                    revision_deployment(owner, target.template, revision, self.defaults, None)
-                )
+                    self.applier.sent(
+                        "Deployment",
+                        name,
+                        revision_deployment(owner, target.template, revision, self.defaults, None),
+                    )
             else:
-                await self._apply(
+                await self.applier.apply(
                     revision_deployment(owner, target.template, revision, self.defaults, None)
                 )
                 if int((current.get("spec") or {}).get("replicas", 1)) != target.replicas:
@@ -203,8 +201,8 @@ class KubeWorkload:
                         subresource="scale",
                     )
                     log.info("%s: revision %s scaled to %d", deployment, revision, target.replicas)
-            await self._apply(revision_pdb(owner, deployment, revision))
-            await self._apply(revision_service(owner, deployment, revision))
+            await self.applier.apply(revision_pdb(owner, deployment, revision))
+            await self.applier.apply(revision_service(owner, deployment, revision))
         wanted = {revision_name(deployment, r) for r in targets}
         for obj in self._mine(self.deployments, deployment):
             name = obj["metadata"]["name"]
@@ -223,7 +221,7 @@ class KubeWorkload:
             ("v1", "Service"),
         ):
             await self.kube.delete(api_version, kind, self.namespace, name)
-            self._applied.pop((kind, name), None)
+            self.applier.forget(kind, name)
 
     async def revisions(self, deployment: str) -> list[RevisionState]:
         counts: dict[str, _Counts] = {}
@@ -242,7 +240,7 @@ class KubeWorkload:
                 c.created = min(str(p["metadata"].get("creationTimestamp") or "") for p in pods)
             for pod in pods:
                 c.add_pod(pod)
-        ordered = sorted(counts.values(), key=lambda c: (c.created, c.revision))
+        ordered = sorted(counts.values(), key=lambda c: (c.created, _version(c.revision)))
         return [c.state() for c in ordered]
 
     async def delete_deployment(self, deployment: str) -> bool:
