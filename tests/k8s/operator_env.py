@@ -5,6 +5,7 @@ namespace's install objects, and operators run out of cluster as processes.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import ipaddress
 import json
@@ -29,7 +30,13 @@ from kubernetes.client.exceptions import ApiException
 
 from pilothouse.registry.local import ModelVersion
 from pilothouse.registry.objectstore import ObjectStoreRegistry
-from tests.integration.rollout_models import Rows, register_good, register_v1, register_wrong
+from tests.integration.rollout_models import (
+    LoadResult,
+    Rows,
+    register_good,
+    register_v1,
+    register_wrong,
+)
 from tests.k8s.conftest import DEAD_PROXIES, NODE_AGENT, Cluster, check_agent_left_nothing
 from tests.k8s.node_agent import Session, process
 from tests.k8s.testenv import Process, start_process, wait_for
@@ -254,9 +261,6 @@ class Operator:
     def alive(self) -> bool:
         return self.process.alive()
 
-    def leads(self) -> bool:
-        return self.process.alive() and _healthz(self.health, "/readyz")
-
     def log(self) -> str:
         return self.process.log.read_text(errors="replace")
 
@@ -354,5 +358,11 @@ def predict(ip: str, rows: Rows, index: int = 0) -> httpx.Response:
     )
 
 
-def deadline(seconds: float) -> float:
-    return time.monotonic() + seconds
+async def until_answered(live: list[LoadResult], count: int, within: float = 60.0) -> None:
+    """Wait until the running load (``open_loop(..., on_start=live.append)``) has had
+    ``count`` answers: traffic flows before the test changes anything."""
+    limit = time.monotonic() + within
+    while not live or len(live[0].answers) < count:
+        answered = len(live[0].answers) if live else 0
+        assert time.monotonic() < limit, f"only {answered} answers after {within}s of load"
+        await asyncio.sleep(0.05)  # polling the load's own record, bounded by the deadline

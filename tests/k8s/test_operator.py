@@ -24,7 +24,7 @@ import pytest
 import yaml
 from kubernetes import client
 
-from tests.integration.rollout_models import open_loop
+from tests.integration.rollout_models import LoadResult, open_loop
 from tests.k8s.conftest import Cluster
 from tests.k8s.operator_env import (
     EXAMPLE,
@@ -46,6 +46,7 @@ from tests.k8s.operator_env import (
     router_ips,
     s3_registry,
     start_operator,
+    until_answered,
 )
 from tests.k8s.testenv import wait_for
 
@@ -101,6 +102,18 @@ def example(model: str | None = None, **spec: Any) -> dict[str, Any]:
     if model is not None:
         doc["spec"]["model"] = model
     doc["spec"].update(spec)
+    return doc
+
+
+def judged_on_the_model(doc: dict[str, Any]) -> dict[str, Any]:
+    """The example's rollout without its absolute p99 check: on this busy 2-core machine a
+    good version's p99 crosses 0.25 s now and then and is rolled back (issue 15 describes
+    it). Tests about promotion and hand-over judge errors and the model's own answers."""
+    checks = doc["spec"]["rollout"]["analysis"]["checks"]
+    doc["spec"]["rollout"]["analysis"]["checks"] = [
+        c for c in checks if c["metric"] != "latencyP99"
+    ]
+    assert len(doc["spec"]["rollout"]["analysis"]["checks"]) == len(checks) - 1
     return doc
 
 
@@ -237,10 +250,19 @@ def test_a_replica_pod_deleted_under_constant_load_fails_no_request(
 
     async def run() -> tuple[Any, float]:
         stop = asyncio.Event()
+        live: list[LoadResult] = []
         load = asyncio.create_task(
-            open_loop(f"http://{ip}:8080", rows, rate=40, seconds=20, model=MODEL, stop=stop)
+            open_loop(
+                f"http://{ip}:8080",
+                rows,
+                rate=40,
+                seconds=20,
+                model=MODEL,
+                stop=stop,
+                on_start=live.append,
+            )
         )
-        await asyncio.sleep(4)  # load generation: traffic flows before the kill
+        await until_answered(live, 80)  # traffic flows before the kill
         await asyncio.to_thread(k8s_cluster.core.delete_namespaced_pod, victim, env)
         killed = time.monotonic()
 
@@ -381,7 +403,7 @@ def rolled_back(cluster: Cluster, namespace: str) -> dict[str, Any] | None:
 def test_under_load_a_good_v2_is_promoted_and_a_silently_wrong_v3_is_rolled_back(
     k8s_cluster: Cluster, env: str, operator: Operator, registry: S3Registry
 ) -> None:
-    apply_md(k8s_cluster, env, example(f"{MODEL}:1"))
+    apply_md(k8s_cluster, env, judged_on_the_model(example(f"{MODEL}:1")))
     wait_ready(k8s_cluster, env, MODEL, operator)
     ip = wait_for("a router pod", lambda: router_ips(k8s_cluster, env, MODEL), 60)[0]
     rows = registry.rows
@@ -391,11 +413,20 @@ def test_under_load_a_good_v2_is_promoted_and_a_silently_wrong_v3_is_rolled_back
 
     async def run() -> Any:
         stop = asyncio.Event()
+        live: list[LoadResult] = []
         load = asyncio.create_task(
-            open_loop(f"http://{ip}:8080", rows, rate=30, seconds=240, model=MODEL, stop=stop)
+            open_loop(
+                f"http://{ip}:8080",
+                rows,
+                rate=30,
+                seconds=240,
+                model=MODEL,
+                stop=stop,
+                on_start=live.append,
+            )
         )
         try:
-            await asyncio.sleep(2)  # load generation: steady traffic before the change
+            await until_answered(live, 40)  # steady traffic before the change
             started = time.monotonic()
             await asyncio.to_thread(set_model, k8s_cluster, env, f"{MODEL}:{v2}")
             await asyncio.to_thread(
@@ -449,7 +480,7 @@ def test_the_leader_killed_mid_rollout_hands_over_and_the_rollout_finishes(
     first = start_operator(k8s_cluster, env, registry, POOL, "a")
     second = start_operator(k8s_cluster, env, registry, POOL, "b")
     try:
-        apply_md(k8s_cluster, env, example(f"{MODEL}:1"))
+        apply_md(k8s_cluster, env, judged_on_the_model(example(f"{MODEL}:1")))
         wait_ready(k8s_cluster, env, MODEL)
         leases = client.CoordinationV1Api(k8s_cluster.api)
 

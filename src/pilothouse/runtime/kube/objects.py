@@ -314,17 +314,21 @@ def revision_deployment(
     }
 
 
+def _revision_meta(owner: dict[str, Any], deployment: str, revision: str) -> dict[str, Any]:
+    """The metadata every child of one revision shares (name, labels, owner)."""
+    return _meta(
+        revision_name(deployment, revision),
+        owner["metadata"]["namespace"],
+        owner,
+        labels(deployment, "replica", revision),
+    )
+
+
 def revision_pdb(owner: dict[str, Any], deployment: str, revision: str) -> dict[str, Any]:
-    namespace = owner["metadata"]["namespace"]
     return {
         "apiVersion": "policy/v1",
         "kind": "PodDisruptionBudget",
-        "metadata": _meta(
-            revision_name(deployment, revision),
-            namespace,
-            owner,
-            labels(deployment, "replica", revision),
-        ),
+        "metadata": _revision_meta(owner, deployment, revision),
         "spec": {
             "maxUnavailable": 1,
             "selector": {"matchLabels": selector(deployment, "replica", revision)},
@@ -334,16 +338,10 @@ def revision_pdb(owner: dict[str, Any], deployment: str, revision: str) -> dict[
 
 def revision_service(owner: dict[str, Any], deployment: str, revision: str) -> dict[str, Any]:
     """Headless: it exists so that the revision's EndpointSlices list its pods."""
-    namespace = owner["metadata"]["namespace"]
     return {
         "apiVersion": "v1",
         "kind": "Service",
-        "metadata": _meta(
-            revision_name(deployment, revision),
-            namespace,
-            owner,
-            labels(deployment, "replica", revision),
-        ),
+        "metadata": _revision_meta(owner, deployment, revision),
         "spec": {
             "clusterIP": "None",
             "publishNotReadyAddresses": False,

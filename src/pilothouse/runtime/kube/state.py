@@ -110,9 +110,6 @@ class KubeState:
             return resource(obj, ours[1])
         return resource(obj)
 
-    def raw(self, kind: str, name: str) -> dict[str, Any] | None:
-        return self._object(kind, name)
-
     def list(self, kind: str) -> list[Resource]:
         informer = self.informers.get(kind)
         if informer is None:

@@ -41,6 +41,7 @@ from pilothouse.runtime.kube.objects import (
 log = logging.getLogger("pilothouse.operator.workload")
 
 FIELD_MANAGER = "pilothouse-operator"
+_GANGS_LATER = "TrainingJobs and Queues on Kubernetes come with the operator's part 2"
 
 
 def _version(revision: str) -> tuple[int, str]:
@@ -251,14 +252,17 @@ class KubeWorkload:
             self.pods, deployment
         )
 
+    # Training gangs are the operator's second part; it reconciles ModelDeployments only
+    # (Manager(kinds=("ModelDeployment",))), so nothing calls these: each says so if one does.
+
     async def apply_gang(self, gang: GangTemplate) -> None:
-        raise NotImplementedError("TrainingJobs on Kubernetes come with the operator's part 2")
+        raise NotImplementedError(_GANGS_LATER)
 
     async def gang(self, job: str) -> GangState | None:
-        return None
+        raise NotImplementedError(_GANGS_LATER)
 
     async def delete_gang(self, job: str) -> bool:
-        return True
+        raise NotImplementedError(_GANGS_LATER)
 
     async def queue_usage(self) -> dict[str, QueueUsage]:
-        return {}
+        raise NotImplementedError(_GANGS_LATER)
